@@ -1,0 +1,122 @@
+/**
+ * Error classes with stable codes. Messages read `Cannot <action>: <observed>[, expected <expected>]`;
+ * the CLI prints them as `thinpool: cannot ...` on one line and maps `exitCode` to its exit status.
+ *
+ * Inside the library "no space" is a result the caller handles (an allocator returns `undefined`);
+ * at the public I/O edge it becomes a {@link NoSpaceError}. Corruption is always an error.
+ */
+
+/** CLI exit codes (see the README): 0 ok, 1 damage found by check, 2 usage, 3 not found, 4 no space, 5 locked/busy, 6 metadata damaged or needs_check, 7 I/O error. */
+export const ExitCode = {
+  ok: 0,
+  damage: 1,
+  usage: 2,
+  notFound: 3,
+  noSpace: 4,
+  busy: 5,
+  metadata: 6,
+  io: 7,
+} as const;
+
+export type ErrorCode =
+  | 'EUSAGE'
+  | 'ENOTFOUND'
+  | 'EEXIST'
+  | 'ENOSPC'
+  | 'EBUSY'
+  | 'ELOCKED'
+  | 'ECORRUPT'
+  | 'ENEEDSCHECK'
+  | 'EREADONLY'
+  | 'EIO'
+  | 'ERANGE'
+  | 'ECANCELED';
+
+/** Base of every thinpool error: a stable `code`, an exit code for the CLI and structured data. */
+export class ThinpoolError extends Error {
+  readonly code: ErrorCode;
+  readonly exitCode: number;
+  readonly data: Record<string, unknown>;
+  constructor(code: ErrorCode, message: string, exitCode: number, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.exitCode = exitCode;
+    this.data = data;
+    this.name = new.target.name;
+  }
+}
+
+/** Bad arguments from a caller (CLI flags, sizes, names). */
+export class UsageError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('EUSAGE', message, ExitCode.usage, data);
+  }
+}
+
+/** A named thing (device, export, pool) does not exist. */
+export class NotFoundError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('ENOTFOUND', message, ExitCode.notFound, data);
+  }
+}
+
+/** A thing to create already exists. */
+export class ExistsError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('EEXIST', message, ExitCode.usage, data);
+  }
+}
+
+/** Out of data space (pool or host file system), or metadata space at the public edge. */
+export class NoSpaceError extends ThinpoolError {
+  readonly errno = 'ENOSPC';
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('ENOSPC', message, ExitCode.noSpace, data);
+  }
+}
+
+/** The pool is locked by another process, or a resource is busy. */
+export class BusyError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}, code: 'EBUSY' | 'ELOCKED' = 'EBUSY') {
+    super(code, message, ExitCode.busy, data);
+  }
+}
+
+/** On-disk metadata is damaged: a checksum, magic, block number or structure is wrong. */
+export class CorruptionError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('ECORRUPT', message, ExitCode.metadata, data);
+  }
+}
+
+/** The metadata carries NEEDS_CHECK, or the pool turned read-only after a metadata failure. */
+export class ReadOnlyError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}, code: 'EREADONLY' | 'ENEEDSCHECK' = 'EREADONLY') {
+    super(code, message, ExitCode.metadata, data);
+  }
+}
+
+/** An argument is outside the range the object allows (offset past the end of a device, bad block size). */
+export class RangeErrorWithCode extends RangeError {
+  readonly code = 'ERANGE';
+  readonly exitCode = ExitCode.usage;
+}
+
+/** An I/O error from the host. */
+export class IoError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super('EIO', message, ExitCode.io, data, options);
+  }
+}
+
+/** Maps any error to a CLI exit code. */
+export function exitCodeOf(err: unknown): number {
+  if (err instanceof ThinpoolError) return err.exitCode;
+  if (err instanceof RangeError) return ExitCode.usage;
+  const code = (err as { code?: string } | null)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return ExitCode.noSpace;
+  if (code === 'ENOENT') return ExitCode.notFound;
+  if (code === 'EBUSY' || code === 'ELOCKED') return ExitCode.busy;
+  if (typeof code === 'string' && code.startsWith('E')) return ExitCode.io;
+  return ExitCode.io;
+}
