@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "thinpool_native",
+      "sources": ["src/thinpool_native.c"],
+      "defines": ["_GNU_SOURCE", "_FILE_OFFSET_BITS=64", "NAPI_VERSION=8"],
+      "cflags": ["-std=c11", "-Wall", "-Wextra"]
+    }
+  ]
+}

@@ -1,0 +1,165 @@
+/*
+ * File-system calls Node does not expose, each run on the libuv thread pool and returned as a
+ * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), seekData / seekHole (lseek SEEK_DATA /
+ * SEEK_HOLE). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+typedef enum { OP_PUNCH_HOLE, OP_SEEK_DATA, OP_SEEK_HOLE } op_kind;
+
+typedef struct {
+  op_kind op;
+  int fd;
+  int64_t offset;
+  int64_t length;
+  int64_t result;
+  int err;
+  napi_deferred deferred;
+  napi_async_work work;
+} request;
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  request *r = data;
+  r->err = 0;
+  if (r->op == OP_PUNCH_HOLE) {
+    int rc;
+    do {
+      rc = fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)r->offset, (off_t)r->length);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0 && errno != EOPNOTSUPP) r->err = errno;
+    r->result = 0;
+  } else {
+    off_t pos = lseek(r->fd, (off_t)r->offset, r->op == OP_SEEK_DATA ? SEEK_DATA : SEEK_HOLE);
+    if (pos >= 0) r->result = (int64_t)pos;
+    else if (errno == ENXIO) r->result = -1;
+    else r->err = errno;
+  }
+}
+
+static napi_value errno_error(napi_env env, const request *r) {
+  char msg[256];
+  if (r->op == OP_PUNCH_HOLE)
+    snprintf(msg, sizeof msg, "fallocate(PUNCH_HOLE|KEEP_SIZE) of %" PRId64 " bytes at offset %" PRId64 " on fd %d failed: %s",
+             r->length, r->offset, r->fd, strerror(r->err));
+  else
+    snprintf(msg, sizeof msg, "lseek(%s) from offset %" PRId64 " on fd %d failed: %s",
+             r->op == OP_SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", r->offset, r->fd, strerror(r->err));
+  napi_value code, text, error, syscall;
+  napi_create_string_utf8(env, uv_err_name(-r->err), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &error);
+  napi_create_string_utf8(env, r->op == OP_PUNCH_HOLE ? "fallocate" : "lseek", NAPI_AUTO_LENGTH, &syscall);
+  napi_set_named_property(env, error, "syscall", syscall);
+  return error;
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  request *r = data;
+  napi_value value;
+  if (status == napi_cancelled) r->err = ECANCELED;
+  if (r->err != 0) {
+    napi_reject_deferred(env, r->deferred, errno_error(env, r));
+  } else if (r->op == OP_PUNCH_HOLE) {
+    napi_get_undefined(env, &value);
+    napi_resolve_deferred(env, r->deferred, value);
+  } else {
+    napi_create_double(env, (double)r->result, &value);
+    napi_resolve_deferred(env, r->deferred, value);
+  }
+  napi_delete_async_work(env, r->work);
+  free(r);
+}
+
+/* Reads argument `i` as an integer in [min, 2^53 - 1]; throws a RangeError/TypeError otherwise. */
+static int get_integer(napi_env env, napi_value *argv, size_t argc, size_t i, const char *name, double min, int64_t *out) {
+  napi_valuetype type = napi_undefined;
+  if (i < argc) napi_typeof(env, argv[i], &type);
+  if (type != napi_number) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a number", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return 0;
+  }
+  double v;
+  napi_get_value_double(env, argv[i], &v);
+  if (!(v >= min && v <= MAX_SAFE_INTEGER) || v != (double)(int64_t)v) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be an integer >= %.0f, got %.17g", name, min, v);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+    return 0;
+  }
+  *out = (int64_t)v;
+  return 1;
+}
+
+static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t fd, offset, length = 0;
+  if (!get_integer(env, argv, argc, 0, "fd", 0, &fd)) return NULL;
+  if (fd > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd is out of range");
+    return NULL;
+  }
+  if (!get_integer(env, argv, argc, 1, "offset", 0, &offset)) return NULL;
+  if (op == OP_PUNCH_HOLE && !get_integer(env, argv, argc, 2, "length", 1, &length)) return NULL;
+
+  request *r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    napi_throw_error(env, "ENOMEM", "thinpool_native: out of memory");
+    return NULL;
+  }
+  r->op = op;
+  r->fd = (int)fd;
+  r->offset = offset;
+  r->length = length;
+
+  napi_value promise, name;
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, "thinpool_native", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, execute, complete, r, &r->work) != napi_ok ||
+      napi_queue_async_work(env, r->work) != napi_ok) {
+    napi_value code, text, error;
+    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "thinpool_native: cannot queue work", NAPI_AUTO_LENGTH, &text);
+    napi_create_error(env, code, text, &error);
+    napi_reject_deferred(env, r->deferred, error);
+    if (r->work != NULL) napi_delete_async_work(env, r->work);
+    free(r);
+  }
+  return promise;
+}
+
+static napi_value punch_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_PUNCH_HOLE); }
+static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
+static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}

@@ -1,0 +1,137 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as native from '../../src/io/native.js';
+import { tempDir } from '../support/tmp.js';
+
+type NativeModule = typeof native;
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const addonPath = new URL('../../../native/build/Release/thinpool_native.node', import.meta.url);
+
+/** A second instance of native.ts, loaded with THINPOOL_NO_NATIVE=1 so it takes the fallback. */
+async function loadFallback(): Promise<NativeModule> {
+  const saved = process.env.THINPOOL_NO_NATIVE;
+  process.env.THINPOOL_NO_NATIVE = '1';
+  try {
+    const m = (await import(new URL('../../src/io/native.js?fallback', import.meta.url).href)) as NativeModule;
+    m.hasNativeAddon();
+    return m;
+  } finally {
+    if (saved === undefined) delete process.env.THINPOOL_NO_NATIVE;
+    else process.env.THINPOOL_NO_NATIVE = saved;
+  }
+}
+const nativeLoaded = native.hasNativeAddon();
+const fallback = await loadFallback();
+
+async function punchMiddleOfOnes(m: NativeModule): Promise<void> {
+  const path = join(tempDir(), 'ones');
+  const fh = await open(path, 'w+');
+  try {
+    await fh.write(new Uint8Array(MiB).fill(1), 0, MiB, 0);
+    await fh.sync();
+    const before = await fh.stat();
+    await m.punchHole(fh.fd, 256 * KiB, 512 * KiB);
+    const after = await fh.stat();
+    assert.is(after.size, MiB);
+    assert.ok(before.blocks - after.blocks >= (512 * KiB) / 512, `blocks ${before.blocks} -> ${after.blocks}`);
+    const buf = new Uint8Array(MiB);
+    await fh.read(buf, 0, MiB, 0);
+    assert.ok(buf.subarray(0, 256 * KiB).every((b) => b === 1), 'head still ones');
+    assert.ok(buf.subarray(256 * KiB, 768 * KiB).every((b) => b === 0), 'hole reads zeros');
+    assert.ok(buf.subarray(768 * KiB).every((b) => b === 1), 'tail still ones');
+  } finally {
+    await fh.close();
+  }
+}
+
+test('addon is loaded exactly when it was built', () => {
+  assert.is(nativeLoaded, existsSync(addonPath) && process.env.THINPOOL_NO_NATIVE !== '1');
+});
+
+test('punchHole: middle of a 1 MiB file of ones reads zeros, size kept, blocks freed', async () => {
+  await punchMiddleOfOnes(native);
+});
+
+test('seekData/seekHole: two data islands in an 8 GiB sparse file', async () => {
+  if (!native.hasNativeAddon()) return;
+  const path = join(tempDir(), 'sparse');
+  const fh = await open(path, 'w+');
+  try {
+    const size = 8 * GiB;
+    await fh.truncate(size);
+    const a = MiB;
+    const b = 5 * GiB + 64 * KiB;
+    await fh.write(new Uint8Array(4 * KiB).fill(7), 0, 4 * KiB, a);
+    await fh.write(new Uint8Array(8 * KiB).fill(9), 0, 8 * KiB, b);
+    await fh.sync();
+    const { fd } = fh;
+    assert.is(await native.seekData(fd, 0, size), a);
+    assert.is(await native.seekHole(fd, 0, size), 0);
+    assert.is(await native.seekHole(fd, a, size), a + 4 * KiB);
+    assert.is(await native.seekData(fd, a + 4 * KiB, size), b);
+    assert.is(await native.seekData(fd, 4 * GiB + 1, size), b);
+    assert.is(await native.seekData(fd, b + 4 * KiB, size), b + 4 * KiB);
+    assert.is(await native.seekHole(fd, b, size), b + 8 * KiB);
+    assert.is(await native.seekData(fd, b + 8 * KiB, size), -1);
+    assert.is(await native.seekHole(fd, b + 8 * KiB, size), b + 8 * KiB);
+    assert.is(await native.seekData(fd, size, size), -1);
+    assert.is(await native.seekHole(fd, size, size), size);
+    assert.is(await native.seekHole(fd, size + GiB, size), size);
+
+    await native.punchHole(fd, b, 8 * KiB);
+    assert.is(await native.seekData(fd, a + 4 * KiB, size), -1);
+    assert.is((await fh.stat()).size, size);
+  } finally {
+    await fh.close();
+  }
+});
+
+test('addon errors carry the errno name and say what failed', async () => {
+  if (!native.hasNativeAddon()) return;
+  const path = join(tempDir(), 'ro');
+  await (await open(path, 'w')).close();
+  const ro = await open(path, 'r');
+  try {
+    const err = await native.punchHole(ro.fd, 0, 4096).then(() => null, (e: NodeJS.ErrnoException) => e);
+    assert.ok(err instanceof Error);
+    assert.is(err.code, 'EBADF');
+    assert.match(err.message, /fallocate\(PUNCH_HOLE\|KEEP_SIZE\) of 4096 bytes at offset 0/);
+  } finally {
+    await ro.close();
+  }
+  const bad = await native.seekData(1 << 30, 0, 0).then(() => null, (e: NodeJS.ErrnoException) => e);
+  assert.is(bad?.code, 'EBADF');
+  assert.match(bad?.message ?? '', /lseek\(SEEK_DATA\)/);
+  const range = await native.punchHole(0, -1, 4096).then(() => null, (e: NodeJS.ErrnoException) => e);
+  assert.ok(range instanceof RangeError);
+});
+
+test('fallback (THINPOOL_NO_NATIVE=1): not loaded, punchHole via util-linux fallocate', async () => {
+  assert.is(fallback.hasNativeAddon(), false);
+  await punchMiddleOfOnes(fallback);
+});
+
+test('fallback: every byte before the end of the file is data', async () => {
+  assert.is(await fallback.seekData(0, 5 * GiB, 8 * GiB), 5 * GiB);
+  assert.is(await fallback.seekData(0, 8 * GiB, 8 * GiB), -1);
+  assert.is(await fallback.seekHole(0, 5 * GiB, 8 * GiB), 8 * GiB);
+});
+
+test('fallback: a failing fallocate rejects with its message', async () => {
+  const dir = await open(tempDir(), 'r');
+  try {
+    const err = await fallback.punchHole(dir.fd, 0, 4096).then(() => null, (e: Error) => e);
+    assert.ok(err instanceof Error);
+    assert.match(err.message, /fallocate --punch-hole of 4096 bytes at offset 0 of \/.* failed: .*directory/i);
+  } finally {
+    await dir.close();
+  }
+});
+
+test.run();
