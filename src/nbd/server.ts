@@ -1,0 +1,188 @@
+/**
+ * The NBD server: listens on unix sockets and TCP ports and runs one {@link NbdConnection} per
+ * client against the exports of an {@link NbdExportProvider}.
+ */
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { chmod, unlink } from 'node:fs/promises';
+import type { Duplex } from 'node:stream';
+import { BusyError, RangeErrorWithCode } from '../errors.js';
+import { MiB } from '../units.js';
+import { NbdConnection, PREFERRED_BLOCK_SIZE } from './connection.js';
+import type { NbdExportProvider } from './export.js';
+
+export interface NbdServerOptions {
+  /** Where exports come from; consulted on every INFO/GO/LIST/EXPORT_NAME. */
+  provider: NbdExportProvider;
+  /** Receives protocol violations and export I/O failures, one line each. Disconnects are not logged. */
+  log?: (msg: string) => void;
+  /** Largest READ/WRITE payload (advertised as the maximum block size); default 32 MiB, at least 4096. */
+  maxPayload?: number;
+  /** After ending a connection, how long to wait for the client to close before destroying it (ms, default 2000). */
+  closeGraceMs?: number;
+  /** How long {@link NbdServer.close} lets a connection finish its in-flight requests before destroying its socket (ms, default 10000). */
+  shutdownTimeoutMs?: number;
+}
+
+/** Default and largest sensible payload. */
+export const DEFAULT_MAX_PAYLOAD = 32 * MiB;
+const MAX_MAX_PAYLOAD = 1024 * MiB;
+
+/**
+ * A fixed-newstyle NBD server (structured replies, `base:allocation`, many requests in flight per
+ * connection, several connections per export with CAN_MULTI_CONN).
+ *
+ * @example
+ * const server = new NbdServer({ provider, log: (m) => console.error(`nbd: ${m}`) });
+ * await server.listenUnix('/run/thinpool/nbd.sock', 0o600);
+ * const port = await server.listenTcp('127.0.0.1', 0);
+ * // qemu-io -f raw 'nbd+unix:///vol?socket=/run/thinpool/nbd.sock' -c 'read 0 4k'
+ * await server.close();
+ */
+export class NbdServer {
+  private readonly provider: NbdExportProvider;
+  private readonly log: (msg: string) => void;
+  private readonly maxPayload: number;
+  private readonly closeGraceMs: number;
+  private readonly shutdownTimeoutMs: number;
+  private readonly listeners: { server: Server; unixPath?: string }[] = [];
+  private readonly conns = new Set<NbdConnection>();
+  private nextId = 1;
+  private closing: Promise<void> | undefined;
+
+  constructor(opts: NbdServerOptions) {
+    const maxPayload = opts.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    if (!Number.isSafeInteger(maxPayload) || maxPayload < PREFERRED_BLOCK_SIZE || maxPayload > MAX_MAX_PAYLOAD) {
+      throw new RangeErrorWithCode(`Cannot create NBD server: maxPayload ${maxPayload}, expected an integer from ${PREFERRED_BLOCK_SIZE} to ${MAX_MAX_PAYLOAD}`);
+    }
+    this.provider = opts.provider;
+    this.log = opts.log ?? (() => {});
+    this.maxPayload = maxPayload;
+    this.closeGraceMs = opts.closeGraceMs ?? 2000;
+    this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 10_000;
+  }
+
+  /**
+   * Listens on a unix socket at `path` and sets its mode. A stale socket file (nobody accepting)
+   * is replaced; a live one is an error ({@link BusyError}). The file is removed by {@link close}.
+   * @example await server.listenUnix(join(dir, 'nbd.sock'));
+   */
+  async listenUnix(path: string, mode = 0o600): Promise<void> {
+    this.assertOpen();
+    const server = this.makeServer(false);
+    try {
+      await listen(server, path);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EADDRINUSE') throw err;
+      if (await isLive(path)) throw new BusyError(`Cannot listen on ${path}: another server is accepting connections there`, { path });
+      await unlink(path).catch(() => {});
+      await listen(server, path);
+    }
+    this.adopt(server, path);
+    await chmod(path, mode);
+  }
+
+  /**
+   * Listens on a TCP address; `port` 0 picks a free port.
+   * @returns the bound port
+   * @example const port = await server.listenTcp('127.0.0.1', 0);
+   */
+  async listenTcp(host: string, port: number): Promise<number> {
+    this.assertOpen();
+    const server = this.makeServer(true);
+    await listen(server, port, host);
+    this.adopt(server);
+    const addr = server.address();
+    return typeof addr === 'object' && addr ? addr.port : port;
+  }
+
+  /**
+   * Serves one already-connected stream (socket activation, a socketpair, an in-memory duplex).
+   * The stream should allow half-open operation so replies can go out after the client's FIN.
+   */
+  serve(stream: Duplex): void {
+    if (this.closing) {
+      stream.destroy();
+      return;
+    }
+    const conn = new NbdConnection(stream, {
+      id: this.nextId++,
+      provider: this.provider,
+      maxPayload: this.maxPayload,
+      log: this.log,
+      closeGraceMs: this.closeGraceMs,
+      shutdownTimeoutMs: this.shutdownTimeoutMs,
+    });
+    this.conns.add(conn);
+    void conn.closed.then(() => this.conns.delete(conn));
+  }
+
+  /**
+   * Live connections: with a name, those in the transmission phase on the export whose canonical
+   * `name` it is; without, every connection including those still negotiating.
+   */
+  connectionCount(exportName?: string): number {
+    let n = 0;
+    for (const c of this.conns) if (c.live && (exportName === undefined || c.exportName === exportName)) n++;
+    return n;
+  }
+
+  /**
+   * Stops accepting, lets every in-flight request finish and its reply go out (requests arriving
+   * meanwhile get ESHUTDOWN), closes all connections, removes unix socket files. Resolves when
+   * every connection is closed and every started export call has settled. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    const stopped = this.listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve())));
+    const conns = [...this.conns];
+    for (const c of conns) c.shutdown();
+    await Promise.all(conns.map((c) => c.closed));
+    await Promise.all(stopped);
+    for (const l of this.listeners) if (l.unixPath) await unlink(l.unixPath).catch(() => {});
+  }
+
+  private assertOpen(): void {
+    if (this.closing) throw new BusyError('Cannot listen: the NBD server is closed');
+  }
+
+  private makeServer(tcp: boolean): Server {
+    const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
+      if (tcp) sock.setNoDelay(true);
+      this.serve(sock);
+    });
+    return server;
+  }
+
+  private adopt(server: Server, unixPath?: string): void {
+    server.on('error', (err) => this.log(`listener error: ${err.message}`));
+    this.listeners.push(unixPath === undefined ? { server } : { server, unixPath });
+  }
+}
+
+function listen(server: Server, pathOrPort: string | number, host?: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    const done = () => {
+      server.off('error', onError);
+      resolve();
+    };
+    if (typeof pathOrPort === 'string') server.listen(pathOrPort, done);
+    else server.listen(pathOrPort, host, done);
+  });
+}
+
+function isLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
