@@ -59,6 +59,16 @@ export interface CommitHooks {
   afterSuperblock?(freed: number[]): Promise<void>;
 }
 
+/** What a dump, ls or delta reads: a superblock, devices, and their mappings. */
+export interface MetadataView {
+  superblock: Readonly<Superblock>;
+  /** Data blocks in the pool (0 for a metadata snapshot, whose space maps are wiped). */
+  nrDataBlocks: number;
+  devices: DeviceInfo[];
+  /** Visits device `id`'s mappings in `[from, to)` in order; the visitor returns `false` to stop. */
+  walk(id: number, visit: (vblock: Key, m: BlockTime) => unknown, from?: Key, to?: Key): Promise<void>;
+}
+
 /** Counts for `pool status`. */
 export interface MetadataUsage {
   dataBlocks: { used: number; total: number };
@@ -471,6 +481,13 @@ export class ThinMetadata {
     });
   }
 
+  /** Sets the superblock flags committed with the open transaction (restore; bit 0 = NEEDS_CHECK). */
+  setFlags(flags: number): Promise<void> {
+    return this.change('set the superblock flags', async () => {
+      this.flags = flags >>> 0;
+    });
+  }
+
   /** Overwrites a device's details (restore). */
   setDeviceDetails(id: number, d: Partial<DeviceDetails>): Promise<void> {
     return this.change(`set details of thin device ${id}`, async () => {
@@ -510,6 +527,35 @@ export class ThinMetadata {
       await this.details.del(copy.deviceDetailsRoot);
       this.tm.dec(h);
       await this.commitLocked({});
+    });
+  }
+
+  /**
+   * A read view of the live metadata, or of the held metadata snapshot (`snapshot: true`): the
+   * superblock fields, the devices and a mapping walker. Valid until the next change.
+   */
+  async view(snapshot = false): Promise<MetadataView> {
+    return this.lock.run(async () => {
+      if (!snapshot) {
+        const devices = this.deviceIds().map((id) => this.device(id));
+        const live = { ...this.sb, time: this.time, transactionId: this.transactionIdValue, heldRoot: this.heldRootValue, flags: this.flags, dataMappingRoot: this.mappingRoot, deviceDetailsRoot: this.detailsRoot, dataSm: this.dsm.root };
+        return { superblock: live, nrDataBlocks: this.dsm.nrBlocks, devices, walk: (id, visit, from, to) => this.walkIn(this.mappingRoot, id, visit, from, to) };
+      }
+      const held = this.heldRootValue ? unpackSuperblock(await this.bm.read(this.heldRootValue, superblockValidator)) : undefined;
+      if (!held) throw new NotFoundError('Cannot read the metadata snapshot: none is held', {});
+      const devices: DeviceInfo[] = [];
+      await this.details.walk(held.deviceDetailsRoot, (k, d) => {
+        devices.push({ id: Number(k), ...d });
+      });
+      return { superblock: held, nrDataBlocks: 0, devices, walk: (id, visit, from, to) => this.walkIn(held.dataMappingRoot, id, visit, from, to) };
+    });
+  }
+
+  private walkIn(mappingRoot: number, id: number, visit: (vblock: Key, m: BlockTime) => unknown, from?: Key, to?: Key): Promise<void> {
+    return this.lock.run(async () => {
+      const sub = await this.top.lookup(mappingRoot, id);
+      if (sub === undefined) throw new NotFoundError(`Cannot list the mappings of thin device ${id}: no mapping tree`, { id });
+      await this.bottom.walk(sub, visit, from, to);
     });
   }
 

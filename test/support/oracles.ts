@@ -5,6 +5,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { Test } from 'uvu';
 
 export const TOOLS_1X_DIR = process.env.THINPOOL_TOOLS_1X || '/opt/thin-tools-1x';
 export const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
@@ -58,8 +59,9 @@ export function run(cmd: string, args: string[], opts: { input?: string | Uint8A
 }
 
 /** Registers `fn` as a uvu test when `ok`, else as a skipped test whose name says why. */
-export function testIf<T>(suite: { (name: string, fn: (ctx: T) => unknown): void; skip: (name: string, fn?: (ctx: T) => unknown) => void }, ok: boolean, why: string) {
-  return (name: string, fn: (ctx: T) => unknown) => {
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function testIf(suite: Test<any>, ok: boolean, why: string) {
+  return (name: string, fn: () => void | Promise<void>) => {
     if (ok) suite(name, fn);
     else suite.skip(`${name} [skipped: ${why}]`, fn);
   };
