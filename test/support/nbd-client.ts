@@ -166,6 +166,7 @@ export class NbdClient {
   private constructor(readonly stream: Duplex) {
     this.reader = new ByteReader(stream);
     this.closed = new Promise((resolve) => stream.once('close', () => resolve()));
+    stream.once('end', () => stream.end());
   }
 
   /** Reads and checks the greeting; the handshake continues with {@link sendClientFlags}. */
@@ -254,13 +255,22 @@ export class NbdClient {
 
   /** Sends one request; `cookie` overrides the counter (as `[hi, lo]`). */
   request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array, cookie?: [number, number]): Promise<Reply> {
-    if (this.failure) return Promise.reject(this.failure);
     const [hi, lo] = cookie ?? [0, this.cookie++];
+    return this.requestWithHeader(packRequestHeader(type, flags, hi, lo, offset, length), payload);
+  }
+
+  /** Sends a prepared 28-byte request header (any offset, even past 2^53) and waits for its reply. */
+  requestWithHeader(head: Buffer, payload?: Uint8Array): Promise<Reply> {
+    if (this.failure) return Promise.reject(this.failure);
+    const type = head.readUInt16BE(6);
+    const hi = head.readUInt32BE(8);
+    const lo = head.readUInt32BE(12);
+    const offset = readU64(head, 16);
+    const length = head.readUInt32BE(24);
     const key = `${hi}:${lo}`;
     if (this.pending.has(key)) return Promise.reject(new Error(`cookie ${key} already in flight`));
     return new Promise((resolve, reject) => {
       this.pending.set(key, { type, offset, length, chunks: [], covered: 0, error: 0, message: '', resolve, reject });
-      const head = packRequestHeader(type, flags, hi, lo, offset, length);
       if (payload) {
         this.stream.cork();
         this.stream.write(head);

@@ -1,0 +1,500 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { Duplex } from 'node:stream';
+import type { NbdExport } from '../../src/nbd/export.js';
+import { MemoryExport } from '../../src/nbd/memory-export.js';
+import {
+  BASE_ALLOCATION,
+  Chunk,
+  Cmd,
+  CmdFlag,
+  Info,
+  NbdErr,
+  Opt,
+  Rep,
+  TxFlag,
+  packInfoRequest,
+  packMetaContextRequest,
+  packOption,
+  packRequestHeader,
+  readU64,
+} from '../../src/nbd/protocol.js';
+import { NbdServer } from '../../src/nbd/server.js';
+import { StaticExportProvider } from '../../src/nbd/static-export-provider.js';
+import { NbdClient, withTimeout, type ConnectOptions } from '../support/nbd-client.js';
+import { duplexPair } from '../support/nbd-duplex.js';
+
+const MiB = 1024 * 1024;
+
+interface Rig {
+  server: NbdServer;
+  logs: string[];
+  disk: MemoryExport;
+  ro: MemoryExport;
+  provider: StaticExportProvider;
+  stream(): Duplex;
+  connect(opts?: ConnectOptions): Promise<NbdClient>;
+  open(): Promise<NbdClient>;
+}
+
+function rig(extra: NbdExport[] = [], opts: { defaultExport?: string; maxPayload?: number } = {}): Rig {
+  const disk = new MemoryExport({ name: 'disk', size: 16 * MiB, description: 'a test disk' });
+  const ro = new MemoryExport({ name: 'ro', size: MiB, readOnly: true });
+  const provider = new StaticExportProvider([disk, ro, ...extra], opts.defaultExport === undefined ? {} : { defaultExport: opts.defaultExport });
+  const logs: string[] = [];
+  const server = new NbdServer({ provider, log: (m) => logs.push(m), closeGraceMs: 200, ...(opts.maxPayload ? { maxPayload: opts.maxPayload } : {}) });
+  const stream = () => {
+    const [a, b] = duplexPair();
+    server.serve(b);
+    return a;
+  };
+  return {
+    server,
+    logs,
+    disk,
+    ro,
+    provider,
+    stream,
+    connect: (o = {}) => NbdClient.connect(stream(), { exportName: 'disk', ...o }),
+    open: async () => {
+      const c = await NbdClient.open(stream());
+      c.sendClientFlags(3);
+      return c;
+    },
+  };
+}
+
+const closedSoon = (c: NbdClient, what = 'server closes the connection') => withTimeout(c.closed, 2000, what);
+const lastType = (r: { type: number }[]) => r[r.length - 1]!.type;
+
+test('greeting then refusal of unknown or non-fixed client flags', async () => {
+  const r = rig();
+  for (const flags of [0x7, 0x0, 0x2, 0x80000001]) {
+    const c = await NbdClient.open(r.stream());
+    assert.is(c.handshakeFlags, 3);
+    c.sendClientFlags(flags);
+    await closedSoon(c, `close on client flags ${flags}`);
+  }
+  assert.is(r.server.connectionCount(), 0);
+  await r.server.close();
+});
+
+test('bad option magic and oversized option data close the connection', async () => {
+  const r = rig();
+  const c1 = await r.open();
+  const bad = packOption(Opt.LIST);
+  bad[3] ^= 0xff;
+  c1.sendRaw(bad);
+  await closedSoon(c1);
+  const c2 = await r.open();
+  const big = Buffer.alloc(16);
+  packOption(Opt.GO).copy(big);
+  big.writeUInt32BE(64 * 1024 + 1, 12);
+  c2.sendRaw(big);
+  await closedSoon(c2);
+  assert.ok(r.logs.some((l) => l.includes('exceeds')));
+  await r.server.close();
+});
+
+test('unknown options get ERR_UNSUP and negotiation continues; STARTTLS and EXTENDED_HEADERS unsupported', async () => {
+  const r = rig();
+  const c = await r.open();
+  for (const code of [4, 5, 11, 12, 999, 0xffffffff]) {
+    const rep = await c.option(code, Buffer.from('junk'));
+    assert.is(rep.length, 1);
+    assert.is(rep[0]!.type, Rep.ERR_UNSUP);
+  }
+  const list = await c.option(Opt.LIST);
+  assert.is(lastType(list), Rep.ACK);
+  c.destroy();
+  await r.server.close();
+});
+
+test('LIST: one SERVER reply per export with description, then ACK; data is invalid', async () => {
+  const r = rig();
+  const c = await r.open();
+  const rep = await c.option(Opt.LIST);
+  assert.is(rep.length, 3);
+  const names = rep.slice(0, 2).map((x) => {
+    assert.is(x.type, Rep.SERVER);
+    const len = x.data.readUInt32BE(0);
+    return [x.data.toString('utf8', 4, 4 + len), x.data.toString('utf8', 4 + len)];
+  });
+  assert.equal(names, [['disk', 'a test disk'], ['ro', '']]);
+  assert.is(lastType(rep), Rep.ACK);
+  assert.is(lastType(await c.option(Opt.LIST, Buffer.from('x'))), Rep.ERR_INVALID);
+  assert.is(lastType(await c.option(Opt.STRUCTURED_REPLY, Buffer.from('x'))), Rep.ERR_INVALID);
+  c.destroy();
+  await r.server.close();
+});
+
+test('INFO: export, name, description, block size; stays in negotiation; GO enters transmission', async () => {
+  const r = rig([], { maxPayload: 4 * MiB });
+  const c = await r.open();
+  assert.is(lastType(await c.option(Opt.STRUCTURED_REPLY)), Rep.ACK);
+  c.structured = true;
+  const rep = await c.option(Opt.INFO, packInfoRequest('disk', [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE, 77, Info.NAME]));
+  assert.is(lastType(rep), Rep.ACK);
+  const infos = new Map(rep.filter((x) => x.type === Rep.INFO).map((x) => [x.data.readUInt16BE(0), x.data.subarray(2)]));
+  assert.is(rep.filter((x) => x.type === Rep.INFO).length, 4);
+  assert.is(readU64(infos.get(Info.EXPORT)!, 0), 16 * MiB);
+  assert.is(infos.get(Info.EXPORT)!.readUInt16BE(8), 0x0ded);
+  assert.is(infos.get(Info.NAME)!.toString(), 'disk');
+  assert.is(infos.get(Info.DESCRIPTION)!.toString(), 'a test disk');
+  const bs = infos.get(Info.BLOCK_SIZE)!;
+  assert.equal([bs.readUInt32BE(0), bs.readUInt32BE(4), bs.readUInt32BE(8)], [1, 4096, 4 * MiB]);
+  assert.is(r.server.connectionCount('disk'), 0);
+  await c.go('disk', []);
+  assert.is(c.size, 16 * MiB);
+  assert.is(c.transmissionFlags, 0x0ded);
+  assert.is(r.server.connectionCount('disk'), 1);
+  assert.is(r.provider.users('disk'), 1);
+  await c.disconnect();
+  await r.server.close();
+  assert.is(r.provider.users('disk'), 0);
+});
+
+test('GO: unknown export ERR_UNKNOWN, malformed data ERR_INVALID, "" decided by the provider', async () => {
+  const r = rig();
+  const c = await r.open();
+  assert.is(lastType(await c.option(Opt.GO, packInfoRequest('nope', []))), Rep.ERR_UNKNOWN);
+  assert.is(lastType(await c.option(Opt.GO, packInfoRequest('', []))), Rep.ERR_UNKNOWN);
+  const bad = packInfoRequest('disk', [1]);
+  assert.is(lastType(await c.option(Opt.GO, bad.subarray(0, bad.length - 1))), Rep.ERR_INVALID);
+  assert.is(lastType(await c.option(Opt.GO, Buffer.alloc(3))), Rep.ERR_INVALID);
+  assert.is(lastType(await c.option(Opt.INFO, Buffer.from('\xff\xff\xff\xff\0\0', 'latin1'))), Rep.ERR_INVALID);
+  assert.is(lastType(await c.option(Opt.GO, packInfoRequest('x'.repeat(5000), []))), Rep.ERR_INVALID);
+  c.destroy();
+  const r2 = rig([], { defaultExport: 'disk' });
+  const c2 = await NbdClient.open(r2.stream());
+  c2.sendClientFlags(3);
+  const rep = await c2.option(Opt.INFO, packInfoRequest('', [Info.NAME]));
+  assert.is(lastType(rep), Rep.ACK);
+  assert.ok(rep.some((x) => x.type === Rep.INFO && x.data.readUInt16BE(0) === Info.NAME && x.data.toString('utf8', 2) === 'disk'));
+  c2.destroy();
+  await r.server.close();
+  await r2.server.close();
+});
+
+test('transmission flags: with and without structured replies, read-only', async () => {
+  const r = rig();
+  const a = await r.connect({ structuredReplies: false });
+  assert.is(a.transmissionFlags, 0x0d6d);
+  const b = await r.connect({ exportName: 'ro' });
+  assert.is(b.transmissionFlags, 0x0587);
+  assert.ok(b.transmissionFlags & TxFlag.READ_ONLY);
+  await a.disconnect();
+  await b.disconnect();
+  await r.server.close();
+});
+
+test('LIST_META_CONTEXT and SET_META_CONTEXT', async () => {
+  const r = rig();
+  const c = await r.open();
+  assert.is(lastType(await c.option(Opt.SET_META_CONTEXT, packMetaContextRequest('disk', [BASE_ALLOCATION]))), Rep.ERR_INVALID);
+  await c.option(Opt.STRUCTURED_REPLY);
+  c.structured = true;
+  const ctx = (rep: { type: number; data: Buffer }[]) => rep.filter((x) => x.type === Rep.META_CONTEXT).map((x) => [x.data.readUInt32BE(0), x.data.toString('utf8', 4)]);
+  assert.equal(ctx(await c.option(Opt.LIST_META_CONTEXT, packMetaContextRequest('disk', []))), [[0, BASE_ALLOCATION]]);
+  assert.equal(ctx(await c.option(Opt.LIST_META_CONTEXT, packMetaContextRequest('disk', ['base:']))), [[0, BASE_ALLOCATION]]);
+  assert.equal(ctx(await c.option(Opt.LIST_META_CONTEXT, packMetaContextRequest('disk', ['x-foo:bar', 'qemu:dirty-bitmap:a']))), []);
+  assert.is(lastType(await c.option(Opt.LIST_META_CONTEXT, packMetaContextRequest('nope', []))), Rep.ERR_UNKNOWN);
+  assert.is(lastType(await c.option(Opt.LIST_META_CONTEXT, Buffer.alloc(9))), Rep.ERR_INVALID);
+  assert.equal(ctx(await c.option(Opt.SET_META_CONTEXT, packMetaContextRequest('disk', ['base:']))), []);
+  assert.equal(ctx(await c.option(Opt.SET_META_CONTEXT, packMetaContextRequest('disk', []))), []);
+  const set = await c.setMetaContext('disk', ['x-foo:bar', BASE_ALLOCATION]);
+  assert.equal(ctx(set), [[1, BASE_ALLOCATION]]);
+  assert.is(lastType(set), Rep.ACK);
+  await c.go('disk', []);
+  assert.equal(await c.blockStatus(0, 4096), [[4096, 3]]);
+  await c.disconnect();
+
+  const d = await r.open();
+  await d.option(Opt.STRUCTURED_REPLY);
+  d.structured = true;
+  await d.setMetaContext('ro', [BASE_ALLOCATION]);
+  await d.go('disk', []);
+  const reply = await d.request(Cmd.BLOCK_STATUS, 0, 0, 4096);
+  assert.is(reply.error, NbdErr.EINVAL, 'context chosen for another export does not apply');
+  await d.disconnect();
+  await r.server.close();
+});
+
+test('EXPORT_NAME: with and without NO_ZEROES; unknown export closes', async () => {
+  const r = rig();
+  const a = await r.connect({ exportNameOption: true, clientFlags: 1, structuredReplies: false });
+  assert.is(a.size, 16 * MiB);
+  await a.write(0, Buffer.alloc(512, 7));
+  assert.equal(await a.read(0, 512), Buffer.alloc(512, 7));
+  await a.disconnect();
+  const b = await r.connect({ exportNameOption: true });
+  assert.is(b.transmissionFlags, 0x0ded);
+  assert.equal(await b.blockStatus(0, 8192), [[4096, 0], [4096, 3]]);
+  await b.disconnect();
+  const c = await r.open();
+  c.sendRaw(packOption(Opt.EXPORT_NAME, Buffer.from('nope')));
+  await closedSoon(c);
+  await r.server.close();
+});
+
+test('ABORT is acknowledged, then the server closes', async () => {
+  const r = rig();
+  const c = await r.open();
+  const rep = await c.option(Opt.ABORT, Buffer.from('ignored'));
+  assert.is(lastType(rep), Rep.ACK);
+  await closedSoon(c);
+  const d = await r.open();
+  d.sendRaw(packOption(Opt.ABORT));
+  d.destroy();
+  await new Promise((res) => setTimeout(res, 50));
+  assert.is(r.server.connectionCount(), 0);
+  assert.equal(r.logs, []);
+  await r.server.close();
+});
+
+test('malformed requests get the errors of the table and the connection stays usable', async () => {
+  const r = rig([], { maxPayload: MiB });
+  for (const structured of [true, false]) {
+    const c = await r.connect({ structuredReplies: structured });
+    const size = c.size;
+    const err = async (type: number, flags: number, offset: number, length: number, payload?: Buffer) =>
+      (await c.request(type, flags, offset, length, payload)).error;
+    assert.is(await err(Cmd.READ, 0, size - 512, 1024), NbdErr.EINVAL, 'read past end');
+    assert.is(await err(Cmd.TRIM, 0, size, 1), NbdErr.EINVAL, 'trim past end');
+    assert.is(await err(Cmd.CACHE, 0, size, 512), NbdErr.EINVAL, 'cache past end');
+    assert.is(await err(Cmd.WRITE, 0, size - 512, 1024, Buffer.alloc(1024, 1)), NbdErr.ENOSPC, 'write past end, payload drained');
+    assert.is(await err(Cmd.WRITE_ZEROES, 0, size - 512, 1024), NbdErr.ENOSPC, 'zero past end');
+    assert.is(await err(Cmd.READ, 0, 2 ** 53 - 1, 512), NbdErr.EINVAL, 'offset near 2^53');
+    const h = packRequestHeader(Cmd.READ, 0, 0, 99, 0, 512);
+    h.writeUInt32BE(0xffffffff, 16);
+    h.writeUInt32BE(0xffffff00, 20);
+    assert.is((await c.requestWithHeader(h)).error, NbdErr.EINVAL, 'offset near 2^64');
+    assert.is(await err(42, 0, 0, 512), NbdErr.EINVAL, 'unknown command');
+    assert.is(await err(Cmd.RESIZE, 0, 0, 0), NbdErr.EINVAL, 'resize');
+    assert.is(await err(Cmd.READ, 0x8000, 0, 512), NbdErr.EINVAL, 'unknown flag');
+    assert.is(await err(Cmd.WRITE, CmdFlag.NO_HOLE, 0, 512, Buffer.alloc(512)), NbdErr.EINVAL, 'inapplicable flag on write');
+    assert.is(await err(Cmd.TRIM, CmdFlag.DF, 0, 512), NbdErr.EINVAL, 'inapplicable flag on trim');
+    assert.is(await err(Cmd.READ, 0, 0, MiB + 1), NbdErr.EINVAL, 'read over max payload');
+    assert.is(await err(Cmd.WRITE, 0, 0, MiB + 512, Buffer.alloc(MiB + 512, 9)), NbdErr.EINVAL, 'write over max payload, drained');
+    assert.is(await err(Cmd.BLOCK_STATUS, 0, 0, 512), structured ? 0 : NbdErr.EINVAL);
+    if (structured) assert.is(await err(Cmd.BLOCK_STATUS, 0, 0, 0), NbdErr.EINVAL, 'zero-length block status');
+    if (!structured) assert.is(await err(Cmd.READ, CmdFlag.DF, 0, 512), NbdErr.EINVAL, 'DF without structured replies');
+    assert.is(await err(Cmd.READ, 0, 0, 0), 0, 'zero-length read');
+    assert.is(await err(Cmd.WRITE, 0, 0, 0), 0, 'zero-length write');
+    assert.is(await err(Cmd.TRIM, 0, 0, 0), 0, 'zero-length trim');
+    assert.is(await err(Cmd.FLUSH, 0, 4096, 512), 0, 'flush with offset');
+    assert.is(await err(Cmd.CACHE, 0, 0, 4096), 0, 'cache');
+    assert.is(await err(Cmd.READ, CmdFlag.FUA, 0, 512), 0, 'FUA on read is harmless');
+    assert.equal(await c.read(size - 512, 512), Buffer.alloc(512), 'untouched by the rejected writes');
+    assert.equal(await c.read(0, 512), Buffer.alloc(512));
+    await c.disconnect();
+  }
+  assert.is(r.disk.stats.writes, 0);
+  await r.server.close();
+});
+
+test('read-only export: write, trim, write-zeroes get EPERM; write payload drained', async () => {
+  const r = rig();
+  const c = await r.connect({ exportName: 'ro' });
+  assert.is((await c.request(Cmd.WRITE, 0, 0, 4096, Buffer.alloc(4096, 1))).error, NbdErr.EPERM);
+  assert.is((await c.request(Cmd.TRIM, 0, 0, 4096)).error, NbdErr.EPERM);
+  assert.is((await c.request(Cmd.WRITE_ZEROES, 0, 0, 4096)).error, NbdErr.EPERM);
+  assert.equal(await c.read(0, 4096), Buffer.alloc(4096));
+  await c.flush();
+  await c.disconnect();
+  await r.server.close();
+});
+
+test('structured READ: holes as OFFSET_HOLE, data as OFFSET_DATA, DF gives one chunk; simple READ fills zeros', async () => {
+  const r = rig();
+  const c = await r.connect();
+  const data = Buffer.alloc(8192, 0x5a);
+  await c.write(8192, data);
+  const reply = await c.request(Cmd.READ, 0, 0, 32768);
+  assert.equal(reply.chunks.map((x) => [x.type, x.offset, x.length]), [
+    [Chunk.OFFSET_HOLE, 0, 8192],
+    [Chunk.OFFSET_DATA, 8192, 8192],
+    [Chunk.OFFSET_HOLE, 16384, 16384],
+  ]);
+  assert.equal(reply.chunks.map((x) => x.flags), [0, 0, 1]);
+  const expect = Buffer.concat([Buffer.alloc(8192), data, Buffer.alloc(16384)]);
+  assert.equal(reply.data, expect);
+  const df = await c.request(Cmd.READ, CmdFlag.DF, 0, 32768);
+  assert.equal(df.chunks.map((x) => [x.type, x.offset, x.length, x.flags]), [[Chunk.OFFSET_DATA, 0, 32768, 1]]);
+  assert.equal(df.data, expect);
+  const hole = await c.request(Cmd.READ, CmdFlag.DF, 65536, 4096);
+  assert.equal(hole.chunks.map((x) => [x.type, x.offset, x.length]), [[Chunk.OFFSET_HOLE, 65536, 4096]]);
+  const empty = await c.request(Cmd.READ, 0, 100, 0);
+  assert.equal(empty.chunks.map((x) => x.type), [Chunk.NONE]);
+  const odd = await c.read(8191, 3);
+  assert.equal([...odd], [0, 0x5a, 0x5a]);
+  await c.disconnect();
+  const s = await r.connect({ structuredReplies: false });
+  const simple = await s.request(Cmd.READ, 0, 0, 32768);
+  assert.is(simple.structured, false);
+  assert.equal(simple.data, expect);
+  await s.disconnect();
+  await r.server.close();
+});
+
+test('BLOCK_STATUS: flags, REQ_ONE, never past the requested length', async () => {
+  const r = rig();
+  const c = await r.connect();
+  await c.write(4096, Buffer.alloc(4096, 1));
+  await c.writeZeroes(8192, 4096, CmdFlag.NO_HOLE);
+  await c.write(1 * MiB, Buffer.alloc(512, 2));
+  assert.equal(await c.blockStatus(0, 2 * MiB), [[4096, 3], [4096, 0], [4096, 2], [MiB - 12288, 3], [4096, 0], [MiB - 4096, 3]]);
+  assert.equal(await c.blockStatus(0, 2 * MiB, CmdFlag.REQ_ONE), [[4096, 3]]);
+  assert.equal(await c.blockStatus(4096, 100, CmdFlag.REQ_ONE), [[100, 0]]);
+  assert.equal(await c.blockStatus(1000, 6000), [[3096, 3], [2904, 0]]);
+  assert.equal(await c.blockStatus(16384, 1000), [[1000, 3]]);
+  const all = await c.blockStatus(0, c.size);
+  assert.is(all.reduce((s, [l]) => s + l, 0), c.size);
+  assert.is((await c.request(Cmd.BLOCK_STATUS, 0, c.size - 512, 1024)).error, NbdErr.EINVAL);
+  assert.is((await c.request(Cmd.BLOCK_STATUS, CmdFlag.DF, 0, 512)).error, NbdErr.EINVAL);
+  await c.trim(4096, 4096);
+  await c.writeZeroes(MiB, 4096);
+  assert.equal(await c.blockStatus(0, 2 * MiB), [[8192, 3], [4096, 2], [2 * MiB - 12288, 3]]);
+  await c.disconnect();
+  const n = await r.connect({ metaContext: false });
+  assert.is((await n.request(Cmd.BLOCK_STATUS, 0, 0, 512)).error, NbdErr.EINVAL);
+  await n.disconnect();
+  await r.server.close();
+});
+
+test('write flags reach the export: FUA, NO_HOLE, FAST_ZERO (ENOTSUP when slow)', async () => {
+  const slow = new MemoryExport({ name: 'slow', size: MiB, slowZero: true });
+  const r = rig([slow]);
+  const c = await r.connect();
+  await c.write(0, Buffer.alloc(4096, 1), CmdFlag.FUA);
+  await c.write(4096, Buffer.alloc(4096, 1));
+  assert.is(r.disk.stats.fuaWrites, 1);
+  assert.is(r.disk.stats.writes, 2);
+  await c.writeZeroes(0, 4096, CmdFlag.FAST_ZERO | CmdFlag.FUA);
+  await c.disconnect();
+  const s = await r.connect({ exportName: 'slow' });
+  await s.write(0, Buffer.alloc(4096, 1));
+  assert.is((await s.request(Cmd.WRITE_ZEROES, CmdFlag.FAST_ZERO, 0, 4096)).error, NbdErr.ENOTSUP);
+  assert.equal(await s.read(0, 4096), Buffer.alloc(4096, 1), 'failed fast zero changed nothing');
+  await s.writeZeroes(0, 4096);
+  assert.equal(await s.read(0, 4096), Buffer.alloc(4096));
+  await s.disconnect();
+  await r.server.close();
+});
+
+test('errors thrown by the export map to NBD errors; malformed export results become EIO', async () => {
+  const mem = new MemoryExport({ name: 'bad', size: MiB });
+  const fail = (code: string | undefined, msg: string) => {
+    const e = code === 'RANGE' ? new RangeError(msg) : new Error(msg);
+    if (code && code !== 'RANGE') Object.assign(e, { code });
+    return Promise.reject(e);
+  };
+  const bad: NbdExport = {
+    name: 'bad',
+    size: MiB,
+    readOnly: false,
+    read: (o, l) => (o === 0 ? fail(undefined, 'disk on fire') : o === 512 ? Promise.resolve([{ offset: o, length: l - 1, data: null }]) : mem.read(o, l)),
+    write: () => fail('ENOSPC', 'pool full'),
+    flush: () => fail('EIO', 'sync failed'),
+    trim: () => fail('RANGE', 'bad range'),
+    writeZeroes: () => fail('EROFS', 'needs check'),
+    blockStatus: () => Promise.resolve([]),
+    cache: () => {
+      throw new Error('sync throw');
+    },
+  };
+  const r = rig([bad]);
+  const c = await r.connect({ exportName: 'bad' });
+  const e = async (type: number, offset: number, length: number, payload?: Buffer) => {
+    const rep = await c.request(type, 0, offset, length, payload);
+    return [rep.error, rep.message.length > 0];
+  };
+  assert.equal(await e(Cmd.READ, 0, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.READ, 512, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.WRITE, 0, 512, Buffer.alloc(512)), [NbdErr.ENOSPC, true]);
+  assert.equal(await e(Cmd.FLUSH, 0, 0), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.TRIM, 0, 512), [NbdErr.EINVAL, true]);
+  assert.equal(await e(Cmd.WRITE_ZEROES, 0, 512), [NbdErr.EPERM, true]);
+  assert.equal(await e(Cmd.BLOCK_STATUS, 0, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.CACHE, 0, 512), [NbdErr.EIO, true]);
+  assert.equal(await c.read(4096, 512), Buffer.alloc(512));
+  await c.disconnect();
+  const s = await r.connect({ exportName: 'bad', structuredReplies: false });
+  assert.is((await s.request(Cmd.READ, 0, 0, 512)).error, NbdErr.EIO);
+  assert.is((await s.request(Cmd.WRITE, 0, 0, 512, Buffer.alloc(512))).error, NbdErr.ENOSPC);
+  await s.disconnect();
+  assert.ok(r.logs.some((l) => l.includes('disk on fire')));
+  assert.not.ok(r.logs.some((l) => l.includes('pool full')), 'ENOSPC is a result, not a failure to log');
+  await r.server.close();
+});
+
+test('cookies are 8 opaque bytes: 64-bit values echoed, reuse after the reply', async () => {
+  const r = rig();
+  const c = await r.connect();
+  const cookies: [number, number][] = [[0xffffffff, 0xffffffff], [0x563e, 0xabd07f90], [0x80000000, 0], [0, 0]];
+  const replies = await Promise.all(cookies.map((k, i) => c.request(Cmd.WRITE, 0, i * 4096, 4096, Buffer.alloc(4096, i + 1), k)));
+  assert.ok(replies.every((x) => x.error === 0));
+  for (let i = 0; i < 50; i++) {
+    await c.request(Cmd.WRITE, 0, 65536, 512, Buffer.alloc(512, i), [0x563e, 0xabd07f90]);
+    const rd = await c.request(Cmd.READ, 0, 65536, 512, undefined, [0x563e, 0xabd07f90]);
+    assert.equal(rd.data, Buffer.alloc(512, i));
+  }
+  await c.disconnect();
+  await r.server.close();
+});
+
+test('bad request magic, truncated header or payload, and vanishing clients close without crashing', async () => {
+  const r = rig();
+  const a = await r.connect();
+  const h = packRequestHeader(Cmd.READ, 0, 0, 1, 0, 512);
+  h.writeUInt32BE(0x12345678, 0);
+  a.sendRaw(h);
+  await closedSoon(a);
+  const b = await r.connect();
+  b.sendRaw(packRequestHeader(Cmd.READ, 0, 0, 1, 0, 512).subarray(0, 13));
+  b.stream.end();
+  await closedSoon(b);
+  const c = await r.connect();
+  c.sendRaw(packRequestHeader(Cmd.WRITE, 0, 0, 1, 0, 65536));
+  c.sendRaw(Buffer.alloc(1000));
+  c.stream.end();
+  await closedSoon(c);
+  const d = await r.connect();
+  const pending = d.request(Cmd.READ, 0, 0, 4096);
+  d.destroy();
+  await pending.catch(() => {});
+  const e = await r.open();
+  e.sendRaw(packOption(Opt.GO).subarray(0, 10));
+  e.stream.end();
+  await closedSoon(e);
+  await new Promise((res) => setTimeout(res, 20));
+  assert.is(r.server.connectionCount(), 0);
+  assert.is(r.disk.stats.writes, 0, 'a truncated write never reaches the export');
+  await r.server.close();
+});
+
+test('DISC: in-flight requests are answered before the server closes', async () => {
+  const r = rig();
+  const c = await r.connect();
+  const reqs = [c.request(Cmd.WRITE, 0, 0, 65536, Buffer.alloc(65536, 3)), c.request(Cmd.READ, 0, 0, 4096), c.request(Cmd.FLUSH, 0, 0, 0)];
+  c.sendRaw(packRequestHeader(Cmd.DISC, 0, 0, 0, 0, 0));
+  c.sendRaw(packRequestHeader(Cmd.WRITE, 0, 0, 77, 0, 4));
+  const out = await Promise.all(reqs);
+  assert.ok(out.every((x) => x.error === 0));
+  await closedSoon(c);
+  assert.is(r.disk.stats.writes, 1, 'nothing after DISC is processed');
+  await r.server.close();
+});
+
+test('client half-close after requests still gets the replies', async () => {
+  const r = rig();
+  const c = await r.connect();
+  const reqs = [c.request(Cmd.WRITE, 0, 0, 4096, Buffer.alloc(4096, 1)), c.request(Cmd.READ, 0, 8192, 4096)];
+  c.stream.end();
+  const out = await Promise.all(reqs);
+  assert.ok(out.every((x) => x.error === 0));
+  await closedSoon(c);
+  await r.server.close();
+});
+
+test.run();
