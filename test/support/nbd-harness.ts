@@ -51,3 +51,12 @@ export async function startNbd(exports: NbdExport[], opts: HarnessOptions = {}):
     close: () => server.close(),
   };
 }
+
+/** Polls `cond` every 10 ms until it holds; rejects after `ms`. */
+export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
