@@ -47,6 +47,9 @@ export interface RemoveResult<V> {
   value: V | undefined;
 }
 
+/** Returned by {@link BTree.lookupCached} when the answer needs a read from disk. */
+export const NOT_CACHED: unique symbol = Symbol('not cached');
+
 interface PathStep {
   node: WritableBlock;
   index: number;
@@ -83,6 +86,28 @@ export class BTree<V> {
       const i = lastAtOrBelow(b, hi, lo);
       if (i < 0) return undefined;
       b = await this.node(childAt(b, i));
+    }
+  }
+
+  /**
+   * {@link lookup} from cached blocks only, synchronously: the value, undefined when absent, or
+   * {@link NOT_CACHED} when a node on the path is not in memory. The caller must know no change is
+   * half-done (it holds the metadata lock, or the lock is free).
+   */
+  lookupCached(root: number, key: Key): V | undefined | typeof NOT_CACHED {
+    const [hi, lo] = splitKey(key);
+    const bm = this.tm.bm;
+    let b = bm.cached(root, nodeValidator);
+    for (;;) {
+      if (b === undefined) return NOT_CACHED;
+      if (isLeaf(b)) {
+        if (valueSize(b) !== this.vt.size) return NOT_CACHED;
+        const i = lowerBound(b, hi, lo);
+        return keyEquals(b, i, hi, lo) ? this.vt.unpack(b.view, valueOffset(b, i)) : undefined;
+      }
+      const i = lastAtOrBelow(b, hi, lo);
+      if (i < 0) return undefined;
+      b = bm.cached(childAt(b, i), nodeValidator);
     }
   }
 

@@ -11,7 +11,7 @@
 import { CorruptionError, ExistsError, NotFoundError, ReadOnlyError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import { BLOCK_SIZE, BlockManager, newBlock } from '../pdata/block-manager.js';
-import { BTree, type ValueType } from '../pdata/btree.js';
+import { BTree, NOT_CACHED, type ValueType } from '../pdata/btree.js';
 import type { Key } from '../pdata/btree-node.js';
 import { DataSpaceMap } from '../pdata/data-space-map.js';
 import { MetadataSpaceMap } from '../pdata/metadata-space-map.js';
@@ -361,12 +361,31 @@ export class ThinMetadata {
 
   /** The mapping of virtual block `vblock` of device `id`, or undefined when unprovisioned. */
   lookup(id: number, vblock: Key): Promise<LookupResult | undefined> {
+    if (!this.lock.locked) {
+      const r = this.lookupCached(id, vblock);
+      if (r !== NOT_CACHED) return Promise.resolve(r);
+    }
     return this.lock.run(async () => {
       const e = this.entry(id, `look up block ${vblock}`);
       const bt = await this.bottom.lookup(await this.subtree(id), vblock);
       if (!bt) return undefined;
       return { block: bt.block, time: bt.time, shared: bt.time < (e.details.snapshottedTime & TIME_MASK) };
     });
+  }
+
+  /**
+   * {@link lookup} without waiting, from cached metadata only; {@link NOT_CACHED} when that is not
+   * enough or a change is in progress. The data path tries this first.
+   */
+  lookupCached(id: number, vblock: Key): LookupResult | undefined | typeof NOT_CACHED {
+    if (this.lock.locked) return NOT_CACHED;
+    const e = this.devices.get(id);
+    if (!e) return NOT_CACHED;
+    const sub = this.top.lookupCached(this.mappingRoot, id);
+    if (sub === undefined || sub === NOT_CACHED) return NOT_CACHED;
+    const bt = this.bottom.lookupCached(sub, vblock);
+    if (bt === undefined || bt === NOT_CACHED) return bt;
+    return { block: bt.block, time: bt.time, shared: bt.time < (e.details.snapshottedTime & TIME_MASK) };
   }
 
   /**

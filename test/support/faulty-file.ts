@@ -1,0 +1,144 @@
+/**
+ * An in-memory {@link BlockFile} that simulates a power cut: it remembers which writes were made
+ * durable by a completed `sync`, can be told to die after N more operations (every later call
+ * fails, like a process that lost power), and produces the image a disk would hold after the cut:
+ * the durable bytes, optionally with one unsynced write torn at a 512-byte boundary.
+ */
+import type { BlockFile } from '../../src/io/block-file.js';
+import { IoError } from '../../src/errors.js';
+import type { Rng } from './rng.js';
+
+interface PendingWrite {
+  pos: number;
+  data: Uint8Array;
+}
+
+export class PowerCut extends IoError {
+  constructor() {
+    super('Cannot complete the operation: power cut (injected)', {});
+  }
+}
+
+export class FaultyBlockFile implements BlockFile {
+  private current: Uint8Array;
+  private durable: Uint8Array;
+  private pending: PendingWrite[] = [];
+  private budget = Infinity;
+  private dead = false;
+  /** Operations (writes and syncs) done so far. */
+  ops = 0;
+
+  constructor(readonly path: string, image: Uint8Array = new Uint8Array(0)) {
+    this.current = image.slice();
+    this.durable = image.slice();
+  }
+
+  /** After `n` more writes or syncs, every call fails with {@link PowerCut}. */
+  failAfter(n: number): void {
+    this.budget = this.ops + n;
+  }
+
+  get isDead(): boolean {
+    return this.dead;
+  }
+
+  private step(): void {
+    if (this.dead || this.ops >= this.budget) {
+      this.dead = true;
+      throw new PowerCut();
+    }
+    this.ops++;
+  }
+
+  private static grow(buf: Uint8Array, size: number): Uint8Array {
+    if (buf.length >= size) return buf;
+    const n = new Uint8Array(Math.max(size, buf.length * 2));
+    n.set(buf);
+    return n;
+  }
+
+  private sizeValue = 0;
+
+  async read(buf: Uint8Array, position: number): Promise<void> {
+    if (this.dead) throw new PowerCut();
+    buf.fill(0);
+    const end = Math.min(this.sizeValue, position + buf.length);
+    if (end > position) buf.set(this.current.subarray(position, end));
+  }
+
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    this.step();
+    this.current = FaultyBlockFile.grow(this.current, position + buf.length);
+    this.current.set(buf, position);
+    this.sizeValue = Math.max(this.sizeValue, position + buf.length);
+    this.pending.push({ pos: position, data: buf.slice() });
+  }
+
+  async writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    let pos = position;
+    for (const b of bufs) {
+      await this.write(b, pos);
+      pos += b.length;
+    }
+  }
+
+  async sync(): Promise<void> {
+    this.step();
+    this.durable = FaultyBlockFile.grow(this.durable, this.current.length);
+    for (const w of this.pending) this.durable.set(w.data, w.pos);
+    this.pending = [];
+    this.durableSize = this.sizeValue;
+  }
+
+  private durableSize = 0;
+
+  async size(): Promise<number> {
+    return this.sizeValue;
+  }
+
+  async truncate(size: number): Promise<void> {
+    this.step();
+    this.current = FaultyBlockFile.grow(this.current, size);
+    if (size < this.sizeValue) this.current.fill(0, size);
+    this.sizeValue = size;
+    // Size changes are metadata the file system journals; treat them as durable at once.
+    this.durable = FaultyBlockFile.grow(this.durable, size);
+    if (size < this.durableSize) this.durable.fill(0, size);
+    this.durableSize = size;
+  }
+
+  async punchHole(offset: number, length: number): Promise<void> {
+    const zero = new Uint8Array(Math.min(length, Math.max(0, this.sizeValue - offset)));
+    await this.write(zero, offset);
+  }
+
+  async close(): Promise<void> {}
+
+  /** Unsynced writes since the last completed sync. */
+  get unsynced(): number {
+    return this.pending.length;
+  }
+
+  /**
+   * The bytes on "disk" after a power cut now: every synced write, and with `tear` one of the
+   * unsynced writes cut at a random 512-byte boundary (the rest of it and all other unsynced
+   * writes are lost).
+   */
+  crashImage(rng?: Rng, tear = false): Uint8Array {
+    const img = this.durable.slice(0, Math.max(this.durableSize, 0));
+    if (tear && rng && this.pending.length) {
+      const w = this.pending[rng.int(this.pending.length)]!;
+      const sectors = Math.floor(w.data.length / 512);
+      if (sectors > 1) {
+        const keep = rng.range(1, sectors - 1) * 512;
+        img.set(w.data.subarray(0, Math.min(keep, img.length - w.pos)), w.pos);
+      }
+    }
+    return img;
+  }
+
+  /** The current contents (as a process that did not crash would read them). */
+  image(): Uint8Array {
+    return this.current.slice(0, this.sizeValue);
+  }
+}
