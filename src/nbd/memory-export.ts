@@ -18,7 +18,9 @@ export interface MemoryExportOptions {
 /** Calls seen by a {@link MemoryExport}, for tests. */
 export interface MemoryExportStats {
   reads: number;
+  bytesRead: number;
   writes: number;
+  bytesWritten: number;
   fuaWrites: number;
   flushes: number;
   trims: number;
@@ -49,7 +51,7 @@ export class MemoryExport implements NbdExport {
   readonly description?: string;
   readonly size: number;
   readonly readOnly: boolean;
-  readonly stats: MemoryExportStats = { reads: 0, writes: 0, fuaWrites: 0, flushes: 0, trims: 0, writeZeroes: 0, blockStatus: 0, caches: 0 };
+  readonly stats: MemoryExportStats = { reads: 0, bytesRead: 0, writes: 0, bytesWritten: 0, fuaWrites: 0, flushes: 0, trims: 0, writeZeroes: 0, blockStatus: 0, caches: 0 };
   private readonly slowZero: boolean;
   private readonly pages = new Map<number, Uint8Array>();
 
@@ -67,6 +69,7 @@ export class MemoryExport implements NbdExport {
   async read(offset: number, length: number): Promise<ReadSegment[]> {
     this.check('read', offset, length);
     this.stats.reads++;
+    this.stats.bytesRead += length;
     const segs: ReadSegment[] = [];
     let pieces: Uint8Array[] = [];
     let runStart = offset;
@@ -108,6 +111,7 @@ export class MemoryExport implements NbdExport {
   async write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
     this.checkWritable('write', offset, data.length);
     this.stats.writes++;
+    this.stats.bytesWritten += data.length;
     if (fua) this.stats.fuaWrites++;
     let pos = offset;
     let src = 0;
