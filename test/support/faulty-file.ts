@@ -23,6 +23,8 @@ export class FaultyBlockFile implements BlockFile {
   private current: Uint8Array;
   private durable: Uint8Array;
   private pending: PendingWrite[] = [];
+  private sizeValue = 0;
+  private durableSize = 0;
   private budget = Infinity;
   private dead = false;
   /** Operations (writes and syncs) done so far. */
@@ -31,6 +33,8 @@ export class FaultyBlockFile implements BlockFile {
   constructor(readonly path: string, image: Uint8Array = new Uint8Array(0)) {
     this.current = image.slice();
     this.durable = image.slice();
+    this.sizeValue = image.length;
+    this.durableSize = image.length;
   }
 
   /** After `n` more writes or syncs, every call fails with {@link PowerCut}. */
@@ -56,8 +60,6 @@ export class FaultyBlockFile implements BlockFile {
     n.set(buf);
     return n;
   }
-
-  private sizeValue = 0;
 
   async read(buf: Uint8Array, position: number): Promise<void> {
     if (this.dead) throw new PowerCut();
@@ -89,8 +91,6 @@ export class FaultyBlockFile implements BlockFile {
     this.pending = [];
     this.durableSize = this.sizeValue;
   }
-
-  private durableSize = 0;
 
   async size(): Promise<number> {
     return this.sizeValue;
