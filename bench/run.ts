@@ -1,0 +1,19 @@
+/**
+ * Runs the benchmark suites named on the command line (all when none): `npm run bench -- metadata`.
+ * Each suite prints its figures and writes JSON + SVG into images/.
+ */
+import { metadataBench } from './metadata.bench.js';
+
+const suites: Record<string, () => Promise<unknown>> = {
+  metadata: metadataBench,
+};
+
+const wanted = process.argv.slice(2);
+for (const name of wanted.length ? wanted : Object.keys(suites)) {
+  const s = suites[name];
+  if (!s) {
+    console.error(`unknown suite ${name}; suites: ${Object.keys(suites).join(', ')}`);
+    process.exit(2);
+  }
+  await s();
+}
