@@ -417,7 +417,7 @@ export class NbdConnection {
     try {
       return this.ctx.provider.get(name);
     } catch (err) {
-      this.ctx.log(`connection ${this.ctx.id}: export lookup of "${name}" failed: ${messageOf(err)}`);
+      this.ctx.log(`connection ${this.ctx.id}: export lookup of ${JSON.stringify(name.slice(0, 256))} failed: ${messageOf(err)}`);
       return undefined;
     }
   }
@@ -426,7 +426,7 @@ export class NbdConnection {
     try {
       return { ok: true, detach: this.ctx.provider.attach?.(exp) };
     } catch (err) {
-      this.ctx.log(`connection ${this.ctx.id}: attaching export "${exp.name}" failed: ${messageOf(err)}`);
+      this.ctx.log(`connection ${this.ctx.id}: attaching export ${JSON.stringify(exp.name)} failed: ${messageOf(err)}`);
       return { ok: false };
     }
   }
@@ -443,7 +443,7 @@ export class NbdConnection {
     const name = data.toString('utf8');
     const exp = data.length <= MAX_STRING ? this.lookup(name) : undefined;
     if (!exp) {
-      this.ctx.log(`connection ${this.ctx.id}: NBD_OPT_EXPORT_NAME for unknown export "${name.slice(0, 256)}", closing`);
+      this.ctx.log(`connection ${this.ctx.id}: NBD_OPT_EXPORT_NAME for unknown export ${JSON.stringify(name.slice(0, 256))}, closing`);
       return this.abort();
     }
     const size = exp.size;
@@ -727,7 +727,7 @@ export class NbdConnection {
   private fail(h: RequestHeader, err: unknown): void {
     const errno = nbdErrorOf(err);
     const what = `${CMD_NAMES[h.type] ?? h.type} ${h.offset}+${h.length}`;
-    if (errno === NbdErr.EIO) this.ctx.log(`connection ${this.ctx.id}: export "${this.exp?.name}": ${what} failed: ${messageOf(err)}`);
+    if (errno === NbdErr.EIO) this.ctx.log(`connection ${this.ctx.id}: export ${JSON.stringify(this.exp?.name)}: ${what} failed: ${messageOf(err)}`);
     this.replyError(h, errno, `${what}: ${messageOf(err).slice(0, 200)}`);
   }
 }
