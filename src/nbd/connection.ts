@@ -75,6 +75,8 @@ export interface ConnectionContext {
   closeGraceMs: number;
   /** How long {@link NbdConnection.shutdown} waits for in-flight work before destroying the socket. */
   shutdownTimeoutMs: number;
+  /** A client that has not entered transmission after this long is dropped (0: never). */
+  handshakeTimeoutMs: number;
 }
 
 const P_CLIENT_FLAGS = 0;
@@ -141,6 +143,13 @@ export class NbdConnection {
     stream.on('error', () => {});
     stream.on('close', () => this.onClose());
     stream.on('drain', () => this.unblock());
+    if (ctx.handshakeTimeoutMs > 0) {
+      this.addTimer(ctx.handshakeTimeoutMs, () => {
+        if (this.phase > P_OPT_DATA) return;
+        this.ctx.log(`connection ${this.ctx.id}: handshake not finished within ${ctx.handshakeTimeoutMs} ms, closing`);
+        this.abort();
+      });
+    }
     this.send([packGreeting()]);
   }
 
@@ -431,6 +440,13 @@ export class NbdConnection {
     }
   }
 
+  private sizeOf(exp: NbdExport): number | undefined {
+    const size = exp.size;
+    if (Number.isSafeInteger(size) && size >= 0) return size;
+    this.ctx.log(`connection ${this.ctx.id}: export ${JSON.stringify(exp.name)} has an invalid size ${size}`);
+    return undefined;
+  }
+
   private transmissionFlags(exp: NbdExport): number {
     let flags = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_CACHE | TxFlag.CAN_MULTI_CONN;
     if (this.structured) flags |= TxFlag.SEND_DF;
@@ -446,7 +462,8 @@ export class NbdConnection {
       this.ctx.log(`connection ${this.ctx.id}: NBD_OPT_EXPORT_NAME for unknown export ${JSON.stringify(name.slice(0, 256))}, closing`);
       return this.abort();
     }
-    const size = exp.size;
+    const size = this.sizeOf(exp);
+    if (size === undefined) return this.abort();
     const flags = this.transmissionFlags(exp);
     const a = this.attach(exp);
     if (!a.ok) return this.abort();
@@ -475,7 +492,8 @@ export class NbdConnection {
     if (req.nameBytes > MAX_STRING) return this.optError(code, Rep.ERR_INVALID, 'export name too long');
     const exp = this.lookup(req.name);
     if (!exp) return this.optError(code, Rep.ERR_UNKNOWN, `export "${req.name.slice(0, 256)}" not available`);
-    const size = exp.size;
+    const size = this.sizeOf(exp);
+    if (size === undefined) return this.optError(code, Rep.ERR_UNKNOWN, `export "${exp.name}" is not usable`);
     const wanted = new Set(req.infos);
     const out: Buffer[] = [packOptionReply(code, Rep.INFO, packInfoExport(size, this.transmissionFlags(exp)))];
     if (wanted.has(Info.NAME)) out.push(packOptionReply(code, Rep.INFO, packInfoString(Info.NAME, exp.name)));

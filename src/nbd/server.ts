@@ -21,6 +21,8 @@ export interface NbdServerOptions {
   closeGraceMs?: number;
   /** How long {@link NbdServer.close} lets a connection finish its in-flight requests before destroying its socket (ms, default 10000). */
   shutdownTimeoutMs?: number;
+  /** A client still negotiating after this long is dropped (ms, default 30000; 0 disables). */
+  handshakeTimeoutMs?: number;
 }
 
 /** Default and largest sensible payload. */
@@ -44,6 +46,7 @@ export class NbdServer {
   private readonly maxPayload: number;
   private readonly closeGraceMs: number;
   private readonly shutdownTimeoutMs: number;
+  private readonly handshakeTimeoutMs: number;
   private readonly listeners: { server: Server; unixPath?: string }[] = [];
   private readonly conns = new Set<NbdConnection>();
   private nextId = 1;
@@ -59,6 +62,7 @@ export class NbdServer {
     this.maxPayload = maxPayload;
     this.closeGraceMs = opts.closeGraceMs ?? 2000;
     this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 10_000;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
   }
 
   /**
@@ -111,6 +115,7 @@ export class NbdServer {
       log: this.log,
       closeGraceMs: this.closeGraceMs,
       shutdownTimeoutMs: this.shutdownTimeoutMs,
+      handshakeTimeoutMs: this.handshakeTimeoutMs,
     });
     this.conns.add(conn);
     void conn.closed.then(() => this.conns.delete(conn));

@@ -37,12 +37,12 @@ interface Rig {
   open(): Promise<NbdClient>;
 }
 
-function rig(extra: NbdExport[] = [], opts: { defaultExport?: string; maxPayload?: number } = {}): Rig {
+function rig(extra: NbdExport[] = [], opts: { defaultExport?: string; maxPayload?: number; handshakeTimeoutMs?: number } = {}): Rig {
   const disk = new MemoryExport({ name: 'disk', size: 16 * MiB, description: 'a test disk' });
   const ro = new MemoryExport({ name: 'ro', size: MiB, readOnly: true });
   const provider = new StaticExportProvider([disk, ro, ...extra], opts.defaultExport === undefined ? {} : { defaultExport: opts.defaultExport });
   const logs: string[] = [];
-  const server = new NbdServer({ provider, log: (m) => logs.push(m), closeGraceMs: 200, ...(opts.maxPayload ? { maxPayload: opts.maxPayload } : {}) });
+  const server = new NbdServer({ provider, log: (m) => logs.push(m), closeGraceMs: 200, handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 0, ...(opts.maxPayload ? { maxPayload: opts.maxPayload } : {}) });
   const stream = () => {
     const [a, b] = duplexPair();
     server.serve(b);
@@ -494,6 +494,30 @@ test('client half-close after requests still gets the replies', async () => {
   const out = await Promise.all(reqs);
   assert.ok(out.every((x) => x.error === 0));
   await closedSoon(c);
+  await r.server.close();
+});
+
+test('a client that does not finish the handshake in time is dropped; transmission has no time limit', async () => {
+  const r = rig([], { handshakeTimeoutMs: 100 });
+  const slow = await r.open();
+  await slow.option(Opt.LIST);
+  const fast = await r.connect();
+  await withTimeout(slow.closed, 1000, 'slow handshake dropped');
+  assert.ok(r.logs.some((l) => l.includes('handshake not finished')));
+  await new Promise((res) => setTimeout(res, 150));
+  assert.equal(await fast.read(0, 512), Buffer.alloc(512));
+  await fast.disconnect();
+  await r.server.close();
+});
+
+test('an export with an invalid size is refused instead of crashing the connection', async () => {
+  const broken = { ...new MemoryExport({ name: 'broken', size: 4096 }), name: 'broken', size: -1 } as unknown as NbdExport;
+  const r = rig([broken]);
+  const c = await r.open();
+  assert.is(lastType(await c.option(Opt.GO, packInfoRequest('broken', []))), Rep.ERR_UNKNOWN);
+  assert.is(lastType(await c.option(Opt.LIST)), Rep.ACK);
+  c.destroy();
+  assert.not.ok(r.logs.some((l) => l.includes('internal error')));
   await r.server.close();
 });
 
