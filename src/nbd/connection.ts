@@ -625,12 +625,26 @@ export class NbdConnection {
     this.inFlightBytes += cost;
     const charged = cost + (payload ? payload.length : 0);
     this.execute(h, payload).then(
-      () => this.settle(charged),
+      () => this.settleSafely(charged),
       (err: unknown) => {
-        this.fail(h, err);
-        this.settle(charged);
+        try {
+          this.fail(h, err);
+        } catch (bug) {
+          this.ctx.log(`connection ${this.ctx.id}: internal error, closing: ${messageOf(bug)}`);
+          this.abort();
+        }
+        this.settleSafely(charged);
       },
     );
+  }
+
+  private settleSafely(charged: number): void {
+    try {
+      this.settle(charged);
+    } catch (bug) {
+      this.ctx.log(`connection ${this.ctx.id}: internal error, closing: ${messageOf(bug)}`);
+      this.abort();
+    }
   }
 
   private settle(charged: number): void {
@@ -755,7 +769,12 @@ function badFlags(h: RequestHeader): Rejection {
 }
 
 function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  try {
+    const m: unknown = err instanceof Error ? err.message : String(err);
+    return typeof m === 'string' ? m : String(m);
+  } catch {
+    return 'unprintable error';
+  }
 }
 
 /**
@@ -766,7 +785,7 @@ function compactSegments(segs: readonly ReadSegment[], offset: number, length: n
   const out: ReadSegment[] = [];
   let pos = offset;
   for (const s of segs) {
-    if (s.offset !== pos || !(s.length >= 0) || (s.data !== null && s.data.length !== s.length)) {
+    if (s.offset !== pos || !Number.isSafeInteger(s.length) || s.length < 0 || (s.data !== null && (!(s.data instanceof Uint8Array) || s.data.length !== s.length))) {
       throw new Error(`export returned a malformed read segment at ${s.offset}+${s.length}, expected offset ${pos}`);
     }
     pos += s.length;

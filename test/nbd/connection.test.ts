@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Duplex } from 'node:stream';
-import type { NbdExport } from '../../src/nbd/export.js';
+import type { NbdExport, ReadSegment } from '../../src/nbd/export.js';
 import { MemoryExport } from '../../src/nbd/memory-export.js';
 import {
   BASE_ALLOCATION,
@@ -393,14 +393,21 @@ test('errors thrown by the export map to NBD errors; malformed export results be
     name: 'bad',
     size: MiB,
     readOnly: false,
-    read: (o, l) => (o === 0 ? fail(undefined, 'disk on fire') : o === 512 ? Promise.resolve([{ offset: o, length: l - 1, data: null }]) : mem.read(o, l)),
+    read: (o, l) => {
+      if (o === 0) return fail(undefined, 'disk on fire');
+      if (o === 512) return Promise.resolve([{ offset: o, length: l - 1, data: null }]);
+      if (o === 1024) return Promise.resolve([{ offset: o, length: l, data: Array.from({ length: l }, () => 1) as unknown as Uint8Array }]);
+      if (o === 2048) return Promise.resolve([null as unknown as ReadSegment]);
+      return mem.read(o, l);
+    },
     write: () => fail('ENOSPC', 'pool full'),
     flush: () => fail('EIO', 'sync failed'),
     trim: () => fail('RANGE', 'bad range'),
     writeZeroes: () => fail('EROFS', 'needs check'),
     blockStatus: () => Promise.resolve([]),
-    cache: () => {
-      throw new Error('sync throw');
+    cache: (o) => {
+      if (o === 0) throw new Error('sync throw');
+      return Promise.reject(Object.create(null));
     },
   };
   const r = rig([bad]);
@@ -417,6 +424,9 @@ test('errors thrown by the export map to NBD errors; malformed export results be
   assert.equal(await e(Cmd.WRITE_ZEROES, 0, 512), [NbdErr.EPERM, true]);
   assert.equal(await e(Cmd.BLOCK_STATUS, 0, 512), [NbdErr.EIO, true]);
   assert.equal(await e(Cmd.CACHE, 0, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.CACHE, 512, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.READ, 1024, 512), [NbdErr.EIO, true]);
+  assert.equal(await e(Cmd.READ, 2048, 512), [NbdErr.EIO, true]);
   assert.equal(await c.read(4096, 512), Buffer.alloc(512));
   await c.disconnect();
   const s = await r.connect({ exportName: 'bad', structuredReplies: false });
@@ -425,6 +435,7 @@ test('errors thrown by the export map to NBD errors; malformed export results be
   await s.disconnect();
   assert.ok(r.logs.some((l) => l.includes('disk on fire')));
   assert.not.ok(r.logs.some((l) => l.includes('pool full')), 'ENOSPC is a result, not a failure to log');
+  assert.not.ok(r.logs.some((l) => l.includes('internal error')));
   await r.server.close();
 });
 
