@@ -47,6 +47,8 @@ export type XmlInput = AsyncIterable<string | Uint8Array> | NodeJS.ReadableStrea
 const SLICE = 1 << 16;
 const U64_MAX = (1n << 64n) - 1n;
 const U32_MAX = 0xffffffff;
+/** ThinMetadata.format's minimum. */
+const MIN_METADATA_BLOCKS = 16;
 
 type XmlEvent =
   | { t: 'open'; name: string; attrs: Record<string, string>; line: number }
@@ -185,10 +187,13 @@ class Restorer {
     }
     let nrMeta = this.opts.nrMetadataBlocks;
     if (nrMeta === undefined) nrMeta = Math.floor((await this.file.size()) / BLOCK_SIZE);
+    if (!(nrMeta >= MIN_METADATA_BLOCKS)) {
+      throw bad(line, `the metadata would have ${nrMeta} blocks, at least ${MIN_METADATA_BLOCKS} are needed: give the file a size or pass nrMetadataBlocks`);
+    }
     try {
       this.md = await ThinMetadata.format(this.file, { dataBlockSize, nrDataBlocks: nrData, nrMetadataBlocks: nrMeta });
     } catch (err) {
-      if (err instanceof RangeError) throw new UsageError(`Cannot restore metadata: ${err.message}`, { line });
+      if (err instanceof RangeError) throw bad(line, err.message);
       throw err;
     }
     await this.file.write(new Uint8Array(BLOCK_SIZE), 0);
@@ -199,6 +204,7 @@ class Restorer {
   }
 
   private async openDevice(a: Record<string, string>, line: number): Promise<void> {
+    if (this.state === 'start') throw bad(line, `the document must start with <superblock>, not <device>`);
     if (this.state !== 'superblock') throw bad(line, `<device> must be directly inside <superblock>`);
     const id = u32(a.dev_id!, 'dev_id', line);
     if (id > MAX_DEVICE_ID) throw bad(line, `dev_id ${id} is above ${MAX_DEVICE_ID}, the kernel's limit`);
@@ -217,6 +223,7 @@ class Restorer {
   }
 
   private async openDef(a: Record<string, string>, line: number): Promise<void> {
+    if (this.state === 'start') throw bad(line, `the document must start with <superblock>, not <def>`);
     if (this.state !== 'superblock') throw bad(line, `<def> must be directly inside <superblock>`);
     const name = a.name!;
     const first = this.defs.get(name);
@@ -354,7 +361,8 @@ export async function restoreXml(input: XmlInput, file: BlockFile, opts: Restore
     if (!tag.isSelfClosing) queue.push({ t: 'close', name: tag.name, line: parser.line });
   });
   parser.on('text', (text: string) => {
-    if (/\S/.test(text)) queue.push({ t: 'text', line: parser.line });
+    const at = text.search(/\S/);
+    if (at >= 0) queue.push({ t: 'text', line: parser.line - newlines(text, 0, text.length) + newlines(text, 0, at) });
   });
   parser.on('cdata', () => {
     queue.push({ t: 'text', line: parser.line });
@@ -398,8 +406,14 @@ export async function restoreXml(input: XmlInput, file: BlockFile, opts: Restore
   }
 }
 
+function newlines(s: string, from: number, to: number): number {
+  let n = 0;
+  for (let i = s.indexOf('\n', from); i >= 0 && i < to; i = s.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
 function syntax(err: unknown, line: number): UsageError {
-  const msg = err instanceof Error ? err.message.replace(/^[^:]*:\d+:\d+: /, '') : String(err);
+  const msg = err instanceof Error ? err.message.replace(/^(?:[^:]*:)?\d+:\d+: /, '') : String(err);
   return bad(line, `malformed XML: ${msg}`);
 }
 
