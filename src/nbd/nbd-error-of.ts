@@ -1,7 +1,7 @@
 /**
  * Maps an error thrown by an {@link NbdExport} to the NBD error value sent to the client, following
  * the contract in `export.ts`: ENOSPC (also EDQUOT, EFBIG) -> ENOSPC, RangeError -> EINVAL,
- * EROFS / EPERM / EREADONLY -> EPERM, ENOTSUP / EOPNOTSUPP -> ENOTSUP, anything else -> EIO.
+ * EROFS / EPERM / EREADONLY / ENEEDSCHECK (a pool that turned read-only) -> EPERM, ENOTSUP / EOPNOTSUPP -> ENOTSUP, anything else -> EIO.
  */
 import { NbdErr } from './protocol.js';
 
@@ -16,6 +16,7 @@ export function nbdErrorOf(err: unknown): number {
     case 'EROFS':
     case 'EPERM':
     case 'EREADONLY':
+    case 'ENEEDSCHECK':
       return NbdErr.EPERM;
     case 'ENOTSUP':
     case 'EOPNOTSUPP':

@@ -14,7 +14,7 @@ interface MapEntry {
   description: string;
 }
 
-infoTest('nbdinfo: plain, --size, --json', async () => {
+infoTest('nbdinfo: plain, --size, --json, over unix and TCP', async () => {
   const disk = new MemoryExport({ name: 'disk', size: 16 * MiB, description: 'first disk' });
   const h = await startNbd([disk], { defaultExport: 'disk' });
   try {
@@ -32,6 +32,10 @@ infoTest('nbdinfo: plain, --size, --json', async () => {
     assert.equal(e['contexts'], ['base:allocation']);
     assert.is(e['block_size_minimum'], 1);
     assert.is(e['block_size_preferred'], 4096);
+    const port = await h.server.listenTcp('127.0.0.1', 0);
+    const tcp = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${port}/disk`]);
+    assert.is(tcp.code, 0, tcp.stderr);
+    assert.is((JSON.parse(tcp.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!['export-size'], 16 * MiB);
     assert.equal(h.logs, []);
   } finally {
     await h.close();

@@ -159,6 +159,7 @@ test('export errors map to NBD errors as export.ts specifies', () => {
   assert.is(nbdErrorOf(withCode('EROFS')), NbdErr.EPERM);
   assert.is(nbdErrorOf(withCode('EPERM')), NbdErr.EPERM);
   assert.is(nbdErrorOf(new ReadOnlyError('ro')), NbdErr.EPERM);
+  assert.is(nbdErrorOf(new ReadOnlyError('needs check', {}, 'ENEEDSCHECK')), NbdErr.EPERM);
   assert.is(nbdErrorOf(withCode('ENOTSUP')), NbdErr.ENOTSUP);
   assert.is(nbdErrorOf(withCode('EIO')), NbdErr.EIO);
   assert.is(nbdErrorOf(new Error('boom')), NbdErr.EIO);
