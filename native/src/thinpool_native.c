@@ -1,7 +1,8 @@
 /*
  * File-system calls Node does not expose, each run on the libuv thread pool and returned as a
  * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), seekData / seekHole (lseek SEEK_DATA /
- * SEEK_HOLE). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
+ * SEEK_HOLE), tryLockExclusive (flock LOCK_EX|LOCK_NB: 1 when taken, 0 when another open file holds
+ * it; the kernel drops the lock when the holder's file is closed or its process dies). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -23,7 +25,7 @@
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
 
-typedef enum { OP_PUNCH_HOLE, OP_SEEK_DATA, OP_SEEK_HOLE } op_kind;
+typedef enum { OP_PUNCH_HOLE, OP_SEEK_DATA, OP_SEEK_HOLE, OP_FLOCK } op_kind;
 
 typedef struct {
   op_kind op;
@@ -47,6 +49,14 @@ static void execute(napi_env env, void *data) {
     } while (rc != 0 && errno == EINTR);
     if (rc != 0 && errno != EOPNOTSUPP) r->err = errno;
     r->result = 0;
+  } else if (r->op == OP_FLOCK) {
+    int rc;
+    do {
+      rc = flock(r->fd, LOCK_EX | LOCK_NB);
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0) r->result = 1;
+    else if (errno == EWOULDBLOCK) r->result = 0;
+    else r->err = errno;
   } else {
     off_t pos = lseek(r->fd, (off_t)r->offset, r->op == OP_SEEK_DATA ? SEEK_DATA : SEEK_HOLE);
     if (pos >= 0) r->result = (int64_t)pos;
@@ -60,6 +70,8 @@ static napi_value errno_error(napi_env env, const request *r) {
   if (r->op == OP_PUNCH_HOLE)
     snprintf(msg, sizeof msg, "fallocate(PUNCH_HOLE|KEEP_SIZE) of %" PRId64 " bytes at offset %" PRId64 " on fd %d failed: %s",
              r->length, r->offset, r->fd, strerror(r->err));
+  else if (r->op == OP_FLOCK)
+    snprintf(msg, sizeof msg, "flock(LOCK_EX|LOCK_NB) on fd %d failed: %s", r->fd, strerror(r->err));
   else
     snprintf(msg, sizeof msg, "lseek(%s) from offset %" PRId64 " on fd %d failed: %s",
              r->op == OP_SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", r->offset, r->fd, strerror(r->err));
@@ -67,7 +79,7 @@ static napi_value errno_error(napi_env env, const request *r) {
   napi_create_string_utf8(env, uv_err_name(-r->err), NAPI_AUTO_LENGTH, &code);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
   napi_create_error(env, code, text, &error);
-  napi_create_string_utf8(env, r->op == OP_PUNCH_HOLE ? "fallocate" : "lseek", NAPI_AUTO_LENGTH, &syscall);
+  napi_create_string_utf8(env, r->op == OP_PUNCH_HOLE ? "fallocate" : r->op == OP_FLOCK ? "flock" : "lseek", NAPI_AUTO_LENGTH, &syscall);
   napi_set_named_property(env, error, "syscall", syscall);
   return error;
 }
@@ -115,13 +127,13 @@ static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
   size_t argc = 3;
   napi_value argv[3];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int64_t fd, offset, length = 0;
+  int64_t fd, offset = 0, length = 0;
   if (!get_integer(env, argv, argc, 0, "fd", 0, &fd)) return NULL;
   if (fd > INT32_MAX) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd is out of range");
     return NULL;
   }
-  if (!get_integer(env, argv, argc, 1, "offset", 0, &offset)) return NULL;
+  if (op != OP_FLOCK && !get_integer(env, argv, argc, 1, "offset", 0, &offset)) return NULL;
   if (op == OP_PUNCH_HOLE && !get_integer(env, argv, argc, 2, "length", 1, &length)) return NULL;
 
   request *r = calloc(1, sizeof *r);
@@ -153,12 +165,14 @@ static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
 static napi_value punch_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_PUNCH_HOLE); }
 static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
+static napi_value try_lock(napi_env env, napi_callback_info info) { return start(env, info, OP_FLOCK); }
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"tryLockExclusive", NULL, try_lock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -15,6 +15,8 @@ interface NativeAddon {
   seekData(fd: number, offset: number): Promise<number>;
   /** -1 on ENXIO (`offset` at or past the end of the file). */
   seekHole(fd: number, offset: number): Promise<number>;
+  /** 1 when the exclusive flock was taken, 0 when someone else holds it. */
+  tryLockExclusive(fd: number): Promise<number>;
 }
 
 let addon: NativeAddon | null | undefined;
@@ -82,4 +84,15 @@ export async function seekHole(fd: number, offset: number, size: number): Promis
     return pos < 0 ? size : pos;
   }
   return size;
+}
+
+/**
+ * Tries to take an exclusive flock on an open file without waiting: true when taken, false when
+ * another open file description holds it, null when the addon is missing (no flock available).
+ * The kernel releases the lock when the file is closed or the holding process dies.
+ */
+export async function tryLockExclusive(fd: number): Promise<boolean | null> {
+  const a = load();
+  if (!a) return null;
+  return (await a.tryLockExclusive(fd)) === 1;
 }

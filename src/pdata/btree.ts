@@ -121,6 +121,17 @@ export class BTree<V> {
     return found;
   }
 
+  /** The highest key in the tree, or undefined when it is empty. */
+  async lastKey(root: number): Promise<Key | undefined> {
+    let b = await this.node(root);
+    for (;;) {
+      const n = nrEntries(b);
+      if (n === 0) return undefined;
+      if (isLeaf(b)) return keyAt(b, n - 1);
+      b = await this.node(childAt(b, n - 1));
+    }
+  }
+
   /** Inserts or overwrites `key`. An overwritten different value is dropped (`dec`). */
   insert(root: number, key: Key, value: V): Promise<InsertResult> {
     return this.upsert(root, key, () => value, true);

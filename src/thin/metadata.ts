@@ -96,6 +96,7 @@ export class ThinMetadata {
   private transactionIdValue = 0;
   private heldRootValue = 0;
   private flags = 0;
+  private sbChecksum = 0;
   private devices = new Map<number, DeviceEntry>();
   private removedDevices = new Set<number>();
   private readonly readOnly: boolean;
@@ -173,6 +174,7 @@ export class ThinMetadata {
     this.bm.clear();
     const sbBlock = await this.bm.readOnce(0, superblockValidator);
     const sb = unpackSuperblock(sbBlock);
+    this.sbChecksum = sbBlock.view.getUint32(0, true);
     if (sb.incompatFlags !== 0) {
       throw new CorruptionError(`Cannot open metadata: unsupported incompatible features ${sb.incompatFlags}`, { block: 0, reason: 'incompat' });
     }
@@ -239,6 +241,11 @@ export class ThinMetadata {
   get isReadOnly(): boolean {
     return this.readOnly;
   }
+  /** Checksum of the superblock on disk (identifies the committed state; the catalog's tag). */
+  get superblockChecksum(): number {
+    return this.sbChecksum;
+  }
+
   /** The last committed superblock. */
   get committedSuperblock(): Readonly<Superblock> {
     return this.sb;
@@ -461,14 +468,60 @@ export class ThinMetadata {
     });
   }
 
+  /** Maps many virtual blocks of device `id` at once (one pass under the lock); see {@link insert}. */
+  insertMany(id: number, entries: ReadonlyArray<readonly [vblock: number, dataBlock: number]>): Promise<void> {
+    return this.change(`map blocks of thin device ${id}`, async () => {
+      const e = this.entry(id, 'map blocks');
+      let added = 0;
+      const time = this.time & TIME_MASK;
+      this.mappingRoot = (await this.top.update(this.mappingRoot, id, async (sub) => {
+        let root = sub!;
+        for (const [v, b] of entries) {
+          const r = await this.bottom.insert(root, v, { block: b, time });
+          root = r.root;
+          if (r.added) added++;
+        }
+        return root;
+      })).root;
+      if (added) {
+        e.details.mappedBlocks += added;
+        e.dirty = true;
+      }
+    });
+  }
+
+  /** Allocates up to `n` free data blocks (fewer when the pool runs out). */
+  allocDataBlocks(n: number): Promise<number[]> {
+    return this.change('allocate data blocks', async () => {
+      const out: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const b = this.dsm.newBlock();
+        if (b === undefined) break;
+        out.push(b);
+      }
+      return out;
+    });
+  }
+
+  /** The highest mapped virtual block of device `id`, or -1 when it maps nothing. */
+  highestMapped(id: number): Promise<Key> {
+    return this.lock.run(async () => {
+      this.entry(id, 'find the end of the device');
+      const k = await this.bottom.lastKey(await this.subtree(id));
+      return k ?? -1;
+    });
+  }
+
   /** Allocates a free data block (count 1), or undefined when the pool is full. */
   allocDataBlock(): Promise<number | undefined> {
     return this.change('allocate a data block', async () => this.dsm.newBlock());
   }
 
-  /** Drops a reference to a data block (e.g. one allocated for a write that then failed). */
-  releaseDataBlock(b: number): Promise<number> {
-    return this.change(`release data block ${b}`, () => this.dsm.dec(b));
+  /** Drops a reference to each data block (e.g. ones allocated for a write that then failed). */
+  releaseDataBlocks(blocks: readonly number[]): Promise<void> {
+    return this.change('release data blocks', async () => {
+      for (const b of blocks) await this.dsm.dec(b);
+    });
   }
 
   /** Adds a reference to a data block (restore and repair build mappings onto existing blocks). */
@@ -674,6 +727,7 @@ export class ThinMetadata {
     await hooks.beforeSuperblock?.(block.view.getUint32(0, true));
     await this.bm.writeSuperblock(block, superblockValidator);
     this.sb = sb;
+    this.sbChecksum = block.view.getUint32(0, true);
     await this.finish(this.dsm.freedBlocks(), hooks);
   }
 

@@ -1,0 +1,403 @@
+/**
+ * Byte-range I/O on a thin device: allocate on write, zeros where unprovisioned, copy-on-write
+ * of single blocks shared with a snapshot, discard of whole blocks.
+ *
+ * Hot path of a write: split into pool blocks; lock those virtual blocks (one operation per
+ * block at a time, different blocks in parallel); look each mapping up (from cached metadata
+ * without waiting when possible); write in place to exclusive blocks; allocate (one batch) for
+ * unmapped and shared ones; write the data (neighbouring data blocks coalesced into one
+ * vectored write; the rest of a new block zero-filled, the rest of a copied block read from
+ * the shared one); then map all new blocks in one metadata operation. The mapping changes stay
+ * in the open transaction until a flush commits them.
+ *
+ * @example
+ * const vol = pool.volume('web');
+ * await vol.write(4096, Buffer.from('hello'));
+ * const back = await vol.read(4096, 5);
+ */
+import { IoError, NoSpaceError, ReadOnlyError } from '../errors.js';
+import { NOT_CACHED } from '../pdata/btree.js';
+import { MiB } from '../units.js';
+import { BlockLocks } from './block-locks.js';
+import type { LookupResult } from './metadata.js';
+import type { Pool } from './pool.js';
+
+/** A run of a read: `data === null` is unprovisioned (reads as zeros). */
+export interface VolumeSegment {
+  offset: number;
+  length: number;
+  data: Buffer | null;
+}
+
+/** One run of allocation status. */
+export interface VolumeExtent {
+  offset: number;
+  length: number;
+  mapped: boolean;
+}
+
+const ZERO = Buffer.alloc(MiB);
+
+/** True when every byte of `buf` is zero. */
+export function isZero(buf: Uint8Array): boolean {
+  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let off = 0; off < b.length; off += MiB) {
+    const n = Math.min(MiB, b.length - off);
+    if (b.compare(ZERO, 0, n, off, off + n) !== 0) return false;
+  }
+  return true;
+}
+
+/** `n` zero bytes as slices of one shared buffer (for vectored writes). */
+function zeros(n: number, out: Uint8Array[]): void {
+  while (n > 0) {
+    const k = Math.min(n, MiB);
+    out.push(ZERO.subarray(0, k));
+    n -= k;
+  }
+}
+
+interface Piece {
+  vblock: number;
+  /** Byte range inside the block. */
+  start: number;
+  end: number;
+  /** Source bytes (null: write zeros). */
+  src: Uint8Array | null;
+  mapping: LookupResult | undefined;
+  /** Newly allocated data block (unmapped or shared before). */
+  fresh?: number;
+}
+
+export class ThinVolume {
+  private readonly locks = new BlockLocks();
+
+  constructor(private readonly pool: Pool, readonly id: number) {}
+
+  /** Device size in bytes. */
+  get size(): number {
+    return this.pool.deviceSize(this.id);
+  }
+
+  get blockSize(): number {
+    return this.pool.blockSize;
+  }
+
+  get name(): string {
+    return this.pool.label(this.id);
+  }
+
+  get readOnly(): boolean {
+    return !!this.pool.catalog.devices.find((d) => d.id === this.id)?.readOnly;
+  }
+
+  private checkRange(offset: number, length: number, action: string): void {
+    const size = this.size;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+      throw new RangeError(`Cannot ${action} ${length} bytes at offset ${offset} of ${this.name}: outside the device (${size} bytes)`);
+    }
+  }
+
+  private checkWritable(action: string): void {
+    const mode = this.pool.mode;
+    if (mode === 'ro' || mode === 'fail') throw new ReadOnlyError(`Cannot ${action} ${this.name}: the pool is in ${mode} mode${this.pool.md.needsCheck ? ' (needs_check is set)' : ''}`, { mode });
+    if (this.readOnly) throw new ReadOnlyError(`Cannot ${action} ${this.name}: the device is read-only`, { device: this.name });
+  }
+
+  private lookup(vblock: number): LookupResult | undefined | Promise<LookupResult | undefined> {
+    const md = this.pool.md;
+    const r = md.lookupCached(this.id, vblock);
+    return r === NOT_CACHED ? md.lookup(this.id, vblock) : r;
+  }
+
+  // ---- reads ------------------------------------------------------------------------------
+
+  /** Reads `length` bytes at `offset` (zeros where unprovisioned). */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(length);
+    await this.readInto(out, offset);
+    return out;
+  }
+
+  /** Fills `buf` from `offset`. */
+  async readInto(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkRange(offset, buf.length, 'read');
+    await this.pool.gate.sharedly(async () => {
+      await this.runs(offset, buf.length, async (pos, len, dataOffset) => {
+        const dst = buf.subarray(pos - offset, pos - offset + len);
+        if (dataOffset < 0) dst.fill(0);
+        else await this.pool.dataFile.read(dst, dataOffset);
+      });
+    });
+  }
+
+  /** Reads as segments: provisioned runs with their bytes, unprovisioned runs as `data: null`. */
+  async readSegments(offset: number, length: number): Promise<VolumeSegment[]> {
+    this.checkRange(offset, length, 'read');
+    const out: VolumeSegment[] = [];
+    await this.pool.gate.sharedly(async () => {
+      const reads: Promise<void>[] = [];
+      await this.runs(offset, length, async (pos, len, dataOffset) => {
+        if (dataOffset < 0) {
+          out.push({ offset: pos, length: len, data: null });
+          return;
+        }
+        const data = Buffer.allocUnsafe(len);
+        out.push({ offset: pos, length: len, data });
+        reads.push(this.pool.dataFile.read(data, dataOffset));
+      });
+      await Promise.all(reads);
+    });
+    return out;
+  }
+
+  /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */
+  async extents(offset: number, length: number): Promise<VolumeExtent[]> {
+    this.checkRange(offset, length, 'map');
+    const out: VolumeExtent[] = [];
+    await this.pool.gate.sharedly(() =>
+      this.runs(offset, length, async (pos, len, dataOffset) => {
+        const mapped = dataOffset >= 0;
+        const last = out[out.length - 1];
+        if (last && last.mapped === mapped) last.length += len;
+        else out.push({ offset: pos, length: len, mapped });
+      }, true),
+    );
+    return out;
+  }
+
+  /**
+   * Calls `visit` for maximal runs of the range that are unprovisioned (`dataOffset` -1) or
+   * provisioned on consecutive data blocks (`dataOffset` = where the run starts in the data file).
+   */
+  private async runs(offset: number, length: number, visit: (pos: number, len: number, dataOffset: number) => Promise<void>, anyMapped = false): Promise<void> {
+    if (length === 0) return;
+    const bs = this.blockSize;
+    const end = offset + length;
+    let pos = offset;
+    let runStart = offset;
+    let runData = -2;
+    while (pos < end) {
+      const vblock = Math.floor(pos / bs);
+      const inBlock = pos - vblock * bs;
+      const len = Math.min(bs - inBlock, end - pos);
+      let m = this.lookup(vblock);
+      if (m instanceof Promise) m = await m;
+      const dataOffset = m ? m.block * bs + inBlock : -1;
+      const expected = runData < 0 ? runData : runData + (pos - runStart);
+      const joins = runData === -2 ? false : anyMapped ? (dataOffset >= 0) === (runData >= 0) : dataOffset === expected;
+      if (!joins) {
+        if (runData !== -2) await visit(runStart, pos - runStart, runData);
+        runStart = pos;
+        runData = dataOffset;
+      }
+      pos += len;
+    }
+    await visit(runStart, pos - runStart, runData);
+  }
+
+  // ---- writes -----------------------------------------------------------------------------
+
+  /**
+   * Writes `data` at `offset`. With `fua` the bytes are durable when this resolves (a data sync
+   * when no mapping changed, else a commit).
+   */
+  async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
+    this.checkRange(offset, data.length, 'write');
+    this.checkWritable('write to');
+    if (data.length === 0) return;
+    const changed = await this.writeRange(offset, data.length, data, false);
+    if (opts.fua) await this.makeDurable(changed);
+  }
+
+  /** Makes a range read as zeros: whole blocks are unmapped unless `noHole`, partial ends written with zeros. */
+  async writeZeroes(offset: number, length: number, opts: { noHole?: boolean; fua?: boolean } = {}): Promise<void> {
+    this.checkRange(offset, length, 'zero');
+    this.checkWritable('zero');
+    if (length === 0) return;
+    let changed = false;
+    if (opts.noHole) {
+      for (let pos = offset; pos < offset + length; ) {
+        const n = Math.min(16 * MiB, offset + length - pos);
+        changed = (await this.writeRange(pos, n, null, true)) || changed;
+        pos += n;
+      }
+    } else {
+      const bs = this.blockSize;
+      const a = Math.ceil(offset / bs) * bs;
+      const b = Math.floor((offset + length) / bs) * bs;
+      if (b > a) {
+        if (a > offset) changed = (await this.writeRange(offset, a - offset, null, false)) || changed;
+        changed = (await this.unmap(a / bs, b / bs)) || changed;
+        if (offset + length > b) changed = (await this.writeRange(b, offset + length - b, null, false)) || changed;
+      } else {
+        changed = await this.writeRange(offset, length, null, false);
+      }
+    }
+    if (opts.fua) await this.makeDurable(changed);
+  }
+
+  /** Discards the whole blocks inside the range (dm-thin's rule: partial ends keep their bytes). */
+  async discard(offset: number, length: number, opts: { fua?: boolean } = {}): Promise<void> {
+    this.checkRange(offset, length, 'discard');
+    this.checkWritable('discard');
+    const bs = this.blockSize;
+    const a = Math.ceil(offset / bs);
+    const b = Math.floor((offset + length) / bs);
+    const changed = b > a ? await this.unmap(a, b) : false;
+    if (opts.fua) await this.makeDurable(changed);
+  }
+
+  /** Commits the pool: every completed write and mapping change becomes durable. */
+  async flush(): Promise<void> {
+    await this.pool.commit();
+  }
+
+  private async makeDurable(mappingChanged: boolean): Promise<void> {
+    if (mappingChanged) await this.pool.commit();
+    else await this.pool.dataFile.sync();
+  }
+
+  private async unmap(first: number, end: number): Promise<boolean> {
+    let changed = false;
+    const CHUNK = 4096;
+    for (let a = first; a < end; a += CHUNK) {
+      const b = Math.min(end, a + CHUNK);
+      const keys: number[] = [];
+      for (let k = a; k < b; k++) keys.push(k);
+      await this.pool.gate.sharedly(async () => {
+        await this.locks.acquireAll(keys);
+        try {
+          const n = await this.pool.guard(() => this.pool.md.removeRange(this.id, a, b));
+          if (n) changed = true;
+        } finally {
+          this.locks.releaseAll(keys);
+        }
+      });
+    }
+    return changed;
+  }
+
+  /**
+   * The write path for `[offset, offset + length)` with bytes from `data` (null = zeros).
+   * `provision`: allocate even where the bytes are zero (NO_HOLE). Returns whether any mapping changed.
+   */
+  private async writeRange(offset: number, length: number, data: Uint8Array | null, provision: boolean): Promise<boolean> {
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const keys: number[] = [];
+    for (let k = first; k <= last; k++) keys.push(k);
+    const gateWait = this.pool.gate.enterShared();
+    if (gateWait) await gateWait;
+    try {
+      if (keys.length === 1) {
+        const w = this.locks.acquire(first);
+        if (w) await w;
+      } else {
+        await this.locks.acquireAll(keys);
+      }
+      try {
+        return await this.writeLocked(offset, length, data, provision, first, last);
+      } finally {
+        this.locks.releaseAll(keys);
+      }
+    } finally {
+      this.pool.gate.leaveShared();
+    }
+  }
+
+  private async writeLocked(offset: number, length: number, data: Uint8Array | null, provision: boolean, first: number, last: number): Promise<boolean> {
+    const bs = this.blockSize;
+    const pieces: Piece[] = [];
+    let needAlloc = 0;
+    for (let vblock = first; vblock <= last; vblock++) {
+      const blockStart = vblock * bs;
+      const start = Math.max(offset, blockStart) - blockStart;
+      const end = Math.min(offset + length, blockStart + bs) - blockStart;
+      const src = data ? data.subarray(blockStart + start - offset, blockStart + end - offset) : null;
+      let m = this.lookup(vblock);
+      if (m instanceof Promise) m = await m;
+      if (!m && !provision && (src === null || isZero(src))) continue; // zeros onto an unprovisioned block: nothing to do
+      const p: Piece = { vblock, start, end, src, mapping: m };
+      if (!m || m.shared) needAlloc++;
+      pieces.push(p);
+    }
+    if (pieces.length === 0) return false;
+    let fresh: number[] = [];
+    if (needAlloc) {
+      fresh = await this.pool.allocate(needAlloc);
+      let i = 0;
+      for (const p of pieces) if (!p.mapping || p.mapping.shared) p.fresh = fresh[i++];
+    }
+    try {
+      await this.writeData(pieces);
+    } catch (err) {
+      if (fresh.length) await this.pool.guard(() => this.pool.md.releaseDataBlocks(fresh));
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        throw new NoSpaceError(`Cannot write ${length} bytes at offset ${offset} of ${this.name}: the host file system holding ${this.pool.dataFile.path} is full`, { host: true, path: this.pool.dataFile.path });
+      }
+      throw err;
+    }
+    if (!fresh.length) return false;
+    const entries: Array<[number, number]> = [];
+    for (const p of pieces) if (p.fresh !== undefined) entries.push([p.vblock, p.fresh]);
+    await this.pool.guard(() => this.pool.md.insertMany(this.id, entries));
+    return true;
+  }
+
+  /** Writes every piece's bytes; pieces landing on consecutive data blocks go out as one vectored write. */
+  private async writeData(pieces: Piece[]): Promise<void> {
+    const bs = this.blockSize;
+    const file = this.pool.dataFile;
+    const writes: Promise<void>[] = [];
+    let bufs: Uint8Array[] = [];
+    let runPos = -1;
+    let runEnd = -1;
+    const flush = () => {
+      if (bufs.length) writes.push(file.writev(bufs, runPos));
+      bufs = [];
+      runPos = runEnd = -1;
+    };
+    const emit = (pos: number, chunks: Uint8Array[], len: number) => {
+      if (pos !== runEnd || bufs.length + chunks.length > 512) flush();
+      if (runPos < 0) runPos = pos;
+      bufs.push(...chunks);
+      runEnd = pos + len;
+    };
+    for (const p of pieces) {
+      const body = p.src ?? ZERO.subarray(0, 0);
+      const bodyLen = p.end - p.start;
+      const bodyChunks: Uint8Array[] = [];
+      if (p.src) bodyChunks.push(body);
+      else zeros(bodyLen, bodyChunks);
+      if (p.fresh === undefined) {
+        emit(p.mapping!.block * bs + p.start, bodyChunks, bodyLen);
+        continue;
+      }
+      const base = p.fresh * bs;
+      if (p.start === 0 && p.end === bs) {
+        emit(base, bodyChunks, bs);
+      } else if (!p.mapping) {
+        const chunks: Uint8Array[] = [];
+        zeros(p.start, chunks);
+        chunks.push(...bodyChunks);
+        zeros(bs - p.end, chunks);
+        emit(base, chunks, bs);
+      } else {
+        // copy-on-write of one shared block: old bytes around the new ones
+        flush();
+        const old = Buffer.allocUnsafe(bs);
+        await file.read(old, p.mapping.block * bs);
+        if (p.src) old.set(p.src, p.start);
+        else old.fill(0, p.start, p.end);
+        emit(base, [old], bs);
+      }
+    }
+    flush();
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason instanceof Error ? failed.reason : new IoError(String(failed.reason));
+  }
+}
