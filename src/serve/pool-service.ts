@@ -1,0 +1,180 @@
+/**
+ * What the command line asks of a pool, whether the pool is opened by the command itself
+ * ({@link LocalPoolService}) or owned by a `thinpool serve` daemon and reached through its
+ * control socket (`RemotePoolService`). Every command goes through this interface, so a
+ * command behaves the same either way.
+ */
+import { open as openFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NotFoundError, UsageError } from '../errors.js';
+import { FileBlockFile } from '../io/block-file.js';
+import { checkMetadata, type CheckReport } from '../thin/check.js';
+import { type DeltaRange, deltaDevices } from '../thin/delta.js';
+import { dumpXml, type DumpOptions } from '../thin/dump.js';
+import { ThinMetadata } from '../thin/metadata.js';
+import type { DeviceRecord } from '../thin/catalog.js';
+import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
+import type { VolumeExtent } from '../thin/thin-volume.js';
+
+export interface ExportInfo {
+  name: string;
+  connections: number;
+  readOnly: boolean;
+}
+
+export interface ServiceStatus extends PoolStatus {
+  /** Exports and their connections while a daemon serves the pool. */
+  exports?: ExportInfo[];
+  /** pid of the daemon that owns the pool, when served. */
+  servedBy?: number;
+}
+
+export interface PoolService {
+  status(): Promise<ServiceStatus>;
+  devices(): Promise<DeviceListing[]>;
+  device(dev: string): Promise<DeviceListing>;
+  createDevice(name: string, sizeBytes: number): Promise<DeviceRecord>;
+  snapshot(dev: string, name: string): Promise<DeviceRecord>;
+  remove(dev: string): Promise<void>;
+  rename(dev: string, name: string): Promise<void>;
+  resize(dev: string, sizeBytes: number): Promise<void>;
+  /** Size in bytes and block size of a device. */
+  geometry(dev: string): Promise<{ sizeBytes: number; blockSize: number }>;
+  read(dev: string, offset: number, length: number): Promise<Buffer>;
+  write(dev: string, offset: number, data: Uint8Array): Promise<void>;
+  discard(dev: string, offset: number, length: number): Promise<void>;
+  extents(dev: string, offset: number, length: number): Promise<VolumeExtent[]>;
+  flush(): Promise<void>;
+  extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void>;
+  setTransactionId(old: number, next: number): Promise<void>;
+  metadataSnap(action: 'reserve' | 'release'): Promise<number | null>;
+  /** XML dump of the committed metadata (or the held snapshot). */
+  dump(opts: DumpOptions): Promise<string>;
+  check(): Promise<CheckReport>;
+  delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }>;
+  close(): Promise<void>;
+}
+
+/** The pool opened in this process. */
+export class LocalPoolService implements PoolService {
+  constructor(readonly pool: Pool) {}
+
+  static async open(dir: string): Promise<LocalPoolService> {
+    return new LocalPoolService(await Pool.open(dir));
+  }
+
+  async status(): Promise<ServiceStatus> {
+    return this.pool.status();
+  }
+  devices(): Promise<DeviceListing[]> {
+    return this.pool.devices();
+  }
+  device(dev: string): Promise<DeviceListing> {
+    return this.pool.device(dev);
+  }
+  createDevice(name: string, sizeBytes: number): Promise<DeviceRecord> {
+    return this.pool.createDevice(name, sizeBytes);
+  }
+  snapshot(dev: string, name: string): Promise<DeviceRecord> {
+    return this.pool.snapshot(dev, name);
+  }
+  remove(dev: string): Promise<void> {
+    return this.pool.remove(dev);
+  }
+  rename(dev: string, name: string): Promise<void> {
+    return this.pool.rename(dev, name);
+  }
+  resize(dev: string, sizeBytes: number): Promise<void> {
+    return this.pool.resize(dev, sizeBytes);
+  }
+  async geometry(dev: string): Promise<{ sizeBytes: number; blockSize: number }> {
+    const v = this.pool.volume(dev);
+    return { sizeBytes: v.size, blockSize: v.blockSize };
+  }
+  read(dev: string, offset: number, length: number): Promise<Buffer> {
+    return this.pool.volume(dev).read(offset, length);
+  }
+  write(dev: string, offset: number, data: Uint8Array): Promise<void> {
+    return this.pool.volume(dev).write(offset, data);
+  }
+  discard(dev: string, offset: number, length: number): Promise<void> {
+    return this.pool.volume(dev).discard(offset, length);
+  }
+  extents(dev: string, offset: number, length: number): Promise<VolumeExtent[]> {
+    return this.pool.volume(dev).extents(offset, length);
+  }
+  flush(): Promise<void> {
+    return this.pool.commit();
+  }
+  extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void> {
+    return this.pool.extend(opts);
+  }
+  setTransactionId(old: number, next: number): Promise<void> {
+    return this.pool.setTransactionId(old, next);
+  }
+  async metadataSnap(action: 'reserve' | 'release'): Promise<number | null> {
+    if (action === 'reserve') return this.pool.reserveMetadataSnap();
+    await this.pool.releaseMetadataSnap();
+    return null;
+  }
+  async dump(opts: DumpOptions): Promise<string> {
+    await this.pool.commit();
+    let xml = '';
+    await dumpXml(this.pool.md, (s) => {
+      xml += s;
+    }, opts);
+    return xml;
+  }
+  async check(): Promise<CheckReport> {
+    await this.pool.commit();
+    return checkMetadata(this.pool.metadataFile);
+  }
+  async delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }> {
+    const left = this.pool.record(a).id;
+    const right = this.pool.record(b).id;
+    return { left, right, blockSize: this.pool.blockSize, ranges: await deltaDevices(this.pool.md, left, right) };
+  }
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/** Checks a pool's metadata file without opening the pool (no lock): for a pool nobody owns or a damaged one. */
+export async function checkPoolFiles(dir: string): Promise<CheckReport> {
+  let file: FileBlockFile;
+  try {
+    file = await FileBlockFile.open(join(dir, 'metadata'), { readOnly: true });
+  } catch {
+    throw new NotFoundError(`Cannot check pool ${dir}: no metadata file there`, { dir });
+  }
+  try {
+    return await checkMetadata(file);
+  } finally {
+    await file.close();
+  }
+}
+
+/** Dumps a metadata file read-only (no lock; the CLI uses it when the pool cannot be opened). */
+export async function dumpFile(path: string, opts: DumpOptions): Promise<string> {
+  const f = await FileBlockFile.open(path, { readOnly: true });
+  try {
+    const md = await ThinMetadata.open(f, { readOnly: true });
+    let xml = '';
+    await dumpXml(md, (s) => {
+      xml += s;
+    }, opts);
+    return xml;
+  } finally {
+    await f.close();
+  }
+}
+
+/** Fails unless `path` is a regular readable file. */
+export async function assertReadable(path: string): Promise<void> {
+  try {
+    const fh = await openFile(path, 'r');
+    await fh.close();
+  } catch {
+    throw new UsageError(`Cannot read ${path}: no such file or not readable`);
+  }
+}
