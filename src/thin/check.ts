@@ -237,7 +237,7 @@ class Checker implements IssueSink {
     let snap: View | undefined;
     if (sb.heldRoot !== 0) {
       const h = sb.heldRoot;
-      if (w.reference(h, Claim.superblock, 'held metadata snapshot', 'superblock held_root')) {
+      if (w.reference(h, Claim.superblock, 'held metadata snapshot', 'superblock held_root', 0)) {
         const held = this.checkSuperblock(await bm.readRaw(h), h, 'held metadata snapshot');
         if (held) snap = await this.walkView('metadata snapshot ', held);
         else w.metaIncomplete = w.dataIncomplete = true;
@@ -295,7 +295,7 @@ class Checker implements IssueSink {
     const idx = sb.metadataSm.bitmapRoot;
     const nrBitmaps = Math.ceil(smNr / ENTRIES_PER_BITMAP);
     this.metaBits = new Array(nrBitmaps).fill(undefined);
-    if (!w.reference(idx, Claim.metadataIndex, 'metadata space map index', 'superblock metadata space map')) {
+    if (!w.reference(idx, Claim.metadataIndex, 'metadata space map index', 'superblock metadata space map', 0)) {
       w.metaIncomplete = true;
     } else {
       const b = await bm.readRaw(idx);
@@ -306,7 +306,7 @@ class Checker implements IssueSink {
       } else {
         const entries: IndexEntry[] = [];
         for (let k = 0; k < nrBitmaps; k++) entries.push(unpackIndexEntry(b.view, 16 + k * INDEX_ENTRY_SIZE));
-        const blocks = await Promise.all(entries.map((e, k) => this.readBitmap(bm, e.blocknr, Claim.metadataBitmap, `metadata space map index ${idx}, entry ${k}`)));
+        const blocks = await Promise.all(entries.map((e, k) => this.readBitmap(bm, e.blocknr, Claim.metadataBitmap, `metadata space map index ${idx}, entry ${k}`, idx)));
         blocks.forEach((bits, k) => {
           if (!bits) return;
           this.metaBits[k] = bits;
@@ -329,12 +329,12 @@ class Checker implements IssueSink {
         }
       },
     };
-    if ((await w.walk(rc, spec, 'superblock metadata space map')) === BAD) this.metaOverflowOk = false;
+    if ((await w.walk(rc, spec, 'superblock metadata space map', 0)) === BAD) this.metaOverflowOk = false;
   }
 
   /** Reads and validates a bitmap block; returns its entry bytes, or undefined when unusable. */
-  private async readBitmap(bm: BlockManager, nr: number, claim: number, where: string): Promise<Uint8Array | undefined> {
-    if (!this.walker.reference(nr, claim, 'space map bitmap', where)) return undefined;
+  private async readBitmap(bm: BlockManager, nr: number, claim: number, where: string, from: number): Promise<Uint8Array | undefined> {
+    if (!this.walker.reference(nr, claim, 'space map bitmap', where, from)) return undefined;
     const b = await bm.readRaw(nr);
     const bad = validate(b, bitmapValidator, 'bitmap');
     if (bad) {
@@ -370,9 +370,10 @@ class Checker implements IssueSink {
   private async walkView(label: string, sb: Superblock): Promise<View> {
     const w = this.walker;
     const view: View = { label, sb, devices: new Map(), details: new Map(), topRoot: sb.dataMappingRoot, detailsRoot: sb.deviceDetailsRoot, topOk: false, detailsOk: false };
-    const detailsSpec: TreeSpec = {
-      claim: Claim.details, name: `${label}device details tree`, valueSize: 24, carriesData: false,
-      leaf: (node, n) => {
+    const none = () => undefined;
+    const detailsSpec: TreeSpec = { claim: Claim.details, name: `${label}device details tree`, valueSize: 24, carriesData: false, leaf: none };
+    view.detailsOk = (await w.walk(sb.deviceDetailsRoot, detailsSpec, `${label}superblock`, sb.blocknr)) !== BAD;
+    await w.leaves(sb.deviceDetailsRoot, Claim.details, (node, n) => {
         for (let i = 0; i < n; i++) {
           const off = valueOffset(node, i);
           view.details.set(devKey(node, i), {
@@ -382,24 +383,26 @@ class Checker implements IssueSink {
             leaf: node.nr,
           });
         }
-      },
-    };
-    view.detailsOk = (await w.walk(sb.deviceDetailsRoot, detailsSpec, `${label}superblock`)) !== BAD;
+    });
+    // Bottom roots are referenced once per top-level leaf entry: leaves shared with a tree walked
+    // before (live and snapshot) add no reference, so only newly walked leaves' entries are followed.
+    const pending: Array<{ id: number | bigint; root: number; leaf: number }> = [];
     const topSpec: TreeSpec = {
       claim: Claim.topLevel, name: `${label}top-level mapping tree`, valueSize: 8, carriesData: true,
       leaf: (node, n) => {
-        for (let i = 0; i < n; i++) view.devices.set(devKey(node, i), { root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
+        for (let i = 0; i < n; i++) pending.push({ id: devKey(node, i), root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
       },
     };
-    view.topOk = (await w.walk(sb.dataMappingRoot, topSpec, `${label}superblock`)) !== BAD;
-    const ids = [...view.devices.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    for (const id of ids) {
-      const d = view.devices.get(id)!;
+    view.topOk = (await w.walk(sb.dataMappingRoot, topSpec, `${label}superblock`, sb.blocknr)) !== BAD;
+    for (const { id, root, leaf } of pending) {
       if (typeof id !== 'number' || id > MAX_DEVICE_ID) {
-        this.warning('device-id-range', `Thin device id ${id} is above ${MAX_DEVICE_ID}, expected a 24-bit id (the kernel refuses larger ones)`, d.leaf, `${label}top-level mapping tree`);
+        this.warning('device-id-range', `Thin device id ${id} is above ${MAX_DEVICE_ID}, expected a 24-bit id (the kernel refuses larger ones)`, leaf, `${label}top-level mapping tree`);
       }
-      await w.walk(d.root, this.bottomSpec(`${label}mapping tree of device ${id}`, sb), `${label}top-level mapping tree leaf ${d.leaf}, device ${id}`);
+      await w.walk(root, this.bottomSpec(`${label}mapping tree of device ${id}`, sb), `${label}top-level mapping tree leaf ${leaf}, device ${id}`, leaf);
     }
+    await w.leaves(sb.dataMappingRoot, Claim.topLevel, (node, n) => {
+      for (let i = 0; i < n; i++) view.devices.set(devKey(node, i), { root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
+    });
     return view;
   }
 
@@ -481,7 +484,7 @@ class Checker implements IssueSink {
         }
       },
     };
-    if ((await w.walk(sb.dataSm.refCountRoot, refSpec, 'superblock data space map')) === BAD) this.dataOverflowOk = false;
+    if ((await w.walk(sb.dataSm.refCountRoot, refSpec, 'superblock data space map', 0)) === BAD) this.dataOverflowOk = false;
 
     const entries = new Map<number, { e: IndexEntry; leaf: number }>();
     const want = Math.ceil(nr / ENTRIES_PER_BITMAP);
@@ -496,12 +499,12 @@ class Checker implements IssueSink {
           else {
             extra++;
             // Still the bitmap's one reference, so the metadata counts stay comparable.
-            if (e.blocknr > 0 && e.blocknr < w.limit) w.reference(e.blocknr, Claim.dataBitmap, 'space map bitmap', `data space map index leaf ${node.nr}`);
+            if (e.blocknr > 0 && e.blocknr < w.limit) w.reference(e.blocknr, Claim.dataBitmap, 'space map bitmap', `data space map index leaf ${node.nr}`, node.nr);
           }
         }
       },
     };
-    const indexOk = (await w.walk(sb.dataSm.bitmapRoot, indexSpec, 'superblock data space map')) !== BAD;
+    const indexOk = (await w.walk(sb.dataSm.bitmapRoot, indexSpec, 'superblock data space map', 0)) !== BAD;
     if (extra) this.damage('data-index-entries', `Cannot use ${extra} data space map index entries: keys at or past ${want}, expected keys 0..${want - 1} for ${nr} data blocks`, sb.dataSm.bitmapRoot, 'data space map index tree');
     let missing = 0, firstMissing = -1;
     for (let k = 0; k < want; k++) {
@@ -524,7 +527,7 @@ class Checker implements IssueSink {
     for (let k0 = 0; k0 < want; k0 += BATCH) {
       const ks: number[] = [];
       for (let k = k0; k < Math.min(want, k0 + BATCH); k++) if (entries.has(k)) ks.push(k);
-      const bitsList = await Promise.all(ks.map((k) => this.readBitmap(bm, entries.get(k)!.e.blocknr, Claim.dataBitmap, `data space map index leaf ${entries.get(k)!.leaf}, bitmap ${k}`)));
+      const bitsList = await Promise.all(ks.map((k) => this.readBitmap(bm, entries.get(k)!.e.blocknr, Claim.dataBitmap, `data space map index leaf ${entries.get(k)!.leaf}, bitmap ${k}`, entries.get(k)!.leaf)));
       for (let j = 0; j < ks.length; j++) {
         const k = ks[j]!;
         const bits = bitsList[j];
