@@ -10,7 +10,7 @@
  * requests or of unsent replies exceed the budget.
  */
 import type { Duplex } from 'node:stream';
-import type { NbdExport, NbdExportProvider, ReadSegment } from './export.js';
+import type { NbdExport, NbdExportProvider } from './export.js';
 import { nbdErrorOf } from './nbd-error-of.js';
 import {
   BASE_ALLOCATION,
@@ -20,17 +20,12 @@ import {
   Info,
   MAX_STRING,
   NbdErr,
-  OFFSET_DATA_HEADER_SIZE,
-  OFFSET_HOLE_SIZE,
   Opt,
-  REPLY_FLAG_DONE,
   REQUEST_HEADER_SIZE,
   REQUEST_MAGIC,
   Rep,
-  State,
   TxFlag,
   clientFlagsAcceptable,
-  packBlockStatusChunk,
   packErrorChunk,
   packExportNameReply,
   packGreeting,
@@ -46,20 +41,15 @@ import {
   parseMetaContextRequest,
   parseOptionHeader,
   parseRequestHeader,
-  writeOffsetDataHeader,
-  writeOffsetHole,
   type RequestHeader,
 } from './protocol.js';
 import { ReceiveBuffer } from './receive-buffer.js';
+import { BASE_ALLOCATION_ID, blockStatusReply, compactSegments, readReply } from './replies.js';
 
 /** Largest option data accepted; a longer option ends the connection. */
 export const MAX_OPTION_DATA = 64 * 1024;
 /** Requests a connection runs at once before it stops reading. */
 export const MAX_IN_FLIGHT = 256;
-/** Context id of `base:allocation` in SET_META_CONTEXT replies and BLOCK_STATUS chunks. */
-export const BASE_ALLOCATION_ID = 1;
-/** Most extents sent in one BLOCK_STATUS chunk (clients ask again for the rest). */
-export const MAX_EXTENTS = 1 << 17;
 /** Preferred block size advertised in NBD_INFO_BLOCK_SIZE. */
 export const PREFERRED_BLOCK_SIZE = 4096;
 
@@ -88,7 +78,6 @@ const P_REQ_DRAIN = 5;
 const P_CLOSING = 6;
 const P_DONE = 7;
 
-const ZEROES = Buffer.alloc(1024 * 1024);
 const CMD_NAMES = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write-zeroes', 'block-status'];
 
 class Rejection {
@@ -690,61 +679,11 @@ export class NbdConnection {
 
   private async read(exp: NbdExport, h: RequestHeader): Promise<void> {
     const segs = compactSegments(await exp.read(h.offset, h.length), h.offset, h.length);
-    const { cookieHi, cookieLo } = h;
-    if (!this.structured) {
-      const out: Uint8Array[] = [packSimpleReply(0, cookieHi, cookieLo)];
-      for (const s of segs) pushData(out, s);
-      return this.send(out);
-    }
-    if (segs.length === 1 && segs[0]!.data === null) {
-      const hole = Buffer.allocUnsafe(OFFSET_HOLE_SIZE);
-      writeOffsetHole(hole, 0, REPLY_FLAG_DONE, cookieHi, cookieLo, h.offset, h.length);
-      return this.send([hole]);
-    }
-    if (segs.length === 1 || (h.flags & CmdFlag.DF) !== 0) {
-      const head = Buffer.allocUnsafe(OFFSET_DATA_HEADER_SIZE);
-      writeOffsetDataHeader(head, 0, REPLY_FLAG_DONE, cookieHi, cookieLo, h.offset, h.length);
-      const out: Uint8Array[] = [head];
-      for (const s of segs) pushData(out, s);
-      return this.send(out);
-    }
-    const heads = Buffer.allocUnsafe(segs.length * OFFSET_HOLE_SIZE);
-    const out: Uint8Array[] = [];
-    let at = 0;
-    for (let i = 0; i < segs.length; i++) {
-      const s = segs[i]!;
-      const flags = i === segs.length - 1 ? REPLY_FLAG_DONE : 0;
-      if (s.data === null) {
-        writeOffsetHole(heads, at, flags, cookieHi, cookieLo, s.offset, s.length);
-        out.push(heads.subarray(at, at + OFFSET_HOLE_SIZE));
-        at += OFFSET_HOLE_SIZE;
-      } else {
-        writeOffsetDataHeader(heads, at, flags, cookieHi, cookieLo, s.offset, s.length);
-        out.push(heads.subarray(at, at + OFFSET_DATA_HEADER_SIZE), s.data);
-        at += OFFSET_DATA_HEADER_SIZE;
-      }
-    }
-    this.send(out);
+    this.send(readReply(segs, h, this.structured));
   }
 
   private async blockStatus(exp: NbdExport, h: RequestHeader): Promise<void> {
-    const extents = await exp.blockStatus(h.offset, h.length);
-    const reqOne = (h.flags & CmdFlag.REQ_ONE) !== 0;
-    const out: number[] = [];
-    let left = h.length;
-    for (const e of extents) {
-      if (!Number.isSafeInteger(e.length) || e.length < 0) throw new Error(`export returned an extent of length ${e.length}`);
-      if (e.length === 0) continue;
-      const len = Math.min(e.length, left);
-      const status = (e.hole ? State.HOLE : 0) | (e.zero ? State.ZERO : 0);
-      if (out.length > 0 && out[out.length - 1] === status) out[out.length - 2]! += len;
-      else if (out.length > 0 && (reqOne || out.length >= 2 * MAX_EXTENTS)) break;
-      else out.push(len, status);
-      left -= len;
-      if (left === 0) break;
-    }
-    if (out.length === 0) throw new Error('export returned no extents');
-    this.send([packBlockStatusChunk(h.cookieHi, h.cookieLo, BASE_ALLOCATION_ID, out)]);
+    this.send([blockStatusReply(await exp.blockStatus(h.offset, h.length), h)]);
   }
 
   private replyOk(h: RequestHeader): void {
@@ -775,33 +714,4 @@ function messageOf(err: unknown): string {
   } catch {
     return 'unprintable error';
   }
-}
-
-/**
- * Checks that `segs` cover `[offset, offset + length)` in order, drops empty ones and merges
- * neighbouring holes; throws (-> EIO) when the export broke the {@link NbdExport.read} contract.
- */
-function compactSegments(segs: readonly ReadSegment[], offset: number, length: number): ReadSegment[] {
-  const out: ReadSegment[] = [];
-  let pos = offset;
-  for (const s of segs) {
-    if (s.offset !== pos || !Number.isSafeInteger(s.length) || s.length < 0 || (s.data !== null && (!(s.data instanceof Uint8Array) || s.data.length !== s.length))) {
-      throw new Error(`export returned a malformed read segment at ${s.offset}+${s.length}, expected offset ${pos}`);
-    }
-    pos += s.length;
-    if (s.length === 0) continue;
-    const last = out[out.length - 1];
-    if (last && last.data === null && s.data === null) out[out.length - 1] = { offset: last.offset, length: last.length + s.length, data: null };
-    else out.push(s);
-  }
-  if (pos !== offset + length) throw new Error(`export read segments end at ${pos}, expected ${offset + length}`);
-  return out;
-}
-
-function pushData(out: Uint8Array[], s: ReadSegment): void {
-  if (s.data !== null) {
-    out.push(s.data);
-    return;
-  }
-  for (let left = s.length; left > 0; left -= ZEROES.length) out.push(left >= ZEROES.length ? ZEROES : ZEROES.subarray(0, left));
 }

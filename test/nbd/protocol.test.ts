@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import {
   Chunk,
   Cmd,
+  CmdFlag,
   Info,
   NbdErr,
   Opt,
@@ -36,6 +37,7 @@ import {
 } from '../../src/nbd/protocol.js';
 import { nbdErrorOf } from '../../src/nbd/nbd-error-of.js';
 import { ReceiveBuffer } from '../../src/nbd/receive-buffer.js';
+import { MAX_EXTENTS, blockStatusReply, compactSegments, readReply } from '../../src/nbd/replies.js';
 import { NoSpaceError, RangeErrorWithCode, ReadOnlyError } from '../../src/errors.js';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -186,6 +188,57 @@ test('receive buffer: views inside a chunk, one copy across chunks, skip and cop
   assert.is(rb.copyOut(dest, 1, 10), 3);
   assert.equal([...dest], [0, 1, 2, 3, 0]);
   assert.throws(() => rb.take(1), RangeError);
+});
+
+test('read replies: simple with zeros, one hole chunk, per-segment chunks, DF as one data chunk', () => {
+  const h = parseRequestHeader(packRequestHeader(Cmd.READ, 0, 0, 7, 4096, 3072));
+  const segs = compactSegments(
+    [
+      { offset: 4096, length: 512, data: null },
+      { offset: 4608, length: 0, data: null },
+      { offset: 4608, length: 512, data: null },
+      { offset: 5120, length: 1024, data: Buffer.alloc(1024, 1) },
+      { offset: 6144, length: 1024, data: null },
+    ],
+    4096,
+    3072,
+  );
+  assert.equal(segs.map((x) => [x.offset, x.length, x.data === null]), [[4096, 1024, true], [5120, 1024, false], [6144, 1024, true]]);
+  const simple = Buffer.concat(readReply(segs, h, false));
+  assert.is(simple.length, 16 + 3072);
+  assert.equal(simple.subarray(16), Buffer.concat([Buffer.alloc(1024), Buffer.alloc(1024, 1), Buffer.alloc(1024)]));
+  const chunks = Buffer.concat(readReply(segs, h, true));
+  assert.is(chunks.length, 32 + 28 + 1024 + 32);
+  assert.equal([chunks.readUInt16BE(4), chunks.readUInt16BE(6)], [0, Chunk.OFFSET_HOLE]);
+  assert.equal([chunks.readUInt16BE(32 + 4), chunks.readUInt16BE(32 + 6)], [0, Chunk.OFFSET_DATA]);
+  assert.equal([chunks.readUInt16BE(32 + 28 + 1024 + 4), chunks.readUInt16BE(32 + 28 + 1024 + 6)], [REPLY_FLAG_DONE, Chunk.OFFSET_HOLE]);
+  const df = Buffer.concat(readReply(segs, { ...h, flags: 4 }, true));
+  assert.is(df.length, 28 + 3072);
+  assert.is(df.readUInt32BE(16), 8 + 3072);
+  const hole = Buffer.concat(readReply([{ offset: 4096, length: 3072, data: null }], h, true));
+  assert.is(hole.length, 32);
+  assert.throws(() => compactSegments([{ offset: 4096, length: 100, data: null }], 4096, 3072), /end at/);
+  assert.throws(() => compactSegments([{ offset: 4000, length: 3072, data: null }], 4096, 3072), /malformed/);
+  assert.throws(() => compactSegments([{ offset: 4096, length: 3072, data: Buffer.alloc(3) }], 4096, 3072), /malformed/);
+});
+
+test('block status replies: clipped, merged, REQ_ONE, capped', () => {
+  const h = parseRequestHeader(packRequestHeader(Cmd.BLOCK_STATUS, 0, 0, 1, 0, 10000));
+  const ext = (b: Buffer) => Array.from({ length: (b.length - 24) / 8 }, (_, i) => [b.readUInt32BE(24 + 8 * i), b.readUInt32BE(28 + 8 * i)]);
+  const e = [
+    { length: 4096, hole: true, zero: true },
+    { length: 0, hole: false, zero: false },
+    { length: 4096, hole: true, zero: true },
+    { length: 4096, hole: false, zero: false },
+    { length: 1 << 30, hole: false, zero: true },
+  ];
+  assert.equal(ext(blockStatusReply(e, h)), [[8192, 3], [1808, 0]]);
+  assert.equal(ext(blockStatusReply(e, { ...h, flags: CmdFlag.REQ_ONE })), [[8192, 3]]);
+  assert.equal(ext(blockStatusReply(e, { ...h, length: 100 })), [[100, 3]]);
+  const many = Array.from({ length: MAX_EXTENTS + 10 }, (_, i) => ({ length: 512, hole: i % 2 === 0, zero: true }));
+  assert.is(ext(blockStatusReply(many, { ...h, length: 0xffffffff })).length, MAX_EXTENTS);
+  assert.throws(() => blockStatusReply([], h), /no extents/);
+  assert.throws(() => blockStatusReply([{ length: -1, hole: false, zero: false }], h), /length/);
 });
 
 test.run();
