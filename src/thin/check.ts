@@ -372,7 +372,8 @@ class Checker implements IssueSink {
     const view: View = { label, sb, devices: new Map(), details: new Map(), topRoot: sb.dataMappingRoot, detailsRoot: sb.deviceDetailsRoot, topOk: false, detailsOk: false };
     const none = () => undefined;
     const detailsSpec: TreeSpec = { claim: Claim.details, name: `${label}device details tree`, valueSize: 24, carriesData: false, leaf: none };
-    view.detailsOk = (await w.walk(sb.deviceDetailsRoot, detailsSpec, `${label}superblock`, sb.blocknr)) !== BAD;
+    // A tree with an unreadable subtree cannot say which keys are missing from it.
+    view.detailsOk = (await w.walk(sb.deviceDetailsRoot, detailsSpec, `${label}superblock`, sb.blocknr)) !== BAD && !w.entriesOf(sb.deviceDetailsRoot)!.partial;
     await w.leaves(sb.deviceDetailsRoot, Claim.details, (node, n) => {
         for (let i = 0; i < n; i++) {
           const off = valueOffset(node, i);
@@ -393,7 +394,7 @@ class Checker implements IssueSink {
         for (let i = 0; i < n; i++) pending.push({ id: devKey(node, i), root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
       },
     };
-    view.topOk = (await w.walk(sb.dataMappingRoot, topSpec, `${label}superblock`, sb.blocknr)) !== BAD;
+    view.topOk = (await w.walk(sb.dataMappingRoot, topSpec, `${label}superblock`, sb.blocknr)) !== BAD && !w.entriesOf(sb.dataMappingRoot)!.partial;
     for (const { id, root, leaf } of pending) {
       if (typeof id !== 'number' || id > MAX_DEVICE_ID) {
         this.warning('device-id-range', `Thin device id ${id} is above ${MAX_DEVICE_ID}, expected a 24-bit id (the kernel refuses larger ones)`, leaf, `${label}top-level mapping tree`);

@@ -311,6 +311,25 @@ test('patched images: severity and block of each issue; never milder than thin_c
   if (process.env.THINPOOL_CHECK_TABLE) console.log(table.join('\n'));
 });
 
+test('held metadata snapshot: its trees are checked too, values only with metadataSnap', async () => {
+  // kernel/main/13: the live details leaf was copied, so the snapshot has a details leaf of its own.
+  const img = new Uint8Array(readFixture('kernel/main/13-t1-write-vblock11-while-held.bin.gz'));
+  const held = unpackSuperblock(blockOf(img, sbOf(img).heldRoot));
+  const leaf = held.deviceDetailsRoot;
+  assert.is.not(leaf, sbOf(img).deviceDetailsRoot);
+  patchImage(img, leaf, 32 + 8 * 126, 'Q', 99, 'node');
+  const r = await check(img);
+  assert.ok(has(r, 'damage', 'mapped-blocks', leaf), show(r));
+  assert.ok(r.issues.every((i) => i.where?.startsWith('metadata snapshot')), show(r));
+  const lax = await checkMetadata(new ImageFile(img), { metadataSnap: false });
+  assert.ok(lax.ok, show(lax));
+  // Its nodes always count: a held root whose copy is damaged is damage either way.
+  const img2 = new Uint8Array(readFixture('kernel/main/13-t1-write-vblock11-while-held.bin.gz'));
+  patchImage(img2, sbOf(img2).heldRoot, 2000, 'B', 1, 'none');
+  const r2 = await checkMetadata(new ImageFile(img2), { metadataSnap: false });
+  assert.ok(has(r2, 'damage', 'superblock-checksum', sbOf(img2).heldRoot), show(r2));
+});
+
 // ---- 4. metadata written by our ThinMetadata ------------------------------------------------
 
 async function buildPool(rng: Rng): Promise<{ path: string; reachable: number[]; usage: { data: number; meta: number }; mappings: number; devices: number }> {
