@@ -7,8 +7,9 @@
  * Validation follows thin_restore (the stricter of 0.9 and 1.x where they differ): unknown
  * elements or attributes, numbers that are not plain decimal or out of range, a data block past
  * `nr_data_blocks`, a device id used twice, a data block size the kernel refuses, a `<ref>` to an
- * unknown `<def>` all fail with a {@link UsageError} naming the line. Unlike 1.x, mappings may
- * come in any order; a second mapping of the same virtual block replaces the first (0.9).
+ * unknown `<def>`, a mapping time of 2^24 or more (both tools let it spill into the data block
+ * number) all fail with a {@link UsageError} naming the line. Unlike 1.x, mappings may come in
+ * any order; a second mapping of the same virtual block replaces the first (0.9).
  * After any failure the output's superblock is zeroed, so the file never looks like valid metadata.
  */
 import { SaxesParser, type SaxesTagPlain } from 'saxes';
@@ -16,7 +17,7 @@ import { NoSpaceError, ThinpoolError, UsageError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import { BLOCK_SIZE } from '../pdata/block-manager.js';
 import { type Key, joinKey, splitKey } from '../pdata/btree-node.js';
-import { MAX_DATA_BLOCK } from './block-time.js';
+import { MAX_DATA_BLOCK, TIME_MASK } from './block-time.js';
 import { ThinMetadata } from './metadata.js';
 import { MAX_DEVICE_ID, validDataBlockSize } from './superblock.js';
 
@@ -249,6 +250,7 @@ class Restorer {
     const d = safe(ds, dName, line);
     const len = safe(lens, 'length', line);
     const time = u32(ts, 'time', line);
+    if (time > TIME_MASK) throw bad(line, `time="${ts}" does not fit the 24 bits a mapping stores`);
     if (len === 0) return;
     if (d + len > this.nrData) {
       const what = len === 1 ? `data block ${d}` : `data blocks ${d}..${d + len - 1}`;

@@ -342,6 +342,7 @@ const bad: Array<[string, string[], RegExp]> = [
   ['a hex number', [SB, DEV(), '<single_mapping origin_block="0x1" data_block="1" time="0"/>', '</device>', '</superblock>'], /line 3: origin_block="0x1" is not a decimal number/],
   ['a negative number', [SB, DEV(), '<single_mapping origin_block="-1" data_block="1" time="0"/>', '</device>', '</superblock>'], /line 3: origin_block="-1"/],
   ['a number past 2^64', [SB, DEV(), '<single_mapping origin_block="18446744073709551616" data_block="1" time="0"/>', '</device>', '</superblock>'], /line 3: .*2\^64/],
+  ['a mapping time past 24 bits', [SB, DEV(), '<single_mapping origin_block="0" data_block="1" time="16777216"/>', '</device>', '</superblock>'], /line 3: time="16777216" does not fit the 24 bits/],
   ['a missing attribute', [SB, DEV(), '<single_mapping origin_block="0" time="0"/>', '</device>', '</superblock>'], /line 3: <single_mapping> has no 'data_block'/],
   ['a mapping outside a device', [SB, '<single_mapping origin_block="0" data_block="1" time="0"/>', '</superblock>'], /line 2: a mapping outside/],
   ['a <ref> to an unknown <def>', [SB, DEV(), '<ref name="x"/>', '</device>', '</superblock>'], /line 3: <ref name="x"> names no <def>/],
