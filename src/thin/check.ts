@@ -55,6 +55,65 @@ export type IssueCode =
   // the report itself
   | 'too-many-issues';
 
+/** What each code means, with its usual severity (for help texts; also the run-time list of the closed set). */
+export const ISSUE_CODES: Readonly<Record<IssueCode, string>> = {
+  'superblock-checksum': 'damage: the superblock (or the held-root copy) fails its checksum',
+  'superblock-blocknr': 'damage: the superblock does not carry its own block number',
+  'superblock-magic': 'damage: wrong magic number (the kernel refuses it; thin_check 0.9 does not notice)',
+  'superblock-version': 'warning: version other than 2 (the kernel accepts 1 and 3)',
+  'superblock-flags': 'warning: unknown flag bits besides NEEDS_CHECK',
+  'superblock-incompat': 'damage: incompatible feature flags (the kernel refuses to open)',
+  'superblock-compat-ro': 'damage: read-only-compatible feature flags (the kernel refuses read-write)',
+  'superblock-compat': 'warning: compatible feature flags set',
+  'data-block-size': 'damage: data block size not a multiple of 128 in 128..2097152 sectors',
+  'metadata-block-size': 'damage: metadata block size other than 8 sectors',
+  'metadata-nr-blocks': 'warning: superblock metadata_nr_blocks above the metadata space map size, or 0',
+  'metadata-size': 'damage (bad nr_blocks) or warning (file shorter than the metadata space map)',
+  'data-nr-blocks': 'warning: more data blocks than 40-bit block numbers can address',
+  'block-range': 'damage: a pointer outside the metadata device (the block holding it is named)',
+  'block-reused': 'damage: one block serving as two different structures',
+  'wrong-block-type': 'damage: a block carrying the checksum of another block type',
+  'node-checksum': 'damage: B-tree node checksum',
+  'node-blocknr': 'damage: B-tree node does not carry its own block number',
+  'node-flags': 'damage: B-tree node flags neither internal nor leaf',
+  'node-max-entries': 'damage: max_entries not a multiple of 3 or not fitting the block',
+  'node-nr-entries': 'damage: nr_entries above max_entries',
+  'node-value-size': 'damage: value size wrong for the tree',
+  'node-invalid': 'damage: B-tree node fails its validator otherwise',
+  'node-keys-order': 'damage: keys not strictly increasing',
+  'node-underfull': 'damage: non-root node less than a third full, or an internal node with no entries',
+  'node-cycle': 'damage: a node is its own ancestor',
+  'tree-unbalanced': 'damage: leaves at different depths',
+  'key-range': 'damage: a subtree holds keys at or above the next slot of its parent',
+  'internal-key-high': 'damage: an internal key above the lowest key below it',
+  'internal-key-low': 'warning: an internal key below the lowest key below it (thin_check accepts it)',
+  'index-checksum': 'damage: metadata space map index block checksum',
+  'index-blocknr': 'damage: metadata space map index block does not carry its own block number',
+  'index-invalid': 'damage: metadata space map index block fails its validator otherwise',
+  'bitmap-checksum': 'damage: space map bitmap checksum',
+  'bitmap-blocknr': 'damage: space map bitmap does not carry its own block number',
+  'bitmap-invalid': 'damage: space map bitmap fails its validator otherwise',
+  'data-index-entries': 'damage: data space map index keys not exactly 0..bitmaps-1',
+  'index-nr-free': 'warning: index entry nr_free matches neither convention',
+  'index-none-free-before': 'warning: index entry none_free_before above the first free entry',
+  'bitmap-tail': 'warning: nonzero bitmap entries past the end of the space map',
+  'nr-allocated': 'warning: space map nr_allocated differs from its nonzero bitmap entries',
+  'overflow-entry': 'damage: ref-count tree and bitmap entry 3 disagree, or an entry past the end',
+  'data-block-range': 'damage: a mapping to a data block past nr_data_blocks',
+  'mapping-time': 'warning: a mapping time after the pool time',
+  'details-time': 'warning: a device creation or snapshot time after the pool time',
+  'device-id-range': 'warning: a device id above 2^24-1',
+  'details-missing': 'damage: a device in the top-level mapping tree without details',
+  'mapping-missing': 'damage: a device with details but no mapping tree',
+  'mapped-blocks': 'damage: details mapped_blocks differs from the mappings in the tree',
+  'metadata-count': 'damage: stored metadata reference count differs from the references found',
+  'metadata-leak': 'leak: a metadata block counted as used that nothing refers to',
+  'data-count': 'damage: stored data reference count differs from the mappings found',
+  'data-leak': 'leak: a data block counted as used that no mapping refers to',
+  'counts-unverified': 'warning: counts above those found, not attributable because part of the metadata could not be read',
+  'too-many-issues': 'warning: issues beyond the list limit were counted but not listed',
+};
+
 export interface CheckIssue {
   severity: IssueSeverity;
   code: IssueCode;
@@ -507,9 +566,15 @@ class Checker implements IssueSink {
     };
     const indexOk = (await w.walk(sb.dataSm.bitmapRoot, indexSpec, 'superblock data space map', 0)) !== BAD;
     if (extra) this.damage('data-index-entries', `Cannot use ${extra} data space map index entries: keys at or past ${want}, expected keys 0..${want - 1} for ${nr} data blocks`, sb.dataSm.bitmapRoot, 'data space map index tree');
-    let missing = 0, firstMissing = -1;
-    for (let k = 0; k < want; k++) {
-      if (!entries.has(k) && missing++ === 0) firstMissing = k;
+    // Bounded by the entries found, not by nr_blocks (which may be garbage).
+    const keys = [...entries.keys()].sort((a, b) => a - b);
+    const missing = want - keys.length;
+    let firstMissing = keys.length;
+    for (let j = 0; j < keys.length; j++) {
+      if (keys[j] !== j) {
+        firstMissing = j;
+        break;
+      }
     }
     if (missing && indexOk) {
       this.damage('data-index-entries', `Cannot find ${missing} data space map index entries (first: bitmap ${firstMissing}), expected keys 0..${want - 1} for ${nr} data blocks`, sb.dataSm.bitmapRoot, 'data space map index tree');
@@ -525,9 +590,8 @@ class Checker implements IssueSink {
     const seenOverflow = new Set<number>();
     const verified = new Set<number>();
     const BATCH = 32;
-    for (let k0 = 0; k0 < want; k0 += BATCH) {
-      const ks: number[] = [];
-      for (let k = k0; k < Math.min(want, k0 + BATCH); k++) if (entries.has(k)) ks.push(k);
+    for (let j0 = 0; j0 < keys.length; j0 += BATCH) {
+      const ks = keys.slice(j0, j0 + BATCH);
       const bitsList = await Promise.all(ks.map((k) => this.readBitmap(bm, entries.get(k)!.e.blocknr, Claim.dataBitmap, `data space map index leaf ${entries.get(k)!.leaf}, bitmap ${k}`, entries.get(k)!.leaf)));
       for (let j = 0; j < ks.length; j++) {
         const k = ks[j]!;

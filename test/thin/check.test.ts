@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { FileBlockFile, type BlockFile } from '../../src/io/block-file.js';
 import { BLOCK_SIZE, newBlock } from '../../src/pdata/block-manager.js';
 import { childAt, keyHi, keyLo, maxEntries, nrEntries, valueOffset } from '../../src/pdata/btree-node.js';
-import { type CheckIssue, type CheckReport, checkMetadata, formatReport } from '../../src/thin/check.js';
+import { type CheckIssue, type CheckReport, ISSUE_CODES, checkMetadata, formatReport } from '../../src/thin/check.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { unpackSuperblock } from '../../src/thin/superblock.js';
 import { haveTools, run, tool09, tool1x } from '../support/oracles.js';
@@ -65,7 +65,12 @@ class ImageFile implements BlockFile {
   async close(): Promise<void> {}
 }
 
-const check = (img: Uint8Array) => checkMetadata(new ImageFile(img));
+/** Checks an image in memory; every code reported must belong to the closed set. */
+async function check(img: Uint8Array): Promise<CheckReport> {
+  const r = await checkMetadata(new ImageFile(img));
+  for (const i of r.issues) assert.ok(i.code in ISSUE_CODES, `unknown issue code ${i.code}`);
+  return r;
+}
 
 type Verdict = 'ok' | 'leak' | 'damage';
 const ours = (r: CheckReport): Verdict => (r.summary.damage ? 'damage' : r.summary.leaks ? 'leak' : 'ok');
@@ -457,6 +462,20 @@ test('damage never throws; garbage, empty and truncated files are reported', asy
   const cut = await check(base.slice(0, BLOCK_SIZE));
   assert.not.ok(cut.ok);
   assert.ok(has(cut, 'damage', 'block-range'), show(cut));
+  // Garbage sizes in both space-map roots: bounded work, damage reported.
+  for (const off of [64, 192]) {
+    const m = base.slice();
+    patchImage(m, 0, off, 'Q', 0x7fffffffffffffffn, 'super');
+    const r = await check(m);
+    assert.not.ok(r.ok, show(r));
+  }
+  // Random superblock fields with a valid checksum.
+  for (let i = 0; i < 30; i++) {
+    const m = base.slice();
+    for (let k = 0; k < 4; k++) patchImage(m, 0, 16 + 8 * rng.int(44), 'Q', BigInt(rng.u32()) * BigInt(rng.chance(0.5) ? 1 : rng.u32()), 'none');
+    patchImage(m, 0, 32, 'Q', 27022010, 'super');
+    await check(m);
+  }
   // Random bytes over every live block of base: must not throw.
   for (let i = 0; i < 30; i++) {
     const m = base.slice();
