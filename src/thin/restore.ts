@@ -198,6 +198,7 @@ class Restorer {
       throw err;
     }
     await this.file.write(new Uint8Array(BLOCK_SIZE), 0);
+    await this.file.sync();
     this.sbAttrs = { time, transaction, flags };
     this.nrData = nrData;
     this.dataBlockSize = dataBlockSize;
