@@ -98,6 +98,11 @@ export class DataSpaceMap implements SpaceMap {
     return { nrBlocks: this.nrBlocksValue, nrAllocated: this.allocated, bitmapRoot: this.indexRoot, refCountRoot: this.refRoot };
   }
 
+  /** Bitmaps changed in the open transaction (each needs a new metadata block at commit). */
+  get dirtyBitmaps(): number {
+    return this.origBits.size + this.newBitmaps.size;
+  }
+
   private validIn(k: number): number {
     return Math.min(ENTRIES_PER_BITMAP, this.nrBlocksValue - k * ENTRIES_PER_BITMAP);
   }

@@ -20,7 +20,7 @@ import {
   bitmapValidator, fillBitmapBlock, getEntry, indexBlockValidator, packIndexEntry, setEntry, summarize, unpackIndexEntry,
   BITMAP_BYTES,
 } from './space-map-disk.js';
-import type { TransactionManager } from './transaction-manager.js';
+import { MetadataSpaceError, type TransactionManager } from './transaction-manager.js';
 
 /** u32 reference counts, the value type of both ref-count trees. */
 export const refCountValue: ValueType<number> = {
@@ -37,6 +37,8 @@ export class MetadataSpaceMap implements SpaceMap {
   /** Counts at the start of the transaction, for every block changed since. */
   private readonly orig = new Map<number, number>();
   private allocated = 0;
+  /** Blocks used at the last commit whose count fell to 0 since: free, but not allocatable yet. */
+  private pendingFree = 0;
   private cursor = 0;
   private nrBlocksValue: number;
   private indexBlock: number;
@@ -123,6 +125,11 @@ export class MetadataSpaceMap implements SpaceMap {
     return { nrBlocks: this.nrBlocksValue, nrAllocated: this.allocated, bitmapRoot: this.indexBlock, refCountRoot: this.refRoot };
   }
 
+  /** Number of bitmap blocks. */
+  get nrBitmaps(): number {
+    return this.entries.length;
+  }
+
   count(b: number): number {
     return this.counts[b] ?? 0;
   }
@@ -139,7 +146,10 @@ export class MetadataSpaceMap implements SpaceMap {
   inc(b: number, n = 1): void {
     if (b < 0 || b >= this.nrBlocksValue) throw new CorruptionError(`Cannot reference metadata block ${b}: past the end of the metadata device (${this.nrBlocksValue} blocks)`, { block: b, reason: 'range' });
     this.note(b);
-    if (this.counts[b] === 0) this.allocated++;
+    if (this.counts[b] === 0) {
+      this.allocated++;
+      if (this.committed.get(b)) this.pendingFree--;
+    }
     this.counts[b] += n;
   }
 
@@ -148,7 +158,10 @@ export class MetadataSpaceMap implements SpaceMap {
     if (!c) throw new CorruptionError(`Cannot drop a reference to metadata block ${b}: its count is already 0`, { block: b, reason: 'refcount' });
     this.note(b);
     this.counts[b] = c - 1;
-    if (c === 1) this.allocated--;
+    if (c === 1) {
+      this.allocated--;
+      if (this.committed.get(b)) this.pendingFree++;
+    }
     return c - 1;
   }
 
@@ -171,9 +184,7 @@ export class MetadataSpaceMap implements SpaceMap {
 
   /** Blocks that {@link newBlock} could hand out now. */
   get nrAllocatable(): number {
-    let n = 0;
-    for (let b = 0; b < this.nrBlocksValue; b++) if (this.counts[b] === 0 && !this.committed.get(b)) n++;
-    return n;
+    return this.nrBlocksValue - this.allocated - this.pendingFree;
   }
 
   extend(nrBlocks: number): void {
@@ -220,7 +231,7 @@ export class MetadataSpaceMap implements SpaceMap {
       for (const k of touched) {
         if (relocated.has(k)) continue;
         const nb = this.newBlock();
-        if (nb === undefined) throw new CorruptionError('Cannot commit: no metadata block left for the space map itself', { reason: 'space' });
+        if (nb === undefined) throw new MetadataSpaceError(this.nrBlocksValue);
         const old = this.entries[k]!.blocknr;
         if (old) this.dec(old);
         this.entries[k]!.blocknr = nb;
@@ -229,7 +240,7 @@ export class MetadataSpaceMap implements SpaceMap {
       }
       if (!indexMoved) {
         const nb = this.newBlock();
-        if (nb === undefined) throw new CorruptionError('Cannot commit: no metadata block left for the space map index', { reason: 'space' });
+        if (nb === undefined) throw new MetadataSpaceError(this.nrBlocksValue);
         if (this.indexBlock) this.dec(this.indexBlock);
         this.indexBlock = nb;
         indexMoved = true;
@@ -276,6 +287,7 @@ export class MetadataSpaceMap implements SpaceMap {
       if (b >= 0) this.committed.set(b, this.counts[b]! > 0);
     }
     this.orig.clear();
+    this.pendingFree = 0;
   }
 
   /** Every block with a nonzero count (for checkers and tests). */

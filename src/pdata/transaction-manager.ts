@@ -30,7 +30,23 @@ export class TransactionManager {
   /** Blocks allocated in this transaction: writable in place. */
   private readonly fresh = new Set<number>();
 
+  /**
+   * Blocks kept free for the commit itself (the space maps' new bitmaps, index and tree nodes):
+   * outside a commit, an allocation that would dip into them fails as if the device were full.
+   */
+  reserve: () => number = () => 0;
+  /** Set while a commit writes the space maps: the reserve may be used. */
+  committing = false;
+
   constructor(readonly bm: BlockManager, readonly sm: MetadataSpaceMap) {}
+
+  private allocate(): number {
+    if (!this.committing && this.sm.nrAllocatable <= this.reserve()) throw new MetadataSpaceError(this.sm.nrBlocks);
+    const b = this.sm.newBlock();
+    if (b === undefined) throw new MetadataSpaceError(this.sm.nrBlocks);
+    this.fresh.add(b);
+    return b;
+  }
 
   read(b: number, v: Validator): Promise<Block> {
     return this.bm.read(b, v);
@@ -46,10 +62,7 @@ export class TransactionManager {
    * @throws MetadataSpaceError when the metadata device is full.
    */
   newBlock(v: Validator): WritableBlock {
-    const b = this.sm.newBlock();
-    if (b === undefined) throw new MetadataSpaceError(this.sm.nrBlocks);
-    this.fresh.add(b);
-    return this.bm.zeroed(b, v);
+    return this.bm.zeroed(this.allocate(), v);
   }
 
   /**
@@ -63,10 +76,7 @@ export class TransactionManager {
       if (own) return { block: own, shared: false };
     }
     const src = await this.bm.read(b, v);
-    const n = this.sm.newBlock();
-    if (n === undefined) throw new MetadataSpaceError(this.sm.nrBlocks);
-    this.fresh.add(n);
-    const block = this.bm.copyOf(n, src, v);
+    const block = this.bm.copyOf(this.allocate(), src, v);
     this.dec(b);
     return { block, shared };
   }

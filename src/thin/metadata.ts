@@ -126,6 +126,7 @@ export class ThinMetadata {
     const md = new ThinMetadata(file, nr, opts);
     md.msm = MetadataSpaceMap.format(nr);
     md.tm = new TransactionManager(md.bm, md.msm);
+    md.tm.committing = true;
     md.dsm = DataSpaceMap.format(md.tm, opts.nrDataBlocks);
     md.makeTrees();
     md.mappingRoot = md.top.emptyRoot();
@@ -152,6 +153,10 @@ export class ThinMetadata {
 
   private makeTrees(): void {
     const dsm = this.dsm;
+    const msm = this.msm;
+    // Like the kernel, keep a tenth of the device (at most 4096 blocks) free, and always enough
+    // for the space maps to write themselves at commit.
+    this.tm.reserve = () => Math.max(24 + msm.nrBitmaps + dsm.dirtyBitmaps, Math.min(4096, Math.floor(msm.nrBlocks / 10)));
     this.bottom = new BTree(this.tm, blockTimeValue(dsm), 'mapping tree');
     const bottom = this.bottom;
     const tm = this.tm;
@@ -701,6 +706,15 @@ export class ThinMetadata {
   }
 
   private async commitLocked(hooks: CommitHooks, force = false): Promise<void> {
+    this.tm.committing = true;
+    try {
+      await this.commitSteps(hooks, force);
+    } finally {
+      this.tm.committing = false;
+    }
+  }
+
+  private async commitSteps(hooks: CommitHooks, force: boolean): Promise<void> {
     for (const [id, e] of this.devices) {
       if (!e.dirty) continue;
       this.detailsRoot = (await this.details.insert(this.detailsRoot, id, e.details)).root;
@@ -720,7 +734,7 @@ export class ThinMetadata {
       deviceDetailsRoot: this.detailsRoot,
       metadataNrBlocks: Math.max(this.sb.metadataNrBlocks, metadataSm.nrBlocks),
     };
-    if (!force && this.bm.dirtyCount === 0 && sameSuperblock(sb, this.sb)) return this.finish([], hooks);
+    if (!force && this.bm.dirtyCount === 0 && sameSuperblock(sb, this.sb)) return this.finish(undefined, hooks);
     const block = packed(sb);
     superblockValidator.prepare(block);
     await this.bm.flush();
@@ -731,10 +745,11 @@ export class ThinMetadata {
     await this.finish(this.dsm.freedBlocks(), hooks);
   }
 
-  private async finish(freed: number[], hooks: CommitHooks): Promise<void> {
+  /** Ends a commit; `freed` is undefined when nothing was written. */
+  private async finish(freed: number[] | undefined, hooks: CommitHooks): Promise<void> {
     for (const e of this.devices.values()) e.dirty = false;
     this.removedDevices.clear();
-    if (freed.length) await hooks.afterSuperblock?.(freed);
+    if (freed) await hooks.afterSuperblock?.(freed);
     this.dsm.postCommit();
     this.msm.postCommit();
     this.tm.reset();

@@ -46,7 +46,15 @@ export interface PoolCreateOptions {
   autoExtendMax?: number;
 }
 
+/** Points of a commit where a fault-injection hook runs (tests kill the process there). */
+export type CommitPoint = 'metadata-written' | 'catalog-written' | 'superblock-written';
+
 export interface PoolOpenOptions {
+  /**
+   * Fault injection: called at each point of every commit (tests kill the process there to
+   * show the pool reopens consistently whatever the point).
+   */
+  commitHook?: (point: CommitPoint) => void | Promise<void>;
   /** Commit on a timer when there are changes (milliseconds; 0 = only on flush/close). */
   commitIntervalMs?: number;
   /** Metadata blocks cached in memory. */
@@ -115,6 +123,7 @@ export class Pool {
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly unknownSizes = new Map<number, number>();
+  private commitHook: PoolOpenOptions['commitHook'];
 
   private constructor(
     readonly dir: string,
@@ -193,6 +202,7 @@ export class Pool {
         created: new Date().toISOString(),
       }));
       const pool = new Pool(dir, md, meta, data, lock, loaded);
+      pool.commitHook = opts.commitHook;
       // The data file must cover the capacity (the kernel insists on it too).
       if ((await data.size()) < md.nrDataBlocks * bs) await data.truncate(md.nrDataBlocks * bs);
       for (const d of loaded.body.devices) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
@@ -564,10 +574,15 @@ export class Pool {
     try {
       await this.md.commit({
         beforeSuperblock: async (csum) => {
+          await this.commitHook?.('metadata-written');
           await this.writeCatalog(csum);
           written = true;
+          await this.commitHook?.('catalog-written');
         },
-        afterSuperblock: (freed) => this.punch(freed),
+        afterSuperblock: async (freed) => {
+          await this.commitHook?.('superblock-written');
+          await this.punch(freed);
+        },
       });
     } catch (err) {
       if (err instanceof MetadataSpaceError) {
@@ -577,7 +592,10 @@ export class Pool {
       this.modeValue = 'fail';
       throw err;
     }
-    if (!written && this.catalogDirty) await this.writeCatalog(this.md.superblockChecksum);
+    if (!written && this.catalogDirty) {
+      await this.writeCatalog(this.md.superblockChecksum);
+      await this.commitHook?.('catalog-written');
+    }
   }
 
   private async writeCatalog(csum: number): Promise<void> {
