@@ -71,6 +71,10 @@ const PUSHED = -2;
 
 const FLAG_PARTIAL = 1;
 const FLAG_EMPTY = 2;
+/** Fewer than max_entries / 3 entries: fine for a root only. */
+const FLAG_SMALL = 4;
+/** Underfull already reported. */
+const FLAG_SMALL_REPORTED = 8;
 
 interface Frame {
   nr: number;
@@ -281,6 +285,11 @@ export class Walker {
     const st = this.state[nr]!;
     if (st === 2) {
       this.sharedRefs++;
+      // First met as a root, now as a child: the fill rule applies after all.
+      if (!isRoot && (this.flags[nr]! & (FLAG_SMALL | FLAG_SMALL_REPORTED)) === FLAG_SMALL) {
+        this.flags[nr]! |= FLAG_SMALL_REPORTED;
+        this.sink.damage('node-underfull', `Cannot accept btree node ${nr} as a child: it is less than a third full (fine only for a root)`, nr, where());
+      }
       return nr;
     }
     if (st === 1) {
@@ -299,7 +308,8 @@ export class Walker {
     if (leaf && valueSize(b) !== spec.valueSize) {
       return this.unreadable(nr, spec, 'node-value-size', `Cannot read ${spec.name} leaf ${nr}: value size ${valueSize(b)}, expected ${spec.valueSize}`, where);
     }
-    if (!isRoot && n < Math.floor(max / 3)) {
+    const small = n < Math.floor(max / 3) ? FLAG_SMALL | (isRoot ? 0 : FLAG_SMALL_REPORTED) : 0;
+    if (!isRoot && small) {
       this.sink.damage('node-underfull', `Cannot accept btree node ${nr}: ${n} entries in a non-root node, expected at least ${Math.floor(max / 3)} (max_entries ${max} / 3)`, nr, where());
     }
     if (!leaf && n === 0) {
@@ -326,7 +336,7 @@ export class Walker {
     }
     if (leaf) {
       spec.leaf(b, n, where);
-      this.store(nr, 0, n, n === 0 ? FLAG_EMPTY : 0, minHi, minLo, maxHi, maxLo);
+      this.store(nr, 0, n, (n === 0 ? FLAG_EMPTY : 0) | small, minHi, minLo, maxHi, maxLo);
       return nr;
     }
     this.state[nr] = 1;
@@ -339,7 +349,7 @@ export class Walker {
         pf.set(c, p);
       }
     }
-    stack.push({ nr, node: b, n, i: 0, childHeight: -1, entries: 0, flags: FLAG_EMPTY, minHi: 0, minLo: 0, maxHi: 0, maxLo: 0, unbalanced: false, prefetch: pf });
+    stack.push({ nr, node: b, n, i: 0, childHeight: -1, entries: 0, flags: FLAG_EMPTY | small, minHi: 0, minLo: 0, maxHi: 0, maxLo: 0, unbalanced: false, prefetch: pf });
     return PUSHED;
   }
 

@@ -240,6 +240,21 @@ const cases: Case[] = [
     expect: [['damage', 'node-underfull', -1]], ok: false,
   },
   {
+    name: 'underfull leaf met first as the root of device 0, then as a child in device 1 (two-level/01)', base: 'kernel/two-level/01-t1-300-mappings.bin.gz',
+    patch: (m) => {
+      const root = devRoot(m, 1);
+      const leaf = childAt(blockOf(m, root), 0);
+      const top = sbOf(m).dataMappingRoot;
+      patchImage(m, leaf, 16, 'I', 83, 'node');
+      patchImage(m, top, 16, 'I', 2, 'node');
+      patchImage(m, top, 32, 'Q', 0, 'node');
+      patchImage(m, top, 40, 'Q', 1, 'node');
+      patchImage(m, top, 2048, 'Q', leaf, 'node');
+      patchImage(m, top, 2056, 'Q', root, 'node');
+    },
+    expect: [['damage', 'node-underfull', -1], ['damage', 'details-missing', -3]], ok: false,
+  },
+  {
     name: 'internal key lower than the lowest key below (05, root key 1: 252 -> 251)', base: '05-two-level-btree.bin',
     patch: (m) => patchImage(m, devRoot(m, 7), 32 + 8, 'Q', 251, 'node'), expect: [['warning', 'internal-key-low', -2]], ok: true,
   },
