@@ -36,9 +36,11 @@ export interface ValueType<V> {
 }
 
 /** Result of an insert: the new root, and whether the key was new. */
-export interface InsertResult {
+export interface InsertResult<V = unknown> {
   root: number;
   added: boolean;
+  /** The value the key held before, when it was present. */
+  old?: V;
 }
 
 export interface RemoveResult<V> {
@@ -133,7 +135,7 @@ export class BTree<V> {
   }
 
   /** Inserts or overwrites `key`. An overwritten different value is dropped (`dec`). */
-  insert(root: number, key: Key, value: V): Promise<InsertResult> {
+  insert(root: number, key: Key, value: V): Promise<InsertResult<V>> {
     return this.upsert(root, key, () => value, true);
   }
 
@@ -141,11 +143,11 @@ export class BTree<V> {
    * Shadows the path to `key` and stores `make(old)` there; `old` is not dropped. Used for nested
    * trees, where the new value is the new root of a subtree that replaced `old`.
    */
-  update(root: number, key: Key, make: (old: V | undefined) => V | Promise<V>): Promise<InsertResult> {
+  update(root: number, key: Key, make: (old: V | undefined) => V | Promise<V>): Promise<InsertResult<V>> {
     return this.upsert(root, key, make, false);
   }
 
-  private async upsert(root: number, key: Key, make: (old: V | undefined) => V | Promise<V>, dropOld: boolean): Promise<InsertResult> {
+  private async upsert(root: number, key: Key, make: (old: V | undefined) => V | Promise<V>, dropOld: boolean): Promise<InsertResult<V>> {
     const [hi, lo] = splitKey(key);
     let node = await this.shadowNode(root);
     const newRoot = node.nr;
@@ -159,7 +161,7 @@ export class BTree<V> {
           const v = await make(old);
           if (dropOld && this.vt.dec && !this.vt.equal!(old, v)) await this.vt.dec(old);
           this.vt.pack(node.view, valueOffset(node, i), v);
-          return { root: newRoot, added: false };
+          return { root: newRoot, added: false, old };
         }
         const v = await make(undefined);
         insertGap(node, i);

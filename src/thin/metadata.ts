@@ -359,6 +359,12 @@ export class ThinMetadata {
 
   // ---- mappings ------------------------------------------------------------------------
 
+  private checkDataBlock(b: number, action: string): void {
+    if (!Number.isSafeInteger(b) || b < 0 || b >= this.dsm.nrBlocks) {
+      throw new RangeError(`Cannot ${action}: data block ${b} is outside the pool (${this.dsm.nrBlocks} blocks)`);
+    }
+  }
+
   private entry(id: number, action: string): DeviceEntry {
     const e = this.devices.get(id);
     if (!e) throw new NotFoundError(`Cannot ${action}: no thin device ${id}`, { id });
@@ -420,12 +426,17 @@ export class ThinMetadata {
   insert(id: number, vblock: Key, dataBlock: number, time = this.time): Promise<void> {
     return this.change(`map block ${vblock} of thin device ${id}`, async () => {
       const e = this.entry(id, `map block ${vblock}`);
+      this.checkDataBlock(dataBlock, `map block ${vblock} of thin device ${id}`);
       let added = false;
+      let same = false;
       this.mappingRoot = (await this.top.update(this.mappingRoot, id, async (sub) => {
         const r = await this.bottom.insert(sub!, vblock, { block: dataBlock, time: time & TIME_MASK });
         added = r.added;
+        same = !!r.old && r.old.block === dataBlock && r.old.time === (time & TIME_MASK);
         return r.root;
       })).root;
+      // The caller's reference for an identical mapping is not needed twice.
+      if (same) await this.dsm.dec(dataBlock);
       if (added) {
         e.details.mappedBlocks++;
         e.dirty = true;
@@ -477,6 +488,7 @@ export class ThinMetadata {
   insertMany(id: number, entries: ReadonlyArray<readonly [vblock: number, dataBlock: number]>): Promise<void> {
     return this.change(`map blocks of thin device ${id}`, async () => {
       const e = this.entry(id, 'map blocks');
+      for (const [, b] of entries) this.checkDataBlock(b, `map blocks of thin device ${id}`);
       let added = 0;
       const time = this.time & TIME_MASK;
       this.mappingRoot = (await this.top.update(this.mappingRoot, id, async (sub) => {
@@ -485,6 +497,7 @@ export class ThinMetadata {
           const r = await this.bottom.insert(root, v, { block: b, time });
           root = r.root;
           if (r.added) added++;
+          else if (r.old && r.old.block === b && r.old.time === time) await this.dsm.dec(b);
         }
         return root;
       })).root;
@@ -531,7 +544,10 @@ export class ThinMetadata {
 
   /** Adds a reference to a data block (restore and repair build mappings onto existing blocks). */
   incDataBlock(b: number): Promise<void> {
-    return this.change(`reference data block ${b}`, () => this.dsm.inc(b));
+    return this.change(`reference data block ${b}`, async () => {
+      this.checkDataBlock(b, `reference data block ${b}`);
+      await this.dsm.inc(b);
+    });
   }
 
   /** The reference count of a data block. */

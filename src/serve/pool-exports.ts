@@ -1,0 +1,69 @@
+/**
+ * Exports of a pool for the NBD server: every device by name (and `id:N`), looked up when a
+ * client asks, so devices created while serving are exportable at once. "" is refused unless
+ * a default device is given. An exported device cannot be removed.
+ */
+import type { NbdExport, NbdExportProvider } from '../nbd/export.js';
+import type { Pool } from '../thin/pool.js';
+import { ThinExport } from './thin-export.js';
+
+export interface PoolExportsOptions {
+  /** Device served for the export name "". */
+  defaultDevice?: string;
+  /** Devices exported read-only. */
+  readOnly?: string[];
+}
+
+export class PoolExports implements NbdExportProvider {
+  private readonly connections = new Map<number, number>();
+
+  constructor(private readonly pool: Pool, private readonly opts: PoolExportsOptions = {}) {}
+
+  list(): string[] {
+    return this.pool.catalog.devices.slice().sort((a, b) => a.id - b.id).map((d) => d.name ?? `id:${d.id}`);
+  }
+
+  get(name: string): NbdExport | undefined {
+    const dev = name === '' ? this.opts.defaultDevice : name;
+    if (dev === undefined) return undefined;
+    let id: number;
+    try {
+      id = this.pool.record(dev).id;
+    } catch {
+      return undefined;
+    }
+    return new ThinExport(this.pool.volume(`id:${id}`), this.pool.label(id), this.forcedReadOnly(id));
+  }
+
+  attach(exp: NbdExport): () => void {
+    const id = (exp as ThinExport).volume.id;
+    const unuse = this.pool.use(id);
+    this.connections.set(id, (this.connections.get(id) ?? 0) + 1);
+    return () => {
+      unuse();
+      const n = (this.connections.get(id) ?? 1) - 1;
+      if (n) this.connections.set(id, n);
+      else this.connections.delete(id);
+    };
+  }
+
+  /** Live connections per exported device. */
+  exports(): Array<{ name: string; connections: number; readOnly: boolean }> {
+    return [...this.connections.entries()].map(([id, connections]) => ({
+      name: this.pool.label(id),
+      connections,
+      readOnly: this.forcedReadOnly(id) || !!this.pool.catalog.devices.find((d) => d.id === id)?.readOnly,
+    }));
+  }
+
+  /** True when `serve --read-only` named this device. */
+  private forcedReadOnly(id: number): boolean {
+    return (this.opts.readOnly ?? []).some((r) => {
+      try {
+        return this.pool.record(r).id === id;
+      } catch {
+        return false;
+      }
+    });
+  }
+}

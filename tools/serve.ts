@@ -1,0 +1,63 @@
+/**
+ * `thinpool serve`: own a pool, export its devices over NBD, answer other commands on the
+ * pool's control socket. Runs in the foreground until SIGINT/SIGTERM, then stops accepting,
+ * finishes in-flight requests, commits and releases the lock.
+ */
+import type { Command } from 'commander';
+import { UsageError } from '../src/errors.js';
+import { Daemon } from '../src/serve/daemon.js';
+
+export interface ServeCliOptions {
+  socket?: string;
+  listen?: string[];
+  listenAny?: boolean;
+  default?: string;
+  readOnly?: string[];
+}
+
+function parseListen(spec: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(spec);
+  if (!m) throw new UsageError(`Cannot listen on '${spec}': expected ADDR:PORT (e.g. 127.0.0.1:10809)`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new UsageError(`Cannot listen on '${spec}': port out of range`);
+  return { host: m[1] ?? m[2]!, port };
+}
+
+/** Adds `serve` to the program; `poolDir` resolves the global --pool option. */
+export function registerServe(program: Command, poolDir: () => string, run: (fn: () => Promise<void>) => Promise<void>): void {
+  program
+    .command('serve')
+    .description('own the pool and export its devices over NBD (unix socket POOL/nbd.sock; TCP with --listen)')
+    .option('--socket <path>', 'NBD unix socket (default POOL/nbd.sock)')
+    .option('--listen <addr:port>', 'also listen on TCP (loopback only unless --listen-any); repeatable', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--listen-any', 'allow --listen on addresses other than loopback')
+    .option('--default <dev>', 'device served for the default export name ""')
+    .option('--read-only <dev...>', 'devices exported read-only')
+    .action((opts: ServeCliOptions) =>
+      run(async () => {
+        const dir = poolDir();
+        const daemon = await Daemon.start({
+          dir,
+          ...(opts.socket ? { socket: opts.socket } : {}),
+          listen: (opts.listen ?? []).map(parseListen),
+          listenAny: !!opts.listenAny,
+          ...(opts.default !== undefined ? { defaultDevice: opts.default } : {}),
+          readOnly: opts.readOnly ?? [],
+          log: (m) => process.stderr.write(`thinpool serve: ${m}\n`),
+        });
+        const tcp = daemon.tcpPorts.map((p, i) => ` nbd://${opts.listen![i]!.replace(/:\d+$/, '')}:${p}/`).join('');
+        process.stdout.write(`serving ${dir}: nbd+unix:///DEVICE?socket=${daemon.nbdSocket}${tcp} (pid ${process.pid})\n`);
+        await new Promise<void>((resolve) => {
+          const stop = (sig: string) => {
+            process.stderr.write(`thinpool serve: ${sig}: finishing in-flight requests, committing\n`);
+            daemon.stop().then(resolve, (err) => {
+              process.stderr.write(`thinpool serve: stop failed: ${(err as Error).message}\n`);
+              resolve();
+            });
+          };
+          process.once('SIGINT', () => stop('SIGINT'));
+          process.once('SIGTERM', () => stop('SIGTERM'));
+        });
+      }),
+    );
+}
