@@ -16,10 +16,14 @@ import { existsSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Readable } from 'node:stream';
+import { FileBlockFile } from '../../src/io/block-file.js';
 import { Daemon } from '../../src/serve/daemon.js';
 import { RemotePoolService } from '../../src/serve/control.js';
 import { connectPool } from '../../src/serve/connect.js';
+import { dumpFile } from '../../src/serve/pool-service.js';
 import { Pool } from '../../src/thin/pool.js';
+import { restoreXml } from '../../src/thin/restore.js';
 import { NbdClient, dialUnix, type ConnectOptions } from './nbd-client.js';
 import { tempDir } from './tmp.js';
 
@@ -50,6 +54,28 @@ export async function makePool(spec: PoolSpec = {}, dir = join(tempDir('thinpool
     await pool.close();
   }
   return dir;
+}
+
+/**
+ * Adds a device the catalog does not know to a closed pool's metadata (as the kernel or
+ * thin_restore would): dump, add the device with `mappings` ([virtual block, data block]),
+ * restore. The pool then lists it unnamed (`id:N`), as long as its highest mapped block.
+ */
+export async function addOutsideDevice(dir: string, id: number, mappings: Array<[number, number]>): Promise<void> {
+  const path = join(dir, 'metadata');
+  const xml = await dumpFile(path, {});
+  const dev =
+    `<device dev_id="${id}" mapped_blocks="${mappings.length}" transaction="0" creation_time="0" snap_time="0">\n` +
+    mappings.map(([v, d]) => `<single_mapping origin_block="${v}" data_block="${d}" time="0"/>\n`).join('') +
+    '</device>\n';
+  const at = xml.lastIndexOf('</superblock>');
+  if (at < 0) throw new Error('addOutsideDevice: no </superblock> in the dump');
+  const file = await FileBlockFile.open(path);
+  try {
+    await restoreXml(Readable.from([xml.slice(0, at) + dev + xml.slice(at)]), file);
+  } finally {
+    await file.close();
+  }
 }
 
 // ---- the daemon -------------------------------------------------------------------------------
