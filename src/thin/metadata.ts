@@ -97,6 +97,7 @@ export class ThinMetadata {
   private heldRootValue = 0;
   private flags = 0;
   private sbChecksum = 0;
+  private growTo = 0;
   private devices = new Map<number, DeviceEntry>();
   private removedDevices = new Set<number>();
   private readonly readOnly: boolean;
@@ -198,7 +199,9 @@ export class ThinMetadata {
     this.msm = await MetadataSpaceMap.open(this.bm, sb.metadataSm);
     this.tm = new TransactionManager(this.bm, this.msm);
     await this.msm.loadOverflow(this.tm);
-    if (!this.readOnly && this.msm.nrBlocks < fileBlocks) this.msm.extend(Math.min(fileBlocks, MAX_METADATA_BLOCKS));
+    // A metadata file larger than its space map (grown elsewhere) is grown into by the first
+    // commit that changes something, so opening never rewrites foreign metadata by itself.
+    this.growTo = !this.readOnly && this.msm.nrBlocks < fileBlocks ? Math.min(fileBlocks, MAX_METADATA_BLOCKS) : 0;
     this.dsm = await DataSpaceMap.open(this.tm, sb.dataSm);
     this.makeTrees();
     this.mappingRoot = sb.dataMappingRoot;
@@ -731,6 +734,10 @@ export class ThinMetadata {
   }
 
   private async commitSteps(hooks: CommitHooks, force: boolean): Promise<void> {
+    if (this.growTo > this.msm.nrBlocks && this.hasChanges) {
+      this.msm.extend(this.growTo);
+      this.growTo = 0;
+    }
     for (const [id, e] of this.devices) {
       if (!e.dirty) continue;
       this.detailsRoot = (await this.details.insert(this.detailsRoot, id, e.details)).root;

@@ -10,13 +10,13 @@
  * await pool.snapshot('web', 'web-snap');
  * await pool.close();
  */
-import { mkdir, readdir, rm, statfs, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, rm, statfs, stat, symlink } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { BusyError, ExistsError, NoSpaceError, NotFoundError, ReadOnlyError, UsageError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
 import { MetadataSpaceError } from '../pdata/transaction-manager.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
-import { type CatalogBody, type DeviceRecord, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
+import { type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
 import { Gate } from './gate.js';
 import { lsDevices } from './ls.js';
 import { ThinMetadata } from './metadata.js';
@@ -124,6 +124,8 @@ export class Pool {
   private closed = false;
   private readonly unknownSizes = new Map<number, number>();
   private commitHook: PoolOpenOptions['commitHook'];
+  /** What opening found worth telling the user (changes made outside thinpool). */
+  readonly notices: string[] = [];
 
   private constructor(
     readonly dir: string,
@@ -131,13 +133,18 @@ export class Pool {
     readonly metadataFile: FileBlockFile,
     readonly dataFile: FileBlockFile,
     private readonly lock: PoolLock,
-    loaded: { body: CatalogBody; generation: number; slot: number; state: 'in-sync' | 'reconciled' },
+    loaded: LoadedCatalog,
   ) {
     this.catalogBody = loaded.body;
     this.catalogGeneration = loaded.generation;
     this.catalogSlot = loaded.slot;
     this.catalogState = loaded.state;
-    if (loaded.state === 'reconciled') this.catalogDirty = true;
+    if (loaded.state === 'reconciled') {
+      this.catalogDirty = true;
+      const ch = loaded.changes;
+      for (const d of ch?.dropped ?? []) this.notices.push(`the metadata was changed outside thinpool: device ${d.name ?? `id:${d.id}`} (id ${d.id}) no longer exists and was dropped from the catalog`);
+      if (ch?.unknown.length) this.notices.push(`the metadata was changed outside thinpool: new device${ch.unknown.length > 1 ? 's' : ''} ${ch.unknown.map((i) => `id:${i}`).join(', ')} (unnamed; name with thinpool device rename, size with thinpool device resize)`);
+    }
     if (md.needsCheck) this.modeValue = 'ro';
   }
 
@@ -219,6 +226,32 @@ export class Pool {
       await lock.release();
       throw err;
     }
+  }
+
+  /**
+   * Takes over a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
+   * `devicemapper/{metadata,data}`, a kernel pool): the pool directory links to the files, which
+   * are not rewritten until the first change. Devices come in unnamed (`id:N`).
+   */
+  static async adopt(opts: { dir: string; metadata: string; data: string }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
+    const metadata = resolve(opts.metadata);
+    const data = resolve(opts.data);
+    const probe = await FileBlockFile.open(metadata, { readOnly: true });
+    let need: number;
+    try {
+      const md = await ThinMetadata.open(probe, { readOnly: true });
+      need = md.nrDataBlocks * md.blockBytes;
+    } finally {
+      await probe.close();
+    }
+    const dataSize = (await stat(data)).size;
+    if (dataSize < need) throw new RangeError(`Cannot adopt ${data}: it holds ${dataSize} bytes but the metadata maps ${need} (the kernel would refuse it too)`);
+    await mkdir(opts.dir, { recursive: true });
+    const existing = (await readdir(opts.dir)).filter((f) => ['metadata', 'data', 'catalog.0', 'catalog.1'].includes(f));
+    if (existing.length) throw new ExistsError(`Cannot adopt into ${opts.dir}: it already holds a pool (${existing.join(', ')})`, { dir: opts.dir });
+    await symlink(metadata, join(opts.dir, 'metadata'));
+    await symlink(data, join(opts.dir, 'data'));
+    return Pool.open(opts.dir, openOpts);
   }
 
   // ---- state ----------------------------------------------------------------------------
