@@ -46,11 +46,18 @@ function exited(child: ChildProcess, ms: number): Promise<boolean> {
 }
 
 /**
- * Runs `fn` with an ext4 file system on the NBD export at `uri` (made fresh with mkfs.ext4),
- * then tears everything down, also when `fn` or the setup throws.
+ * Runs `fn` with an ext4 file system on the NBD export at `uri` (made fresh with mkfs.ext4
+ * unless `opts.mkfs` is false), then tears everything down, also when `fn` or the setup throws.
  * @example await withFuseExt4(h.uri('disk'), h.dir, async ({ mnt, remount }) => { ... });
  */
-export async function withFuseExt4(uri: string, dir: string, fn: (fs: FuseExt4) => Promise<void>): Promise<void> {
+export interface FuseExt4Options {
+  /** Make a fresh file system with mkfs.ext4 (default true); false mounts the one on the export. */
+  mkfs?: boolean;
+  /** Read-only all the way: `nbdfuse -r`, `losetup -r`, `mount -o ro` (default false). */
+  readOnly?: boolean;
+}
+
+export async function withFuseExt4(uri: string, dir: string, fn: (fs: FuseExt4) => Promise<void>, opts: FuseExt4Options = {}): Promise<void> {
   const fuseDir = join(dir, 'fuse');
   const mnt = join(dir, 'mnt');
   const file = join(fuseDir, 'dev');
@@ -58,7 +65,9 @@ export async function withFuseExt4(uri: string, dir: string, fn: (fs: FuseExt4) 
   await mkdir(mnt, { recursive: true });
   let loop = '';
   let stderr = '';
-  const child = spawn('nbdfuse', [file, uri], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const ro = !!opts.readOnly;
+  const mountArgs = ro ? ['-o', 'ro'] : [];
+  const child = spawn('nbdfuse', [...(ro ? ['-r'] : []), file, uri], { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   child.on('error', (err) => (stderr += String(err)));
   const teardown: string[] = [];
@@ -69,18 +78,18 @@ export async function withFuseExt4(uri: string, dir: string, fn: (fs: FuseExt4) 
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nbdfuse did not come up: ${stderr.trim()}`);
       await new Promise((r) => setTimeout(r, 50));
     }
-    loop = (await must('losetup', ['-f', '--show', '--direct-io=on', file])).trim();
-    await must('mkfs.ext4', ['-q', '-F', loop], 120_000);
-    await must('mount', [loop, mnt]);
+    loop = (await must('losetup', ['-f', '--show', '--direct-io=on', ...(ro ? ['-r'] : []), file])).trim();
+    if (opts.mkfs ?? true) await must('mkfs.ext4', ['-q', '-F', loop], 120_000);
+    await must('mount', [...mountArgs, loop, mnt]);
     const remount = async () => {
       await must('umount', [mnt]);
       await must('blockdev', ['--flushbufs', loop]);
-      await must('mount', [loop, mnt]);
+      await must('mount', [...mountArgs, loop, mnt]);
     };
     const fsck = async () => {
       await must('umount', [mnt]);
       const r = await run('fsck.ext4', ['-fn', loop], { timeoutMs: 120_000 });
-      await must('mount', [loop, mnt]);
+      await must('mount', [...mountArgs, loop, mnt]);
       return { code: r.code, output: r.stdout + r.stderr };
     };
     await fn({ loop, mnt, file, remount, fsck });
