@@ -15,6 +15,7 @@ import { registerDemo } from './demo.js';
 import { registerDevice } from './device.js';
 import { EXIT_INTERRUPTED, errorLine, exitCodeFor, printError } from './output.js';
 import { registerPool } from './pool.js';
+import { registerServe } from './serve.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -91,6 +92,10 @@ async function main(argv: string[]): Promise<number> {
     .showSuggestionAfterError(true);
   registerPool(program, ctx);
   registerDevice(program, ctx);
+  registerServe(program, () => ctx.poolDir(program), async (fn) => {
+    ctx.doing(`serve ${ctx.poolDir(program)}`);
+    await fn();
+  });
   registerDemo(program, ctx);
   for (const cmd of allCommands(program)) {
     cmd.version(pkg.version, '-V, --version', 'print the version');
