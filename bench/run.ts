@@ -1,11 +1,15 @@
 /**
- * Runs the benchmark suites named on the command line (all when none): `npm run bench -- metadata`.
+ * Runs the benchmark suites named on the command line (all when none): `npm run bench -- metadata`, `npm run bench -- pool`, `npm run bench -- nbd`.
  * Each suite prints its figures and writes JSON + SVG into images/.
  */
 import { metadataBench } from './metadata.bench.js';
+import { nbdBench } from './nbd.bench.js';
+import { poolBench } from './pool.bench.js';
 
 const suites: Record<string, () => Promise<unknown>> = {
   metadata: metadataBench,
+  pool: poolBench,
+  nbd: nbdBench,
 };
 
 const wanted = process.argv.slice(2);

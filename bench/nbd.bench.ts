@@ -1,0 +1,369 @@
+/**
+ * NBD server benchmarks (issue 4): thinpool's daemon (in a child process, so client and server
+ * do not share an event loop) against qemu-nbd serving a qcow2 file and a raw file, all three
+ * over unix sockets in one directory, one file system, one run:
+ *
+ * - `nbdcopy` of BENCH_NBD_MIB (1 GiB) from a page-cached file into a fresh export (fresh
+ *   device / fresh sparse qcow2 / fresh sparse raw file each sample), and out of the export to
+ *   `null:` (goal >= 1.0x qcow2 both ways, >= 0.7x raw);
+ * - fio's nbd engine, random 4 KiB writes and reads over the whole (fully written) export at
+ *   queue depth 1 and 16 (goal >= 1.0x qcow2; raw shown too).
+ *
+ * qemu-nbd runs with `-t --cache=writeback --aio=threads --discard=unmap --shared=0`; thinpool
+ * also goes through the host page cache (the same "writeback" mode). No flush is timed unless
+ * BENCH_NBD_FLUSH=1 (then nbdcopy gets --flush). After every copy-in sample the target file is
+ * synced untimed, so no sample pays for an earlier one's writeback.
+ *
+ * Servers are ours: started with spawn, stopped by PID (SIGTERM, then waited for), their sockets
+ * and files removed at the end, also on failure.
+ *
+ * Run: npm run bench -- nbd   (writes images/bench-nbd.json and .svg)
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { randomFillSync } from 'node:crypto';
+import { Daemon } from '../src/serve/daemon.js';
+import { Pool } from '../src/thin/pool.js';
+import { KiB, MiB } from '../src/units.js';
+import { barChart, fmt, writeResults, writeSvg } from './harness.js';
+import { benchDir, envNum, now, pairedRatio, printTargets, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';
+
+const SELF = fileURLToPath(import.meta.url);
+
+// ---- the thinpool server child ------------------------------------------------------------
+
+/** `node dist/bench/nbd.bench.js --serve-child POOL`: serve the pool until SIGTERM. */
+async function serveChild(dir: string): Promise<void> {
+  const daemon = await Daemon.start({ dir, commitIntervalMs: 1000, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
+  process.stdout.write(`ready ${daemon.nbdSocket}\n`);
+  const stop = () => {
+    daemon.stop().then(
+      () => process.exit(0),
+      (err) => {
+        process.stderr.write(`bench server: stop failed: ${(err as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url && process.argv[2] === '--serve-child') {
+  await serveChild(process.argv[3]!);
+}
+
+// ---- process helpers ----------------------------------------------------------------------
+
+interface Server {
+  proc: ChildProcess;
+  exited: Promise<void>;
+}
+
+function track(proc: ChildProcess): Server {
+  const exited = new Promise<void>((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) resolve();
+    else proc.once('exit', () => resolve());
+  });
+  return { proc, exited };
+}
+
+/** SIGTERM to the server's PID, then wait for it (SIGKILL after 20 s). */
+async function stopServer(s: Server | undefined): Promise<void> {
+  if (!s || s.proc.exitCode !== null || s.proc.signalCode !== null) return;
+  process.kill(s.proc.pid!, 'SIGTERM');
+  const timer = setTimeout(() => {
+    if (s.proc.exitCode === null && s.proc.signalCode === null) process.kill(s.proc.pid!, 'SIGKILL');
+  }, 20_000);
+  await s.exited;
+  clearTimeout(timer);
+}
+
+/** Runs a command, resolves with its stdout; rejects with its stderr on a non-zero exit. */
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', reject);
+    p.on('exit', (code, sig) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code ?? sig}: ${err.trim()}`))));
+  });
+}
+
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = now();
+  await run(cmd, args);
+  return now() - t0;
+}
+
+async function waitForExport(uri: string, server: Server): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    if (server.proc.exitCode !== null) throw new Error(`server exited with ${server.proc.exitCode} before serving ${uri}`);
+    try {
+      await run('nbdinfo', ['--size', uri]);
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`no export at ${uri} after 10 s`);
+}
+
+// ---- peers --------------------------------------------------------------------------------
+
+interface Peer {
+  name: string;
+  /** Makes a fresh target of `bytes` and serves it; returns its URI. Untimed. */
+  fresh(i: number): Promise<string>;
+  /** Makes what the last copy wrote durable (fdatasync of the backing file), untimed. */
+  sync(): Promise<void>;
+  /** Stops serving the current target, keeping its file (not for thinpool, which serves all devices). */
+  release(): Promise<void>;
+  /** Serves the target of copy sample `i` again (for the copy-out and fio phases). */
+  serve(i: number): Promise<string>;
+  close(): Promise<void>;
+}
+
+const QEMU_ARGS = ['-t', '--cache=writeback', '--aio=threads', '--discard=unmap', '--shared=0', '-x', ''];
+
+function qemuPeer(dir: string, format: 'qcow2' | 'raw', bytes: number): Peer {
+  let server: Server | undefined;
+  const sock = join(dir, `qemu-${format}.sock`);
+  const file = (i: number) => join(dir, `qemu-${i}.${format}`);
+  const uri = `nbd+unix:///?socket=${sock}`;
+  const start = async (i: number) => {
+    rmSync(sock, { force: true });
+    server = track(spawn('qemu-nbd', ['-k', sock, '-f', format, ...QEMU_ARGS, file(i)], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    await waitForExport(uri, server);
+    return uri;
+  };
+  let current = -1;
+  return {
+    name: `qemu-nbd ${format}`,
+    async fresh(i) {
+      await run('qemu-img', ['create', '-q', '-f', format, file(i), String(bytes)]);
+      current = i;
+      return start(i);
+    },
+    async sync() {
+      await run('sync', ['-d', file(current)]);
+    },
+    async release() {
+      await stopServer(server);
+      server = undefined;
+    },
+    async serve(i) {
+      current = i;
+      return start(i);
+    },
+    async close() {
+      await stopServer(server);
+      server = undefined;
+      rmSync(sock, { force: true });
+    },
+  };
+}
+
+async function thinPeer(dir: string, bytes: number, devices: number): Promise<Peer> {
+  const poolDir = join(dir, 'pool');
+  const pool = await Pool.create({ dir: poolDir, dataSize: devices * bytes + 256 * MiB, blockSize: 64 * KiB, autoExtend: false });
+  try {
+    for (let i = 0; i < devices; i++) await pool.createDevice(`copy-${i}`, bytes);
+  } finally {
+    await pool.close();
+  }
+  const proc = spawn(process.execPath, [SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = track(proc);
+  let sock = '';
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /ready (\S+)\n/.exec(out);
+      if (m) {
+        sock = m[1]!;
+        resolve();
+      }
+    });
+    proc.once('exit', (code) => reject(new Error(`thinpool server exited with ${code} before it was ready`)));
+  });
+  const uri = (i: number) => `nbd+unix:///copy-${i}?socket=${sock}`;
+  return {
+    name: 'thinpool',
+    async fresh(i) {
+      return uri(i);
+    },
+    async sync() {
+      await run('sync', ['-d', join(poolDir, 'data')]);
+    },
+    async release() {},
+    async serve(i) {
+      return uri(i);
+    },
+    async close() {
+      await stopServer(server);
+    },
+  };
+}
+
+// ---- the suite ----------------------------------------------------------------------------
+
+function fioArgs(uri: string, rw: string, qd: number, runtime: number): string[] {
+  return [
+    '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', `--iodepth=${qd}`,
+    '--time_based', `--runtime=${runtime}`, '--ramp_time=1', '--randrepeat=1', '--norandommap', '--output-format=json',
+  ];
+}
+
+async function fioIops(uri: string, rw: 'randwrite' | 'randread', qd: number, runtime: number): Promise<number> {
+  const out = await run('fio', fioArgs(uri, rw, qd, runtime));
+  const j = JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ error: number; read: { iops: number }; write: { iops: number } }> };
+  const job = j.jobs[0]!;
+  if (job.error) throw new Error(`fio ${rw} qd ${qd} on ${uri}: error ${job.error}`);
+  return rw === 'randwrite' ? job.write.iops : job.read.iops;
+}
+
+/** A fully written source file (non-zero, every MiB different) so nothing is skipped as zero or hole. */
+function makeSource(path: string, bytes: number): void {
+  const buf = randomFillSync(Buffer.allocUnsafe(MiB));
+  const fd = openSync(path, 'w');
+  try {
+    for (let off = 0; off < bytes; off += MiB) {
+      buf.writeUInt32LE(off / MiB, 0);
+      buf.writeUInt32LE(0xdeadbeef, 4);
+      writeSync(fd, buf, 0, Math.min(MiB, bytes - off), off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export async function nbdBench(): Promise<Record<string, unknown>> {
+  const MIBS = envNum('BENCH_NBD_MIB', 1024);
+  const COPY_SAMPLES = envNum('BENCH_NBD_COPY_SAMPLES', 3);
+  const FIO_SAMPLES = envNum('BENCH_NBD_FIO_SAMPLES', 3);
+  const FIO_RUNTIME = envNum('BENCH_NBD_FIO_RUNTIME', 3);
+  const FLUSH = process.env.BENCH_NBD_FLUSH === '1';
+  const WARMUP = 1;
+  const bytes = MIBS * MiB;
+  const started = now();
+  const loadBefore = loadavg();
+  try {
+    execFileSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' });
+  } catch {
+    throw new Error('fio has no nbd engine here (fio --enghelp=nbd failed); see bench/README.md for the nbdfuse fallback');
+  }
+
+  const dir = benchDir('thinpool-bench-nbd-');
+  console.log(`nbd: files in ${dir}; nbdcopy of ${MIBS} MiB x ${COPY_SAMPLES} samples (+${WARMUP} warm-up), fio ${FIO_RUNTIME} s x ${FIO_SAMPLES} samples${FLUSH ? ', nbdcopy --flush' : ''}`);
+  const peers: Peer[] = [];
+  try {
+    const src = join(dir, 'source.img');
+    makeSource(src, bytes);
+    const rounds = WARMUP + COPY_SAMPLES;
+    peers.push(await thinPeer(dir, bytes, rounds));
+    peers.push(qemuPeer(dir, 'qcow2', bytes));
+    peers.push(qemuPeer(dir, 'raw', bytes));
+    const names = peers.map((p) => p.name);
+    const copyIn: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    const copyOut: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+
+    // Copy in: a fresh target per sample; the order of the peers rotates every round.
+    for (let r = 0; r < rounds; r++) {
+      for (let k = 0; k < peers.length; k++) {
+        const p = peers[(k + r) % peers.length]!;
+        const uri = await p.fresh(r);
+        const secs = await timed('nbdcopy', [...(FLUSH ? ['--flush'] : []), src, uri]);
+        await p.sync();
+        await p.release();
+        if (r >= WARMUP) copyIn[p.name]!.push(MIBS / secs);
+        console.log(`nbd: copy in, ${p.name}, round ${r}${r < WARMUP ? ' (warm-up)' : ''}: ${fmt(MIBS / secs)} MiB/s`);
+      }
+    }
+    // Copy out of the last round's targets (all page-cached: just written).
+    const uris = new Map<string, string>();
+    for (const p of peers) uris.set(p.name, await p.serve(rounds - 1));
+    for (let r = 0; r < rounds; r++) {
+      for (let k = 0; k < peers.length; k++) {
+        const p = peers[(k + r) % peers.length]!;
+        const secs = await timed('nbdcopy', [uris.get(p.name)!, 'null:']);
+        if (r >= WARMUP) copyOut[p.name]!.push(MIBS / secs);
+        console.log(`nbd: copy out, ${p.name}, round ${r}${r < WARMUP ? ' (warm-up)' : ''}: ${fmt(MIBS / secs)} MiB/s`);
+      }
+    }
+    // fio on the same, fully written, targets.
+    const fio: Record<string, number[]> = {};
+    const fioCases: Array<['randwrite' | 'randread', number]> = [['randwrite', 1], ['randread', 1], ['randwrite', 16], ['randread', 16]];
+    for (const [rw, qd] of fioCases) {
+      for (let r = 0; r < FIO_SAMPLES; r++) {
+        for (let k = 0; k < peers.length; k++) {
+          const p = peers[(k + r) % peers.length]!;
+          const iops = await fioIops(uris.get(p.name)!, rw, qd, FIO_RUNTIME);
+          (fio[`${p.name} ${rw} qd${qd}`] ??= []).push(iops);
+          console.log(`nbd: fio ${rw} qd${qd}, ${p.name}, round ${r}: ${fmt(iops)} IOPS`);
+        }
+      }
+    }
+
+    // ---- summary ----
+    const st = (xs: number[]) => stats(xs);
+    const inStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyIn[n]!)]));
+    const outStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyOut[n]!)]));
+    const fioStats: Record<string, Stats> = Object.fromEntries(Object.entries(fio).map(([k, v]) => [k, st(v)]));
+    const rows: TargetRow[] = [];
+    const [thin, qcow2, raw] = names as [string, string, string];
+    for (const [what, data, s] of [['nbdcopy in', copyIn, inStats], ['nbdcopy out', copyOut, outStats]] as const) {
+      for (const [peer, goal] of [[qcow2, 1.0], [raw, 0.7]] as const) {
+        const ratio = pairedRatio(data[thin]!, data[peer]!);
+        rows.push({ metric: `${what} ${MIBS} MiB vs ${peer}`, thinpool: `${fmt(s[thin]!.median)} MiB/s`, peer: `${fmt(s[peer]!.median)} MiB/s`, ratio, target: `>= ${goal.toFixed(2)}`, met: ratio >= goal });
+      }
+    }
+    for (const [rw, qd] of fioCases) {
+      for (const peer of [qcow2, raw]) {
+        const a = fio[`${thin} ${rw} qd${qd}`]!;
+        const b = fio[`${peer} ${rw} qd${qd}`]!;
+        const ratio = pairedRatio(a, b);
+        const goal = peer === qcow2 ? 1.0 : undefined;
+        rows.push({
+          metric: `fio ${rw} 4k QD${qd} vs ${peer}`, thinpool: `${fmt(st(a).median)} IOPS`, peer: `${fmt(st(b).median)} IOPS`, ratio,
+          target: goal === undefined ? '-' : `>= ${goal.toFixed(2)}`, met: goal === undefined || ratio >= goal, ...(goal === undefined ? { info: true } : {}),
+        });
+      }
+    }
+    printTargets('nbd: thinpool vs qemu-nbd (ratio = thinpool / peer; rows with no target are shown for information)', rows);
+    const loadAfter = loadavg();
+    console.log(`nbd: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
+
+    const result = {
+      ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
+      loadAverage: { before: loadBefore, after: loadAfter },
+      config: {
+        mib: MIBS, copySamples: COPY_SAMPLES, warmup: WARMUP, fioSamples: FIO_SAMPLES, fioRuntimeSec: FIO_RUNTIME, nbdcopyFlush: FLUSH,
+        qemuNbd: `qemu-nbd -k SOCK -f FMT ${QEMU_ARGS.join(' ')} FILE`, fio: fioArgs('URI', 'RW', 0, FIO_RUNTIME).join(' '),
+        thinpool: 'Daemon.start({dir, commitIntervalMs: 1000}) in a child node process, 64 KiB blocks',
+        copyIn: 'nbdcopy [--flush] source.img URI (fresh target each sample)', copyOut: 'nbdcopy URI null:',
+      },
+      copyInMiBps: inStats,
+      copyOutMiBps: outStats,
+      fioIops: fioStats,
+      targets: rows,
+    };
+    writeResults('bench-nbd', result);
+    const bars = (s: Record<string, Stats>) => names.map((n) => ({ label: n, value: s[n]!.median }));
+    const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: fioStats[`${n} ${rw} qd${qd}`]!.median / 1000 })));
+    writeSvg('bench-nbd', stackSvg([
+      barChart(`nbdcopy ${MIBS} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(inStats)),
+      barChart(`nbdcopy ${MIBS} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(outStats)),
+      barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
+    ]));
+    return result;
+  } finally {
+    for (const p of peers) await p.close().catch((e: unknown) => console.error(`nbd: stopping ${p.name}: ${(e as Error).message}`));
+    if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  }
+}
