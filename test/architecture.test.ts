@@ -1,0 +1,61 @@
+/**
+ * Keeps docs/ARCHITECTURE.md true: every relative import in src/, tools/ and bench/ follows the
+ * layer table (lower layers never import upper ones; nbd knows only errors and units).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+
+/** Layer of a file (relative to the repository root). */
+function layer(rel: string): string {
+  if (rel === 'src/errors.ts') return 'errors';
+  if (rel === 'src/units.ts') return 'units';
+  const m = /^src\/([^/]+)\//.exec(rel);
+  if (m) return m[1]!;
+  return rel.split('/')[0]!;
+}
+
+const ALLOWED: Record<string, string[]> = {
+  errors: [],
+  units: ['errors'],
+  io: ['errors', 'units'],
+  pdata: ['io', 'errors', 'units'],
+  thin: ['pdata', 'io', 'errors', 'units'],
+  nbd: ['errors', 'units'],
+  serve: ['thin', 'nbd', 'io', 'errors', 'units'],
+  tools: ['serve', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'bench'],
+  bench: ['serve', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units'],
+};
+
+function files(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(join(ROOT, dir))) {
+    const p = join(dir, name);
+    if (statSync(join(ROOT, p)).isDirectory()) out.push(...files(p));
+    else if (name.endsWith('.ts')) out.push(p);
+  }
+  return out;
+}
+
+test('imports follow the layer table of docs/ARCHITECTURE.md', () => {
+  const bad: string[] = [];
+  let edges = 0;
+  for (const file of [...files('src'), ...files('tools'), ...files('bench')]) {
+    const from = layer(file);
+    const text = readFileSync(join(ROOT, file), 'utf8');
+    for (const m of text.matchAll(/^\s*(?:import|export)\s[^'"]*?from\s+'(\.[^']+)'/gm)) {
+      const target = relative(ROOT, resolve(join(ROOT, dirname(file)), m[1]!)).replace(/\.js$/, '.ts');
+      const to = layer(target);
+      edges++;
+      if (to === from) continue;
+      if (!(ALLOWED[from] ?? []).includes(to)) bad.push(`${file} (${from}) imports ${target} (${to})`);
+    }
+  }
+  assert.ok(edges > 50, 'found the imports');
+  assert.equal(bad, []);
+});
+
+test.run();
