@@ -182,7 +182,8 @@ function spawnDaemon(opts: DaemonOptions, via: 'cli' | 'script') {
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<Exit>((res) => {
-    child.once('exit', (code, signal) => {
+    // 'close', not 'exit': by then stdout and stderr have been read to the end.
+    child.once('close', (code, signal) => {
       live.delete(child);
       res({ code, signal });
     });
@@ -284,7 +285,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<DaemonHandle> {
 }
 
 /** Runs the daemon expecting it to refuse to start; returns its exit and output (kills it if it serves). */
-export async function daemonRefuses(opts: DaemonOptions, timeoutMs = 20_000): Promise<{ exit: Exit; stderr: string; stdout: string }> {
+export async function daemonRefuses(opts: DaemonOptions, timeoutMs = 20_000): Promise<{ exit: Exit; stderr: string; stdout: string; via: 'cli' | 'script' }> {
   const via = chooseVia(opts);
   const { child, exited, out, err } = spawnDaemon(opts, via);
   let t: NodeJS.Timeout | undefined;
@@ -295,7 +296,7 @@ export async function daemonRefuses(opts: DaemonOptions, timeoutMs = 20_000): Pr
     await exited;
     throw new Error(`daemon (${via}) did not exit within ${timeoutMs} ms (expected a refusal):\n${out()}${err()}`);
   }
-  return { exit: r, stderr: err(), stdout: out() };
+  return { exit: r, stderr: err(), stdout: out(), via };
 }
 
 /** Connects a TCP socket to 127.0.0.1:port. */
@@ -359,6 +360,15 @@ if (process.argv[1] && pathToFileURL(resolve(process.argv[1])).href === import.m
 }
 
 // ---- small helpers for the serve tests --------------------------------------------------------
+
+/** Polls the async `cond` every 10 ms until it holds; rejects after `ms` naming `what`. */
+export async function until(cond: () => Promise<boolean> | boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
 
 /** Indices of the mapped blocks in a device's extents (as `extents` returns them). */
 export function mappedBlocksOf(extents: Array<{ offset: number; length: number; mapped: boolean }>, blockSize: number): number[] {

@@ -1,0 +1,384 @@
+/**
+ * The daemon's behaviour as users meet it: connections per export in `pool status`, exported
+ * devices that cannot be removed, the default export, read-only exports, TCP on loopback only,
+ * other commands through the control socket while serving, socket permissions, one daemon per
+ * pool. Each daemon is a real child process (the CLI's `serve` when it has one).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { existsSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BusyError } from '../../src/errors.js';
+import { Cmd, NbdErr, Rep, TxFlag } from '../../src/nbd/protocol.js';
+import { Pool } from '../../src/thin/pool.js';
+import { NbdClient, NbdRequestError, dialUnix } from '../support/nbd-client.js';
+import { haveTools, run, testIf } from '../support/oracles.js';
+import { cli } from '../support/cli.js';
+import { type DaemonHandle, cliHasServe, daemonRefuses, dialTcp, makePool, startDaemon, until } from '../support/daemon.js';
+import { tempDir } from '../support/tmp.js';
+
+const K = 1024;
+const M = 1024 * K;
+const cliTest = testIf(test, cliHasServe(), 'the CLI has no serve command yet');
+
+function pattern(n: number, tag: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (tag * 131 + i * 7) & 0xff;
+  return b;
+}
+
+async function exportsOf(d: DaemonHandle): Promise<Array<{ name: string; connections: number; readOnly: boolean }>> {
+  const svc = await d.service();
+  try {
+    const st = await svc.status();
+    assert.is(st.servedBy, d.pid, 'status names the daemon');
+    return (st.exports ?? []).slice().sort((a, b) => a.name.localeCompare(b.name));
+  } finally {
+    await svc.close();
+  }
+}
+
+/** GO on `name`; resolves with the error reply type when refused, 0 when accepted (then disconnects). */
+async function goReply(d: DaemonHandle, name: string): Promise<number> {
+  try {
+    const c = await d.client({ exportName: name });
+    await c.disconnect();
+    return 0;
+  } catch (err) {
+    const t = (err as { replyType?: number }).replyType;
+    if (t === undefined) throw err;
+    return t;
+  }
+}
+
+async function refusal<T>(p: Promise<T>): Promise<unknown> {
+  return p.then(
+    () => assert.unreachable('expected a refusal'),
+    (e: unknown) => e,
+  );
+}
+
+test('pool status shows each export\'s connections; an exported device cannot be removed until its clients leave', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }, { name: 'b', size: 16 * M }] });
+  const d = await startDaemon({ dir });
+  try {
+    assert.equal(await exportsOf(d), [], 'no exports before any client');
+    const c1 = await d.client({ exportName: 'a' });
+    const c2 = await d.client({ exportName: 'a', exportNameOption: true });
+    const c3 = await d.client({ exportName: 'id:2' }); // b by id
+    assert.equal(await exportsOf(d), [
+      { name: 'a', connections: 2, readOnly: false },
+      { name: 'b', connections: 1, readOnly: false },
+    ]);
+    const svc = await d.service();
+    try {
+      const e = await refusal(svc.remove('a'));
+      assert.ok(e instanceof BusyError && e.code === 'EBUSY', `remove of an exported device: ${String(e)}`);
+      assert.match((e as Error).message, /in use|export/);
+      await c1.write(0, Buffer.alloc(4096, 1));
+      await c1.disconnect();
+      await until(async () => (await exportsOf(d)).find((x) => x.name === 'a')?.connections === 1, 5000, 'a has one connection left');
+      assert.instance(await refusal(svc.remove('a')), BusyError, 'still busy with one client');
+      c2.destroy(); // a client vanishing also releases the export
+      await until(async () => !(await exportsOf(d)).some((x) => x.name === 'a'), 5000, 'a has no connection');
+      await svc.remove('a');
+      assert.equal((await svc.devices()).map((x) => x.name), ['b']);
+      assert.is(await goReply(d, 'a'), Rep.ERR_UNKNOWN, 'the removed device is no export any more');
+      assert.instance(await refusal(svc.remove('b')), BusyError);
+      await c3.write(4096, Buffer.alloc(512, 3));
+      assert.ok((await c3.read(4096, 512)).equals(Buffer.alloc(512, 3)), 'the other export is unaffected');
+      await c3.disconnect();
+      await until(async () => (await exportsOf(d)).length === 0, 5000, 'no exports');
+      await svc.remove('b');
+      assert.equal(await svc.devices(), []);
+    } finally {
+      await svc.close();
+    }
+    assert.ok(d.alive());
+  } finally {
+    await d.stop();
+  }
+});
+
+cliTest('thinpool pool status (text and --json) and device rm through the CLI while served', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }, { name: 'b', size: 16 * M }] });
+  const d = await startDaemon({ dir, readOnly: ['b'] });
+  try {
+    const c1 = await d.client({ exportName: 'a' });
+    const c2 = await d.client({ exportName: 'a' });
+    const c3 = await d.client({ exportName: 'b' });
+    const js = await cli(['-p', dir, 'pool', 'status', '--json']);
+    assert.is(js.code, 0, js.stderr);
+    const st = JSON.parse(js.stdout) as { exports: Array<{ name: string; connections: number; readOnly: boolean }>; servedBy: number };
+    assert.is(st.servedBy, d.pid);
+    assert.equal(st.exports.slice().sort((x, y) => x.name.localeCompare(y.name)), [
+      { name: 'a', connections: 2, readOnly: false },
+      { name: 'b', connections: 1, readOnly: true },
+    ]);
+    const text = await cli(['-p', dir, 'pool', 'status']);
+    assert.is(text.code, 0, text.stderr);
+    assert.match(text.stdout, /a \(2 connections\)/);
+    assert.match(text.stdout, /b \(1 connection, read-only\)/);
+    assert.match(text.stdout, String(d.pid));
+    const rm = await cli(['-p', dir, 'device', 'rm', 'a']);
+    assert.is(rm.code, 5, `device rm of an exported device exits 5 (busy): ${rm.stderr}`);
+    assert.match(rm.stderr, /^thinpool: cannot/);
+    await c1.disconnect();
+    await c2.disconnect();
+    await until(async () => !(await exportsOf(d)).some((x) => x.name === 'a'), 5000, 'a released');
+    const rm2 = await cli(['-p', dir, 'device', 'rm', 'a']);
+    assert.is(rm2.code, 0, rm2.stderr);
+    await c3.disconnect();
+    assert.ok(d.alive());
+  } finally {
+    await d.stop();
+  }
+});
+
+test('the default export "" is refused unless --default DEV; --default of a missing device refuses to start', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }, { name: 'b', size: 8 * M }] });
+  let d = await startDaemon({ dir });
+  try {
+    assert.is(await goReply(d, ''), Rep.ERR_UNKNOWN, 'GO "" without --default');
+    const old = await NbdClient.open(await dialUnix(d.sock));
+    old.sendClientFlags(3);
+    await refusal(old.exportName('')); // EXPORT_NAME "" cannot be answered with an error: the server closes
+    if (haveTools('nbdinfo')) {
+      const r = await run('nbdinfo', ['--size', d.uri('')]);
+      assert.ok(r.code !== 0, `nbdinfo on "": ${r.stdout}`);
+    }
+    await d.stop();
+    d = await startDaemon({ dir, defaultDevice: 'b' });
+    const c = await d.client({ exportName: '' });
+    assert.is(c.size, 8 * M, 'the default export is b');
+    await c.write(M, pattern(4096, 1));
+    const named = await d.client({ exportName: 'b' });
+    assert.ok((await named.read(M, 4096)).equals(pattern(4096, 1)), 'written through "" and read through b');
+    assert.equal(await exportsOf(d), [{ name: 'b', connections: 2, readOnly: false }], '"" counts as b');
+    assert.is((await c.request(Cmd.WRITE, 0, 8 * M, 512, Buffer.alloc(512))).error, NbdErr.ENOSPC, 'the range is b\'s');
+    await c.disconnect();
+    await named.disconnect();
+    if (haveTools('nbdinfo')) {
+      const r = await run('nbdinfo', ['--size', d.uri('')]);
+      assert.is(r.stdout.trim(), String(8 * M));
+    }
+    await d.stop();
+    const bad = await daemonRefuses({ dir, defaultDevice: 'nope' });
+    assert.ok(bad.exit.code !== 0, 'exit status');
+    assert.match(bad.stderr, /nope/);
+    if (bad.via === 'cli') assert.is(bad.exit.code, 3, `not found: ${bad.stderr}`);
+    const p = await Pool.open(dir); // a refused start leaves the pool unlocked
+    await p.close();
+  } finally {
+    if (d.alive()) await d.stop();
+  }
+});
+
+test('read-only exports (--read-only, and devices read-only in the catalog) refuse writes with EPERM and advertise READ_ONLY', async () => {
+  const dir = await makePool({ devices: [{ name: 'rw', size: 16 * M }, { name: 'ro', size: 16 * M }, { name: 'layer', size: 4 * M, readOnly: true }] });
+  const pool = await Pool.open(dir);
+  await pool.volume('ro').write(0, pattern(128 * K, 7));
+  await pool.close();
+  const d = await startDaemon({ dir, readOnly: ['ro'] });
+  try {
+    for (const name of ['ro', 'layer']) {
+      const c = await d.client({ exportName: name });
+      const f = c.transmissionFlags;
+      assert.ok(f & TxFlag.READ_ONLY, `${name}: READ_ONLY advertised (flags 0x${f.toString(16)})`);
+      assert.not.ok(f & (TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FUA), `${name}: no write-side flags (0x${f.toString(16)})`);
+      for (const [what, p] of [
+        ['write', () => c.write(0, Buffer.alloc(4096, 9))],
+        ['write FUA', () => c.write(64 * K, Buffer.alloc(512, 9), 1)],
+        ['trim', () => c.trim(0, 64 * K)],
+        ['write-zeroes', () => c.writeZeroes(0, 64 * K)],
+      ] as const) {
+        const e = await refusal(p());
+        assert.ok(e instanceof NbdRequestError && e.errno === NbdErr.EPERM, `${name} ${what}: ${String(e)}`);
+      }
+      await c.flush(); // allowed on a read-only export, and harmless
+      if (name === 'ro') assert.ok((await c.read(0, 128 * K)).equals(pattern(128 * K, 7)), 'the data is intact and readable');
+      else assert.ok((await c.read(0, 4 * M)).every((b) => b === 0));
+      await c.disconnect();
+    }
+    const rw = await d.client({ exportName: 'rw' });
+    assert.not.ok(rw.transmissionFlags & TxFlag.READ_ONLY);
+    await rw.write(0, Buffer.alloc(4096, 1), 1);
+    const c = await d.client({ exportName: 'ro' });
+    assert.equal(await exportsOf(d), [
+      { name: 'ro', connections: 1, readOnly: true },
+      { name: 'rw', connections: 1, readOnly: false },
+    ]);
+    await c.disconnect();
+    await rw.disconnect();
+    if (haveTools('nbdinfo')) {
+      assert.is((await run('nbdinfo', ['--can', 'read-only', d.uri('ro')])).code, 0);
+      assert.is((await run('nbdinfo', ['--can', 'write', d.uri('ro')])).code, 2);
+      assert.is((await run('nbdinfo', ['--can', 'write', d.uri('rw')])).code, 0);
+    }
+    if (haveTools('qemu-io')) {
+      const w = await run('qemu-io', ['-f', 'raw', d.uri('ro'), '-c', 'write -P 1 0 4k']);
+      assert.ok(w.code !== 0 || /denied|read-only|not permitted|failed/i.test(w.stdout + w.stderr), w.stdout + w.stderr);
+      const r = await run('qemu-io', ['-f', 'raw', '-r', d.uri('ro'), '-c', 'read -P 0 128k 64k']);
+      assert.is(r.code, 0, r.stdout + r.stderr);
+    }
+    const svc = await d.service();
+    try {
+      assert.ok((await svc.read('ro', 0, 128 * K)).equals(pattern(128 * K, 7)), 'nothing reached the device');
+      assert.is((await svc.device('ro')).mappedBlocks, 2);
+      assert.is((await svc.device('layer')).mappedBlocks, 0);
+    } finally {
+      await svc.close();
+    }
+    assert.ok(d.alive());
+  } finally {
+    await d.stop();
+  }
+  const bad = await daemonRefuses({ dir, readOnly: ['rw', 'missing'] });
+  assert.ok(bad.exit.code !== 0);
+  assert.match(bad.stderr, /missing/);
+});
+
+test('TCP: --listen 127.0.0.1:0 serves on a free loopback port; other addresses are refused without --listen-any', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
+  const d = await startDaemon({ dir, listen: ['127.0.0.1:0'] });
+  try {
+    assert.is(d.tcpPorts.length, 1);
+    const port = d.tcpPorts[0]!;
+    assert.ok(port > 0 && port < 65536, `port ${port}`);
+    const t = await NbdClient.connect(await dialTcp(port), { exportName: 'a' });
+    await t.write(3 * M, pattern(8192, 3), 1);
+    const u = await d.client({ exportName: 'a' });
+    assert.ok((await u.read(3 * M, 8192)).equals(pattern(8192, 3)), 'TCP write, unix read');
+    assert.equal(await exportsOf(d), [{ name: 'a', connections: 2, readOnly: false }]);
+    await t.disconnect();
+    await u.disconnect();
+    if (haveTools('nbdinfo')) {
+      const r = await run('nbdinfo', ['--size', d.tcpUri('a')]);
+      assert.is(r.code, 0, r.stderr);
+      assert.is(r.stdout.trim(), String(16 * M));
+    }
+  } finally {
+    await d.stop();
+  }
+  for (const listen of [['0.0.0.0:0'], ['192.0.2.1:10809'], ['[::]:0'], ['127.0.0.1:0', '10.1.2.3:0']]) {
+    const r = await daemonRefuses({ dir, listen });
+    assert.ok(r.exit.code !== 0, `--listen ${listen.join(' ')} refused (exit ${r.exit.code})`);
+    assert.match(r.stderr, /loopback|listen-any/, `--listen ${listen.join(' ')}: ${r.stderr}`);
+    if (r.via === 'cli') assert.is(r.exit.code, 2, 'a usage error');
+  }
+  assert.not.ok(existsSync(join(dir, 'nbd.sock')), 'a refused start leaves no socket');
+  const p = await Pool.open(dir);
+  await p.close();
+});
+
+test('other commands through the control socket while served: visible to NBD clients at once, and NBD writes visible to them', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 32 * M }] });
+  const d = await startDaemon({ dir });
+  const svc = await d.service();
+  try {
+    const c = await d.client({ exportName: 'a' });
+    // create: served at once
+    await svc.createDevice('fresh', 8 * M);
+    const f = await d.client({ exportName: 'fresh' });
+    assert.is(f.size, 8 * M);
+    // control write -> NBD read, NBD write -> control read, no flush in between
+    await svc.write('fresh', 4096, pattern(10_000, 1));
+    assert.ok((await f.read(4096, 10_000)).equals(pattern(10_000, 1)));
+    await f.write(M + 17, pattern(70_000, 2));
+    assert.ok((await svc.read('fresh', M + 17, 70_000)).equals(pattern(70_000, 2)));
+    // snapshot while a client writes: the snapshot holds the state at that moment
+    await c.write(0, pattern(128 * K, 3));
+    const before = await c.read(0, 256 * K);
+    const writing = (async () => {
+      for (let i = 0; i < 20; i++) await c.write(512 * K + i * 4096, pattern(4096, 100 + i));
+    })();
+    await svc.snapshot('a', 'a-snap');
+    await writing;
+    await c.write(0, pattern(64 * K, 4)); // copy-on-write of a shared block
+    const s = await d.client({ exportName: 'a-snap' });
+    assert.ok((await s.read(0, 256 * K)).equals(before), 'the snapshot keeps the data from before the snapshot');
+    assert.ok((await c.read(0, 64 * K)).equals(pattern(64 * K, 4)), 'the origin has the new data');
+    assert.ok((await c.read(64 * K, 64 * K)).equals(pattern(128 * K, 3).subarray(64 * K)));
+    const listing = await svc.device('a-snap');
+    assert.is(listing.origin, 'a');
+    // discard through the control socket: the NBD client reads zeros and sees a hole
+    await svc.discard('a', 0, 64 * K);
+    assert.ok((await c.read(0, 64 * K)).every((b) => b === 0));
+    const bs = await c.blockStatus(0, 64 * K);
+    assert.equal(bs[0], [64 * K, 3], 'hole,zero after the discard');
+    // resize: new connections see the new size, the old one keeps working inside the old one
+    await svc.resize('fresh', 16 * M);
+    const f2 = await d.client({ exportName: 'fresh' });
+    assert.is(f2.size, 16 * M);
+    await f2.write(12 * M, pattern(4096, 5));
+    assert.ok((await f.read(4096, 10_000)).equals(pattern(10_000, 1)));
+    // rename: served under the new name at once, the old name is gone
+    await svc.rename('fresh', 'renamed');
+    assert.is(await goReply(d, 'fresh'), Rep.ERR_UNKNOWN);
+    const r = await d.client({ exportName: 'renamed' });
+    assert.ok((await r.read(12 * M, 4096)).equals(pattern(4096, 5)));
+    assert.ok((await exportsOf(d)).some((x) => x.name === 'renamed' && x.connections === 3), 'connections follow the rename');
+    for (const x of [c, f, s, f2, r]) await x.disconnect();
+    assert.ok(d.alive());
+  } finally {
+    await svc.close();
+    await d.stop();
+  }
+});
+
+cliTest('device commands of the CLI reach the daemon while it serves (write, read, ls, create)', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
+  const work = tempDir('thinpool-serve-cli-');
+  const d = await startDaemon({ dir });
+  try {
+    const c = await d.client({ exportName: 'a' });
+    const file = join(work, 'in.bin');
+    await writeFile(file, pattern(200_000, 9));
+    const w = await cli(['-p', dir, 'device', 'write', 'a', file, '--offset', '1M']);
+    assert.is(w.code, 0, w.stderr);
+    assert.ok((await c.read(M, 200_000)).equals(pattern(200_000, 9)), 'CLI write seen by the NBD client at once');
+    await c.write(5 * M, pattern(3000, 8));
+    const r = await cli(['-p', dir, 'device', 'read', 'a', '--offset', String(5 * M), '--length', '3000']);
+    assert.is(r.code, 0, r.stderr);
+    assert.ok(r.stdoutBytes.equals(pattern(3000, 8)), 'NBD write seen by the CLI read');
+    const cr = await cli(['-p', dir, 'device', 'create', 'b', '--size', '4M']);
+    assert.is(cr.code, 0, cr.stderr);
+    const b = await d.client({ exportName: 'b' });
+    assert.is(b.size, 4 * M);
+    const ls = await cli(['-p', dir, 'device', 'ls', '--json']);
+    assert.is(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, '"b"');
+    await b.disconnect();
+    await c.disconnect();
+  } finally {
+    await d.stop();
+  }
+});
+
+test('sockets are mode 0600, --socket puts the NBD socket elsewhere, a second daemon on the pool is refused, stop removes the sockets', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
+  const sock = join(tempDir('thinpool-serve-sock-'), 'custom.sock');
+  const d = await startDaemon({ dir, socket: sock });
+  try {
+    assert.is(d.sock, sock);
+    assert.is(statSync(sock).mode & 0o777, 0o600, 'NBD socket mode');
+    assert.is(statSync(d.controlSock).mode & 0o777, 0o600, 'control socket mode');
+    assert.not.ok(existsSync(join(dir, 'nbd.sock')));
+    const second = await daemonRefuses({ dir });
+    assert.ok(second.exit.code !== 0);
+    assert.match(second.stderr, /lock|busy|in use/i);
+    if (second.via === 'cli') assert.is(second.exit.code, 5, 'locked');
+    assert.ok(d.alive(), 'the first daemon keeps serving');
+    const c = await d.client({ exportName: 'a' });
+    await c.write(0, Buffer.alloc(512, 1));
+    await c.disconnect();
+  } finally {
+    const exit = await d.stop();
+    assert.is(exit.code, 0);
+  }
+  assert.not.ok(existsSync(sock), 'NBD socket removed');
+  assert.not.ok(existsSync(join(dir, 'control.sock')), 'control socket removed');
+});
+
+test.run();
