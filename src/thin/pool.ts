@@ -124,6 +124,9 @@ export class Pool {
   private closed = false;
   private readonly unknownSizes = new Map<number, number>();
   private commitHook: PoolOpenOptions['commitHook'];
+  private queuedCommit: Promise<void> | undefined;
+  private syncRunning: Promise<void> | undefined;
+  private syncNext: Promise<void> | undefined;
   /** What opening found worth telling the user (changes made outside thinpool). */
   readonly notices: string[] = [];
 
@@ -594,14 +597,43 @@ export class Pool {
   }
 
   /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */
-  async commit(): Promise<void> {
-    await this.gate.exclusively(() => this.commitLocked());
+  commit(): Promise<void> {
+    // Group commit: callers arriving while a commit waits for the gate join it (their writes
+    // completed before it starts, so it covers them), like the kernel batching FUA bios.
+    if (this.queuedCommit) return this.queuedCommit;
+    const p = this.gate.exclusively(() => {
+      this.queuedCommit = undefined;
+      return this.commitLocked();
+    });
+    this.queuedCommit = p;
+    p.catch(() => undefined).finally(() => {
+      if (this.queuedCommit === p) this.queuedCommit = undefined;
+    });
+    return p;
+  }
+
+  /**
+   * Makes completed data writes durable (fdatasync of the data file). Concurrent callers share
+   * syncs: one that arrives during a sync waits for the next one, which covers its writes.
+   */
+  syncData(): Promise<void> {
+    if (!this.syncRunning) {
+      this.syncRunning = this.dataFile.sync().finally(() => {
+        this.syncRunning = undefined;
+      });
+      return this.syncRunning;
+    }
+    this.syncNext ??= this.syncRunning.catch(() => undefined).then(() => {
+      this.syncNext = undefined;
+      return this.syncData();
+    });
+    return this.syncNext;
   }
 
   /** Commit with the gate already held exclusively. */
   async commitLocked(): Promise<void> {
     if (this.modeValue === 'ro' || this.modeValue === 'fail') return;
-    await this.dataFile.sync();
+    await this.syncData();
     if (!this.md.hasChanges && !this.catalogDirty) return;
     let written = false;
     try {

@@ -255,7 +255,7 @@ export class ThinVolume {
 
   private async makeDurable(mappingChanged: boolean): Promise<void> {
     if (mappingChanged) await this.pool.commit();
-    else await this.pool.dataFile.sync();
+    else await this.pool.syncData();
   }
 
   private async unmap(first: number, end: number): Promise<boolean> {
