@@ -27,6 +27,8 @@ export interface CliOptions {
   stdinPath?: string;
   /** Pipe stdout into this file instead of collecting it. */
   outputFile?: string;
+  /** Pipe stdout into this stream (e.g. a hash) instead of collecting it; it is ended with the output. */
+  stdoutTo?: NodeJS.WritableStream;
   timeoutMs?: number;
 }
 
@@ -61,6 +63,13 @@ export function cli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
       child.stdout!.pipe(ws);
       outDone = new Promise((res, rej) => {
         ws.on('finish', () => res());
+        ws.on('error', rej);
+      });
+    } else if (opts.stdoutTo) {
+      const ws = opts.stdoutTo;
+      child.stdout!.pipe(ws);
+      outDone = new Promise((res, rej) => {
+        child.stdout!.on('end', () => res());
         ws.on('error', rej);
       });
     } else {
