@@ -7,10 +7,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync, statSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusyError } from '../../src/errors.js';
-import { Cmd, NbdErr, Rep, TxFlag } from '../../src/nbd/protocol.js';
+import { Cmd, CmdFlag, NbdErr, Rep, TxFlag } from '../../src/nbd/protocol.js';
 import { Pool } from '../../src/thin/pool.js';
 import { NbdClient, NbdRequestError, dialUnix } from '../support/nbd-client.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
@@ -319,11 +320,89 @@ test('other commands through the control socket while served: visible to NBD cli
     const r = await d.client({ exportName: 'renamed' });
     assert.ok((await r.read(12 * M, 4096)).equals(pattern(4096, 5)));
     assert.ok((await exportsOf(d)).some((x) => x.name === 'renamed' && x.connections === 3), 'connections follow the rename');
+    // shrink below what live connections were told: their requests past the new end fail cleanly
+    await svc.resize('renamed', 4 * M);
+    const past = await r.request(Cmd.WRITE, 0, 12 * M, 4096, pattern(4096, 6));
+    assert.is(past.error, NbdErr.EINVAL, 'write past the shrunk end');
+    assert.is((await r.request(Cmd.READ, 0, 12 * M, 4096)).error, NbdErr.EINVAL, 'read past the shrunk end');
+    assert.ok((await r.read(4096, 10_000)).equals(pattern(10_000, 1)), 'inside the new size all is well');
+    assert.ok((await svc.extents('renamed', 0, 4 * M)).some((e) => e.mapped));
     for (const x of [c, f, s, f2, r]) await x.disconnect();
     assert.ok(d.alive());
   } finally {
     await svc.close();
     await d.stop();
+  }
+});
+
+test('out of data space: NBD writes fail with ENOSPC and change nothing, the daemon stays up, pool extend through the control socket lets them through', async () => {
+  const dir = await makePool({ dataSize: 2 * M, autoExtend: false, devices: [{ name: 'a', size: 16 * M }] });
+  const d = await startDaemon({ dir });
+  const svc = await d.service();
+  try {
+    const c = await d.client({ exportName: 'a' });
+    const r = await c.request(Cmd.WRITE, 0, 0, 3 * M, pattern(3 * M, 1));
+    assert.is(r.error, NbdErr.ENOSPC, 'a write needing more blocks than the pool has');
+    let st = await svc.status();
+    assert.is(st.mode, 'out-of-data-space');
+    assert.is(st.dataBlocks.used, 0, 'the failed write provisioned nothing');
+    assert.ok((await c.read(0, 3 * M)).every((b) => b === 0), 'and wrote nothing');
+    await c.write(0, pattern(M, 2)); // what fits still fits
+    await svc.extend({ dataSize: 32 * M });
+    await c.write(0, pattern(3 * M, 1), CmdFlag.FUA);
+    assert.ok((await c.read(0, 3 * M)).equals(pattern(3 * M, 1)));
+    st = await svc.status();
+    assert.is(st.mode, 'rw');
+    await c.disconnect();
+    assert.ok(d.alive());
+  } finally {
+    await svc.close();
+    await d.stop();
+  }
+});
+
+// Bug (found by this test): `--read-only NAME` is looked up by name on every connection
+// (PoolExports.forcedReadOnly), not resolved to the device at start. Renaming the device makes its
+// export writable; a device renamed *to* that name becomes read-only instead.
+test('a --read-only export stays read-only after its device is renamed (and does not pass to a device renamed to its old name)', async () => {
+  const dir = await makePool({ devices: [{ name: 'img', size: 16 * M }, { name: 'other', size: 16 * M }] });
+  const d = await startDaemon({ dir, readOnly: ['img'] });
+  const svc = await d.service();
+  try {
+    await svc.rename('img', 'img2');
+    await svc.rename('other', 'img');
+    const c = await d.client({ exportName: 'img2' });
+    const e = await c.write(0, Buffer.alloc(512, 1)).then(() => 'written', (x: unknown) => (x instanceof NbdRequestError ? x.errno : String(x)));
+    assert.ok(c.transmissionFlags & TxFlag.READ_ONLY, `the renamed read-only device is still exported READ_ONLY (flags 0x${c.transmissionFlags.toString(16)}, write: ${e})`);
+    assert.is(e, NbdErr.EPERM);
+    await c.disconnect();
+    const o = await d.client({ exportName: 'img' });
+    assert.not.ok(o.transmissionFlags & TxFlag.READ_ONLY, 'the device that took the old name stays writable');
+    await o.disconnect();
+  } finally {
+    await svc.close();
+    await d.stop();
+  }
+});
+
+// Bug (found by this test): when a --listen fails (port in use), Daemon.start closes the pool but
+// not the NBD server whose unix listener is already up: the CLI exits and leaves POOL/nbd.sock
+// behind (in process, the listener itself stays open on a closed pool).
+test('a daemon that cannot bind its TCP port exits cleanly: no NBD socket left behind, the pool unlocked', async () => {
+  const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
+  const blocker = createServer();
+  await new Promise<void>((res) => blocker.listen(0, '127.0.0.1', () => res()));
+  const port = (blocker.address() as AddressInfo).port;
+  try {
+    const r = await daemonRefuses({ dir, listen: [`127.0.0.1:${port}`] });
+    assert.ok(r.exit.code !== 0);
+    assert.match(r.stderr, /EADDRINUSE|in use/);
+    const p = await Pool.open(dir);
+    await p.close();
+    assert.not.ok(existsSync(join(dir, 'control.sock')), 'no control socket left');
+    assert.not.ok(existsSync(join(dir, 'nbd.sock')), 'no NBD socket left');
+  } finally {
+    await new Promise((res) => blocker.close(res));
   }
 });
 
@@ -356,7 +435,7 @@ cliTest('device commands of the CLI reach the daemon while it serves (write, rea
   }
 });
 
-test('sockets are mode 0600, --socket puts the NBD socket elsewhere, a second daemon on the pool is refused, stop removes the sockets', async () => {
+test('sockets are mode 0600, --socket puts the NBD socket elsewhere, a second daemon on the pool is refused, SIGINT stops and removes the sockets', async () => {
   const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
   const sock = join(tempDir('thinpool-serve-sock-'), 'custom.sock');
   const d = await startDaemon({ dir, socket: sock });
@@ -374,8 +453,8 @@ test('sockets are mode 0600, --socket puts the NBD socket elsewhere, a second da
     await c.write(0, Buffer.alloc(512, 1));
     await c.disconnect();
   } finally {
-    const exit = await d.stop();
-    assert.is(exit.code, 0);
+    const exit = await d.stop('SIGINT');
+    assert.is(exit.code, 0, 'SIGINT stops it like SIGTERM');
   }
   assert.not.ok(existsSync(sock), 'NBD socket removed');
   assert.not.ok(existsSync(join(dir, 'control.sock')), 'control socket removed');

@@ -42,12 +42,19 @@ export interface PoolSpec {
   /** Data capacity (default 1 GiB: sparse, costs nothing). */
   dataSize?: number;
   blockSize?: number;
+  /** Grow the pool by itself under its low-water mark (default true). */
+  autoExtend?: boolean;
   devices?: Array<{ name: string; size: number; readOnly?: boolean }>;
 }
 
 /** Creates a pool with devices in `dir` (default: a fresh temp dir), closes it, returns the dir. */
 export async function makePool(spec: PoolSpec = {}, dir = join(tempDir('thinpool-serve-'), 'pool')): Promise<string> {
-  const pool = await Pool.create({ dir, dataSize: spec.dataSize ?? 1024 * MiB, ...(spec.blockSize ? { blockSize: spec.blockSize } : {}) });
+  const pool = await Pool.create({
+    dir,
+    dataSize: spec.dataSize ?? 1024 * MiB,
+    ...(spec.blockSize ? { blockSize: spec.blockSize } : {}),
+    ...(spec.autoExtend !== undefined ? { autoExtend: spec.autoExtend } : {}),
+  });
   try {
     for (const d of spec.devices ?? []) await pool.createDevice(d.name, d.size, d.readOnly ? { readOnly: true } : {});
   } finally {
