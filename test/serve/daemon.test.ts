@@ -11,7 +11,8 @@ import { createServer, type AddressInfo } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusyError } from '../../src/errors.js';
-import { Cmd, CmdFlag, NbdErr, Rep, TxFlag } from '../../src/nbd/protocol.js';
+import { Cmd, CmdFlag, NbdErr, Opt, Rep, TxFlag } from '../../src/nbd/protocol.js';
+import { RemotePoolService } from '../../src/serve/control.js';
 import { Pool } from '../../src/thin/pool.js';
 import { NbdClient, NbdRequestError, dialUnix } from '../support/nbd-client.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
@@ -356,6 +357,61 @@ test('out of data space: NBD writes fail with ENOSPC and change nothing, the dae
     await c.disconnect();
     assert.ok(d.alive());
   } finally {
+    await svc.close();
+    await d.stop();
+  }
+});
+
+// Bug (found by this test): Pool.remove checks "in use" and then waits for the pool's gate; an NBD
+// client whose GO arrives while the remove waits (the gate held by in-flight I/O or a commit)
+// attaches to the device that is then deleted. Its requests fail with EIO, and once a new device
+// reuses the id (ids are max + 1), the stale connection reads and writes that other device.
+test('remove vs attach: a device is never removed while a client is attached to it, and a stale connection never reaches a device that reuses its id', async () => {
+  const dir = await makePool({ devices: [{ name: 'busy', size: 512 * M }] });
+  const d = await startDaemon({ dir });
+  const svc = await d.service();
+  const svc2 = await RemotePoolService.connect(d.controlSock);
+  const busy = await d.client({ exportName: 'busy' });
+  try {
+    for (let i = 0; i < 40; i++) {
+      await svc.createDevice(`x${i}`, 16 * M);
+      const c = await NbdClient.open(await dialUnix(d.sock));
+      try {
+        c.sendClientFlags(3);
+        await c.option(Opt.STRUCTURED_REPLY);
+        c.structured = true;
+        // Keep the gate busy (FUA writes commit), then race a remove against the last handshake step.
+        const load = Array.from({ length: 8 }, (_, k) => busy.write(((i * 8 + k) % 500) * M, pattern(M, i), CmdFlag.FUA));
+        await new Promise((r) => setTimeout(r, 1));
+        const removing = svc2.remove(`x${i}`);
+        await new Promise((r) => setTimeout(r, i % 6));
+        const [rm, go] = await Promise.allSettled([removing, c.go(`x${i}`)]);
+        await Promise.all(load);
+        if (rm.status === 'fulfilled' && go.status === 'fulfilled') {
+          const victim = await svc.createDevice('victim', 16 * M);
+          const w = await c.request(Cmd.WRITE, 0, 0, 4096, pattern(4096, 77));
+          const landed = (await svc.read('victim', 0, 4096)).equals(pattern(4096, 77));
+          assert.unreachable(
+            `iteration ${i}: remove of x${i} succeeded while a GO attached to it; the stale connection's write ${w.error ? `failed with NBD error ${w.error}` : 'succeeded'}` +
+              `; device victim (id ${victim.id}, the removed device's id reused) ${landed ? 'RECEIVED the stale write' : 'is untouched'}`,
+          );
+        }
+        if (rm.status === 'rejected') {
+          assert.instance(rm.reason, BusyError, 'the remove lost the race: busy');
+          assert.is(go.status, 'fulfilled');
+          await c.disconnect();
+          await until(async () => !(await exportsOf(d)).some((x) => x.name === `x${i}`), 5000, `x${i} released`);
+          await svc.remove(`x${i}`);
+        } else {
+          assert.is(go.status, 'rejected', 'the GO lost the race: unknown export');
+        }
+      } finally {
+        c.destroy();
+      }
+    }
+  } finally {
+    await busy.disconnect().catch(() => undefined);
+    await svc2.close();
     await svc.close();
     await d.stop();
   }
