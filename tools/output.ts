@@ -145,6 +145,8 @@ export class CliError extends Error {
 
 /** Cancelled by SIGINT/SIGTERM. */
 export const EXIT_INTERRUPTED = 130;
+/** The reader of stdout went away (EPIPE): exit quietly as if killed by SIGPIPE, like other Unix tools. */
+export const EXIT_BROKEN_PIPE = 141;
 
 /** `ENOENT: no such file or directory, open '/x'` -> `/x: no such file or directory`. */
 function systemMessage(err: NodeJS.ErrnoException): string | undefined {
@@ -173,7 +175,7 @@ export function exitCodeFor(err: unknown): number {
   if (err instanceof CliError) return err.exitCode;
   const code = (err as { code?: unknown } | null)?.code;
   if (code === 'ECANCELED' || code === 'ABORT_ERR') return EXIT_INTERRUPTED;
-  if (code === 'EPIPE') return ExitCode.io;
+  if (code === 'EPIPE') return EXIT_BROKEN_PIPE;
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') return ExitCode.io;
   if (code === 'EISDIR' || code === 'ENOTDIR') return ExitCode.usage;
   return exitCodeOf(err);

@@ -13,7 +13,7 @@ import { connectPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { registerDemo } from './demo.js';
 import { registerDevice } from './device.js';
-import { EXIT_INTERRUPTED, errorLine, exitCodeFor, printError } from './output.js';
+import { EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, errorLine, exitCodeFor, printError } from './output.js';
 import { registerPool } from './pool.js';
 import { registerServe } from './serve.js';
 
@@ -50,8 +50,14 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`\nthinpool: ${sig}: stopping (again to quit at once)\n`);
     controller.abort();
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  let handling = false;
+  /** Commands that can stop cleanly take the signals (others, like serve, handle them or die by them). */
+  const handleSignals = () => {
+    if (handling) return;
+    handling = true;
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  };
 
   let action: string | undefined;
   let exitCode = 0;
@@ -76,7 +82,10 @@ async function main(argv: string[]): Promise<number> {
       await svc.close();
       return result;
     },
-    signal: controller.signal,
+    get signal() {
+      handleSignals();
+      return controller.signal;
+    },
     setExitCode(code) {
       exitCode = code;
     },
@@ -115,9 +124,11 @@ async function main(argv: string[]): Promise<number> {
       printError(`${msg} (see '${where} --help')`);
       return 2;
     }
+    const exit = exitCodeFor(err);
+    if (exit === EXIT_BROKEN_PIPE) return exit;
     printError(errorLine(err, action));
     if (process.env.THINPOOL_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
-    return exitCodeFor(err);
+    return exit;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -134,6 +145,14 @@ function commandPath(cmd: Command): string {
   return names.join(' ');
 }
 
+// A reader that went away (`| head`): the command stops (its writes fail with EPIPE), the pool is
+// closed, and the program ends quietly with 141, as if SIGPIPE had killed it.
+let brokenPipe = false;
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') brokenPipe = true;
+  else throw err;
+});
 const code = await main(process.argv);
+if (brokenPipe) process.exit(EXIT_BROKEN_PIPE);
 // Exit once stdout has taken everything (stdin left open by a command must not keep us alive).
-process.stdout.write('', () => process.exit(code));
+process.stdout.write('', () => process.exit(brokenPipe ? EXIT_BROKEN_PIPE : code));

@@ -149,6 +149,11 @@ class WriteWindow {
     this.inflight.add(p);
   }
 
+  /** Waits for every write in flight, ignoring failures (before giving up on the device). */
+  async settle(): Promise<void> {
+    await Promise.all(this.inflight);
+  }
+
   /** Waits for every write; throws the first failure. */
   async drain(): Promise<void> {
     await Promise.all(this.inflight);
@@ -210,11 +215,17 @@ export async function importDevice(svc: PoolService, name: string, source: Impor
   const stream: NodeJS.ReadableStream = typeof source === 'string' ? createReadStream(source) : source;
   let devSize = opts.sizeBytes ?? STREAM_START_SIZE;
   let created = false;
+  let w: WriteWindow | undefined;
+  // A stream may wait for input for ever: stop waiting when the caller gives up.
+  const onAbort = () => (stream as Readable).destroy?.(new CanceledError(action));
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    checkSignal(opts.signal, action);
     if (typeof source === 'string') await openedOrError(stream);
     await svc.createDevice(name, devSize);
     created = true;
-    const w = new WriteWindow(svc, name);
+    const win = new WriteWindow(svc, name);
+    w = win;
     let pos = 0;
     let buf = Buffer.allocUnsafe(CHUNK);
     let fill = 0;
@@ -223,11 +234,11 @@ export async function importDevice(svc: PoolService, name: string, source: Impor
       const chunkStart = pos - fill;
       if (pos > devSize) {
         if (opts.sizeBytes !== undefined) throw new UsageError(`Cannot ${action}: the input is longer than the device size ${devSize} (${formatSize(devSize)})`);
-        await w.drain();
+        await win.drain();
         while (devSize < pos) devSize *= 2;
         await svc.resize(name, devSize);
       }
-      await putNonZero(w, buf.subarray(0, fill), chunkStart);
+      await putNonZero(win, buf.subarray(0, fill), chunkStart);
       buf = Buffer.allocUnsafe(CHUNK);
       fill = 0;
     };
@@ -244,19 +255,22 @@ export async function importDevice(svc: PoolService, name: string, source: Impor
       }
       opts.onProgress?.(pos, null);
     }
+    checkSignal(opts.signal, action);
     await flushChunk();
-    await w.drain();
+    await win.drain();
     if (opts.sizeBytes === undefined) {
       if (pos === 0) throw new UsageError(`Cannot ${action}: the input is empty; give --size to create an empty device`);
       devSize = roundUp512(pos);
       await svc.resize(name, devSize);
     }
     opts.onProgress?.(pos, pos);
-    return { name, sizeBytes: devSize, sourceBytes: pos, writtenBytes: w.written, method: 'zeros' };
+    return { name, sizeBytes: devSize, sourceBytes: pos, writtenBytes: win.written, method: 'zeros' };
   } catch (err) {
+    await w?.settle();
     if (created) await svc.remove(name).catch(() => undefined);
     throw err;
   } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
     if (typeof source === 'string') (stream as Readable).destroy();
   }
 }
@@ -272,6 +286,18 @@ function openedOrError(s: NodeJS.EventEmitter): Promise<void> {
 /** Copies the data extents of an open regular file into device `dev`; returns the bytes written. */
 async function copyFileIn(svc: PoolService, dev: string, fh: FileHandle, size: number, opts: TransferOptions, action: string): Promise<number> {
   const w = new WriteWindow(svc, dev);
+  try {
+    await copyExtentsIn(w, fh, size, opts, action);
+  } catch (err) {
+    await w.settle();
+    throw err;
+  }
+  await w.drain();
+  opts.onProgress?.(size, size);
+  return w.written;
+}
+
+async function copyExtentsIn(w: WriteWindow, fh: FileHandle, size: number, opts: TransferOptions, action: string): Promise<void> {
   let pos = 0;
   opts.onProgress?.(0, size);
   while (pos < size) {
@@ -296,9 +322,6 @@ async function copyFileIn(svc: PoolService, dev: string, fh: FileHandle, size: n
     }
     pos = dataEnd;
   }
-  await w.drain();
-  opts.onProgress?.(size, size);
-  return w.written;
 }
 
 /**
@@ -456,26 +479,37 @@ export async function writeFromStream(svc: PoolService, dev: string, offset: num
   let pos = offset;
   let buf = Buffer.allocUnsafe(CHUNK);
   let fill = 0;
-  for await (const piece of source as AsyncIterable<Uint8Array | string>) {
+  const onAbort = () => (source as Readable).destroy?.(new CanceledError(action));
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
     checkSignal(opts.signal, action);
-    let data = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-    while (data.length) {
-      const n = Math.min(data.length, CHUNK - fill);
-      data.copy(buf, fill, 0, n);
-      fill += n;
-      data = data.subarray(n);
-      if (fill === CHUNK) {
-        await w.put(pos, buf);
-        pos += fill;
-        buf = Buffer.allocUnsafe(CHUNK);
-        fill = 0;
+    for await (const piece of source as AsyncIterable<Uint8Array | string>) {
+      checkSignal(opts.signal, action);
+      let data = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+      while (data.length) {
+        const n = Math.min(data.length, CHUNK - fill);
+        data.copy(buf, fill, 0, n);
+        fill += n;
+        data = data.subarray(n);
+        if (fill === CHUNK) {
+          await w.put(pos, buf);
+          pos += fill;
+          buf = Buffer.allocUnsafe(CHUNK);
+          fill = 0;
+        }
       }
+      opts.onProgress?.(pos - offset + fill, null);
     }
-    opts.onProgress?.(pos - offset + fill, null);
-  }
-  if (fill) {
-    await w.put(pos, buf.subarray(0, fill));
-    pos += fill;
+    checkSignal(opts.signal, action);
+    if (fill) {
+      await w.put(pos, buf.subarray(0, fill));
+      pos += fill;
+    }
+  } catch (err) {
+    await w.settle();
+    throw err;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
   }
   await w.drain();
   return pos - offset;
