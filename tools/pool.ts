@@ -9,14 +9,15 @@ import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ExistsError, NotFoundError, UsageError } from '../src/errors.js';
 import { FileBlockFile } from '../src/io/block-file.js';
-import { checkPoolFiles, dumpFile, type ServiceStatus } from '../src/serve/pool-service.js';
+import { connectPool } from '../src/serve/connect.js';
+import { checkPoolFiles, dumpFile, type PoolService, type ServiceStatus } from '../src/serve/pool-service.js';
 import { type CheckReport, formatReport } from '../src/thin/check.js';
 import { estimateMetadataBytes } from '../src/thin/metadata-size.js';
 import { PoolLock } from '../src/thin/pool-lock.js';
 import { Pool } from '../src/thin/pool.js';
 import { restoreXml } from '../src/thin/restore.js';
 import { METADATA_BLOCK_SIZE, parseSize } from '../src/units.js';
-import { keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
+import { errorLine, keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
 import type { Ctx } from './thinpool.js';
 
 /** Parses a size flag, naming the flag in the error. */
@@ -220,15 +221,31 @@ export function registerPool(program: Command, ctx: Ctx): void {
       ctx.doing(`dump ${dir}`);
       const opts = o.metadataSnap ? { metadataSnap: true } : {};
       const bar = spinner('dumping the metadata');
-      let xml: string;
+      let xml = '';
       try {
+        let svc: PoolService | undefined;
         try {
-          xml = await ctx.withService(cmd, (svc) => svc.dump(opts));
+          svc = await connectPool(dir);
         } catch (err) {
-          // Metadata too damaged to open the pool: dump what the committed superblock reaches, read-only.
-          if ((err as { code?: string }).code !== 'ECORRUPT') throw err;
-          xml = await dumpFile(join(dir, 'metadata'), opts);
-          process.stderr.write(`thinpool: warning: the pool cannot be opened (${(err as Error).message}); dumped its metadata file read-only\n`);
+          // A pool that cannot be opened (damaged metadata, a missing data file): dump what its
+          // committed superblock reaches, read-only, as thin_dump would.
+          const code = (err as { code?: string }).code;
+          if (code !== 'ECORRUPT' && code !== 'EREADONLY' && code !== 'ENOENT') throw err;
+          try {
+            xml = await dumpFile(join(dir, 'metadata'), opts);
+          } catch {
+            throw err;
+          }
+          process.stderr.write(`thinpool: warning: ${errorLine(err)}; dumped the metadata file read-only\n`);
+        }
+        if (svc) {
+          try {
+            xml = await svc.dump(opts);
+          } catch (err) {
+            await svc.close().catch(() => undefined);
+            throw err;
+          }
+          await svc.close();
         }
       } finally {
         bar.stop();
@@ -345,7 +362,13 @@ export function registerPool(program: Command, ctx: Ctx): void {
     .action(async (o: { json?: boolean }, cmd: Command) => {
       const dir = ctx.poolDir(cmd);
       ctx.doing(`check ${dir}`);
-      const report = await checkPool(dir, cmd, ctx);
+      const bar = spinner('checking the metadata');
+      let report: CheckReport;
+      try {
+        report = await checkPool(dir, cmd, ctx);
+      } finally {
+        bar.stop();
+      }
       if (o.json) printJson(report);
       else print(formatReport(report));
       if (!report.ok) ctx.setExitCode(1);
