@@ -9,7 +9,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cli, cliJson, cliOk } from '../support/cli.js';
 import { haveTools, run, testIf, tool09, tool1x } from '../support/oracles.js';
@@ -92,6 +92,16 @@ test(`pool dump is thin_dump 0.9's form: thin_dump of the pool's metadata prints
   await cliOk(['pool', 'dump', '-o', out], { pool: src });
   assert.is(readFileSync(out, 'utf8'), xml);
   if (have09) assert.fixture(await tool(tool09('thin_dump'), [join(src, 'metadata')]), xml);
+  // a pool that cannot be opened (its data file is gone) still dumps, read-only, with a warning
+  renameSync(join(src, 'data'), join(src, 'data.away'));
+  try {
+    const r = await cli(['pool', 'dump'], { pool: src });
+    assert.is(r.code, 0, r.stderr);
+    assert.is(r.stdout, xml);
+    assert.match(r.stderr, /^thinpool: warning: .*data: no such file or directory; dumped the metadata file read-only\n$/);
+  } finally {
+    renameSync(join(src, 'data.away'), join(src, 'data'));
+  }
 });
 
 for (const [label, have, restore, check] of [
