@@ -305,6 +305,7 @@ export function registerDevice(program: Command, ctx: Ctx): void {
     .action(async (name: string, file: string, o: { size?: string; json?: boolean }, cmd: Command) => {
       ctx.doing(`import ${name}`);
       const size = sizeOpt(o.size, '--size');
+      if (file === '-' && process.stdin.isTTY) throw new UsageError(`Cannot import ${name}: stdin is a terminal; give FILE or pipe the image in`);
       const source = file === '-' ? stdinSource() : file;
       const t0 = performance.now();
       const r = await ctx.withService(cmd, async (svc) => {

@@ -276,6 +276,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
       let input: NodeJS.ReadableStream;
       let inputBytes: number | null = null;
       if (o.input === '-') {
+        if (process.stdin.isTTY) throw new UsageError(`Cannot restore ${dir}: stdin is a terminal; give -i FILE or pipe the XML in`);
         input = process.stdin;
       } else {
         inputBytes = (await stat(o.input)).size;
