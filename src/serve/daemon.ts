@@ -67,12 +67,18 @@ export class Daemon {
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [] });
       const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`) });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
-      await nbd.listenUnix(nbdSocket, 0o600);
-      const ports: number[] = [];
-      for (const l of opts.listen ?? []) ports.push(await nbd.listenTcp(l.host, l.port));
       const control = new ControlServer(new DaemonService(pool, exports));
-      await control.listen(join(opts.dir, 'control.sock'));
-      return new Daemon(pool, nbd, control, exports, nbdSocket, ports);
+      try {
+        await nbd.listenUnix(nbdSocket, 0o600);
+        const ports: number[] = [];
+        for (const l of opts.listen ?? []) ports.push(await nbd.listenTcp(l.host, l.port));
+        await control.listen(join(opts.dir, 'control.sock'));
+        return new Daemon(pool, nbd, control, exports, nbdSocket, ports);
+      } catch (err) {
+        await control.close();
+        await nbd.close();
+        throw err;
+      }
     } catch (err) {
       await pool.close();
       throw err;

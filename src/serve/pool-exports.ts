@@ -16,15 +16,21 @@ export interface PoolExportsOptions {
 
 export class PoolExports implements NbdExportProvider {
   private readonly connections = new Map<number, number>();
+  /** Devices named by the options, resolved to ids once: renames do not change what they mean. */
+  private readonly readOnlyIds: Set<number>;
+  private readonly defaultId: number | undefined;
 
-  constructor(private readonly pool: Pool, private readonly opts: PoolExportsOptions = {}) {}
+  constructor(private readonly pool: Pool, opts: PoolExportsOptions = {}) {
+    this.readOnlyIds = new Set((opts.readOnly ?? []).map((r) => pool.record(r).id));
+    this.defaultId = opts.defaultDevice === undefined ? undefined : pool.record(opts.defaultDevice).id;
+  }
 
   list(): string[] {
     return this.pool.catalog.devices.slice().sort((a, b) => a.id - b.id).map((d) => d.name ?? `id:${d.id}`);
   }
 
   get(name: string): NbdExport | undefined {
-    const dev = name === '' ? this.opts.defaultDevice : name;
+    const dev = name === '' ? (this.defaultId === undefined ? undefined : `id:${this.defaultId}`) : name;
     if (dev === undefined) return undefined;
     let id: number;
     try {
@@ -58,12 +64,6 @@ export class PoolExports implements NbdExportProvider {
 
   /** True when `serve --read-only` named this device. */
   private forcedReadOnly(id: number): boolean {
-    return (this.opts.readOnly ?? []).some((r) => {
-      try {
-        return this.pool.record(r).id === id;
-      } catch {
-        return false;
-      }
-    });
+    return this.readOnlyIds.has(id);
   }
 }

@@ -32,6 +32,8 @@ export interface PoolSettings {
   autoExtendStepBlocks: number;
   autoExtendMaxBlocks: number;
   created: string;
+  /** Lowest device id never used by this pool (ids are not reused). */
+  nextDeviceId?: number;
 }
 
 export interface OutsideChanges {

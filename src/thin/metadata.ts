@@ -78,6 +78,8 @@ export interface MetadataUsage {
 interface DeviceEntry {
   details: DeviceDetails;
   dirty: boolean;
+  /** A mapping of the device changed in the open transaction (kernel: dm_thin_changed_this_transaction). */
+  changed?: boolean;
 }
 
 export class ThinMetadata {
@@ -297,6 +299,15 @@ export class ThinMetadata {
 
   // ---- devices -------------------------------------------------------------------------
 
+  /**
+   * True when device `id`'s mappings changed in the open transaction (a FUA write to it must
+   * then commit, not only sync data), or it was created in it.
+   */
+  changedThisTransaction(id: number): boolean {
+    const e = this.devices.get(id);
+    return !!e && (!!e.changed || e.dirty);
+  }
+
   /** Device ids in ascending order. */
   deviceIds(): number[] {
     return [...this.devices.keys()].sort((a, b) => a - b);
@@ -440,6 +451,7 @@ export class ThinMetadata {
       })).root;
       // The caller's reference for an identical mapping is not needed twice.
       if (same) await this.dsm.dec(dataBlock);
+      e.changed = true;
       if (added) {
         e.details.mappedBlocks++;
         e.dirty = true;
@@ -462,6 +474,7 @@ export class ThinMetadata {
       if (removed) {
         e.details.mappedBlocks--;
         e.dirty = true;
+        e.changed = true;
       }
       return removed?.block;
     });
@@ -482,6 +495,7 @@ export class ThinMetadata {
       if (n) {
         e.details.mappedBlocks -= n;
         e.dirty = true;
+        e.changed = true;
       }
       return n;
     });
@@ -508,6 +522,7 @@ export class ThinMetadata {
         e.details.mappedBlocks += added;
         e.dirty = true;
       }
+      e.changed = true;
     });
   }
 
@@ -770,7 +785,10 @@ export class ThinMetadata {
 
   /** Ends a commit; `freed` is undefined when nothing was written. */
   private async finish(freed: number[] | undefined, hooks: CommitHooks): Promise<void> {
-    for (const e of this.devices.values()) e.dirty = false;
+    for (const e of this.devices.values()) {
+      e.dirty = false;
+      e.changed = false;
+    }
     this.removedDevices.clear();
     if (freed) await hooks.afterSuperblock?.(freed);
     this.dsm.postCommit();

@@ -372,10 +372,14 @@ export class Pool {
     }
   }
 
+  /** A new device id: above every id used so far (ids are not reused, so a stale handle never reaches a new device). */
   private nextId(): number {
     const ids = this.md.deviceIds();
-    const max = ids.length ? ids[ids.length - 1]! : 0;
-    if (max < MAX_DEVICE_ID) return max + 1;
+    const max = Math.max(ids.length ? ids[ids.length - 1]! : 0, (this.catalogBody.settings.nextDeviceId ?? 1) - 1);
+    if (max < MAX_DEVICE_ID) {
+      this.catalogBody.settings.nextDeviceId = max + 2;
+      return max + 1;
+    }
     const used = new Set(ids);
     for (let i = 1; i <= MAX_DEVICE_ID; i++) if (!used.has(i)) return i;
     throw new NoSpaceError('Cannot create a device: all 16777215 device ids are in use');
@@ -445,8 +449,11 @@ export class Pool {
     const r = this.record(dev);
     if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
     await this.gate.exclusively(async () => {
+      // An export may have attached while this waited for the gate.
+      if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
       await this.guard(() => this.md.deleteDevice(r.id));
       this.catalogBody.devices = this.catalogBody.devices.filter((d) => d.id !== r.id);
+      this.volumes.get(r.id)?.markRemoved();
       this.volumes.delete(r.id);
       this.unknownSizes.delete(r.id);
       this.touchDevices();

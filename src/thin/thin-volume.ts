@@ -15,7 +15,7 @@
  * await vol.write(4096, Buffer.from('hello'));
  * const back = await vol.read(4096, 5);
  */
-import { IoError, NoSpaceError, ReadOnlyError } from '../errors.js';
+import { IoError, NoSpaceError, NotFoundError, ReadOnlyError } from '../errors.js';
 import { NOT_CACHED } from '../pdata/btree.js';
 import { MiB } from '../units.js';
 import { BlockLocks } from './block-locks.js';
@@ -71,8 +71,14 @@ interface Piece {
 
 export class ThinVolume {
   private readonly locks = new BlockLocks();
+  private removed = false;
 
   constructor(private readonly pool: Pool, readonly id: number) {}
+
+  /** Called by the pool when the device is deleted: every later call fails. */
+  markRemoved(): void {
+    this.removed = true;
+  }
 
   /** Device size in bytes. */
   get size(): number {
@@ -92,6 +98,7 @@ export class ThinVolume {
   }
 
   private checkRange(offset: number, length: number, action: string): void {
+    if (this.removed) throw new NotFoundError(`Cannot ${action} device id ${this.id}: it was removed`, { id: this.id });
     const size = this.size;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
       throw new RangeError(`Cannot ${action} ${length} bytes at offset ${offset} of ${this.name}: outside the device (${size} bytes)`);
@@ -253,8 +260,9 @@ export class ThinVolume {
     await this.pool.commit();
   }
 
+  /** FUA: a commit when this write or an earlier uncommitted one changed the device's mappings, else a data sync. */
   private async makeDurable(mappingChanged: boolean): Promise<void> {
-    if (mappingChanged) await this.pool.commit();
+    if (mappingChanged || this.pool.md.changedThisTransaction(this.id)) await this.pool.commit();
     else await this.pool.syncData();
   }
 
