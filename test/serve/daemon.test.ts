@@ -362,10 +362,11 @@ test('out of data space: NBD writes fail with ENOSPC and change nothing, the dae
   }
 });
 
-// Bug (found by this test): Pool.remove checks "in use" and then waits for the pool's gate; an NBD
-// client whose GO arrives while the remove waits (the gate held by in-flight I/O or a commit)
-// attaches to the device that is then deleted. Its requests fail with EIO, and once a new device
-// reuses the id (ids are max + 1), the stale connection reads and writes that other device.
+// Regression test. This test found (at 1f3bdae): Pool.remove checked "in use" and then waited for
+// the pool's gate; an NBD client whose GO arrived while the remove waited (the gate held by
+// in-flight I/O or a commit) attached to the device that was then deleted. Its requests failed
+// with EIO, and once a new device reused the id (ids were max + 1), the stale connection read and
+// wrote that other device.
 test('remove vs attach: a device is never removed while a client is attached to it, and a stale connection never reaches a device that reuses its id', async () => {
   const dir = await makePool({ devices: [{ name: 'busy', size: 512 * M }] });
   const d = await startDaemon({ dir });
@@ -417,9 +418,9 @@ test('remove vs attach: a device is never removed while a client is attached to 
   }
 });
 
-// Bug (found by this test): `--read-only NAME` is looked up by name on every connection
-// (PoolExports.forcedReadOnly), not resolved to the device at start. Renaming the device makes its
-// export writable; a device renamed *to* that name becomes read-only instead.
+// Regression test. This test found (at 1f3bdae): `--read-only NAME` was looked up by name on every
+// connection (PoolExports.forcedReadOnly), not resolved to the device at start. Renaming the device
+// made its export writable; a device renamed *to* that name became read-only instead.
 test('a --read-only export stays read-only after its device is renamed (and does not pass to a device renamed to its old name)', async () => {
   const dir = await makePool({ devices: [{ name: 'img', size: 16 * M }, { name: 'other', size: 16 * M }] });
   const d = await startDaemon({ dir, readOnly: ['img'] });
@@ -441,9 +442,9 @@ test('a --read-only export stays read-only after its device is renamed (and does
   }
 });
 
-// Bug (found by this test): when a --listen fails (port in use), Daemon.start closes the pool but
-// not the NBD server whose unix listener is already up: the CLI exits and leaves POOL/nbd.sock
-// behind (in process, the listener itself stays open on a closed pool).
+// Regression test. This test found (at 1f3bdae): when a --listen failed (port in use), Daemon.start
+// closed the pool but not the NBD server whose unix listener was already up: the CLI exited and left
+// POOL/nbd.sock behind (in process, the listener itself stayed open on a closed pool).
 test('a daemon that cannot bind its TCP port exits cleanly: no NBD socket left behind, the pool unlocked', async () => {
   const dir = await makePool({ devices: [{ name: 'a', size: 16 * M }] });
   const blocker = createServer();

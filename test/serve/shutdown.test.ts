@@ -155,12 +155,12 @@ test('a FUA write survives a SIGKILL right after its reply (new mapping, in plac
   if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
 });
 
-// Known bug (found by this test): ThinVolume.write with FUA only syncs the data file when the
-// write itself changed no mapping, even when the block it wrote in place was provisioned by an
-// earlier write whose mapping is still uncommitted. The reply says durable; after a crash the
-// block is unmapped and the FUA-acknowledged bytes read as zeros. (QEMU's first FUA write to a
-// block commits, so QEMU alone does not hit it; nbdfuse/nbdcopy writes without FUA followed by a
-// FUA write to the same block do.)
+// Regression test. This test found (at 1f3bdae): ThinVolume.write with FUA only synced the data file
+// when the write itself changed no mapping, even when the block it wrote in place had been
+// provisioned by an earlier write whose mapping was still uncommitted. The reply said durable;
+// after a crash the block was unmapped and the FUA-acknowledged bytes read as zeros. (QEMU's first
+// FUA write to a block commits, so QEMU alone does not hit it; writes without FUA followed by a FUA
+// write to the same block do.)
 test('FUA durability: a FUA write into a block provisioned by an earlier, not yet flushed write survives a SIGKILL', async () => {
   const dir = await makePool({ devices: [{ name: 'a', size: 64 * M }] });
   await killedAfter(dir, async (_d, c) => {
