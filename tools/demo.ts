@@ -130,7 +130,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<string> {
     await svc.flush();
     const readBack = await svc.read('base', CONTENT_AT + 12345, 1);
     const readWeb = await svc.read('web', CONTENT_AT + 12345, 1);
-    say(`    base still reads ${readBack.toString('hex')} there, web reads ${readWeb.toString('hex')} ('X').`);
+    say(`    base still reads 0x${readBack.toString('hex')} there, web reads 0x${readWeb.toString('hex')} ('X'): each device sees its own bytes.`);
     say();
 
     run('device ls');
