@@ -230,7 +230,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
           // A pool that cannot be opened (damaged metadata, a missing data file): dump what its
           // committed superblock reaches, read-only, as thin_dump would.
           const code = (err as { code?: string }).code;
-          if (code !== 'ECORRUPT' && code !== 'EREADONLY' && code !== 'ENOENT') throw err;
+          if (code !== 'ECORRUPT' && code !== 'EREADONLY' && code !== 'ENOENT' && code !== 'ENOTFOUND') throw err;
           try {
             xml = await dumpFile(join(dir, 'metadata'), opts);
           } catch {
@@ -360,13 +360,14 @@ export function registerPool(program: Command, ctx: Ctx): void {
     .command('check')
     .description('check the metadata like thin_check (exit 1 when damage is found)')
     .option('--json', 'print the report as JSON')
-    .action(async (o: { json?: boolean }, cmd: Command) => {
+    .option('--clear-needs-check', 'when no damage is found, clear needs_check so the pool is writable again (like thin_check --clear-needs-check-flag)')
+    .action(async (o: { json?: boolean; clearNeedsCheck?: boolean }, cmd: Command) => {
       const dir = ctx.poolDir(cmd);
       ctx.doing(`check ${dir}`);
       const bar = spinner('checking the metadata');
       let report: CheckReport;
       try {
-        report = await checkPool(dir, cmd, ctx);
+        report = o.clearNeedsCheck ? await ctx.withService(cmd, (svc) => svc.clearNeedsCheck()) : await checkPool(dir, cmd, ctx);
       } finally {
         bar.stop();
       }

@@ -132,7 +132,7 @@ function deserializeError(e: NonNullable<Message['error']>): Error {
 /** The operations the control socket carries: PoolService's methods. */
 const OPS = new Set([
   'status', 'devices', 'device', 'createDevice', 'snapshot', 'remove', 'rename', 'resize', 'geometry', 'read', 'write', 'discard',
-  'extents', 'flush', 'extend', 'setTransactionId', 'metadataSnap', 'dump', 'check', 'delta',
+  'extents', 'flush', 'extend', 'setTransactionId', 'metadataSnap', 'dump', 'check', 'clearNeedsCheck', 'delta',
 ]);
 
 /** Serves a {@link PoolService} on a unix socket. */
@@ -323,6 +323,9 @@ export class RemotePoolService implements PoolService {
   }
   check(): Promise<CheckReport> {
     return this.call('check', []);
+  }
+  clearNeedsCheck(): Promise<CheckReport> {
+    return this.call('clearNeedsCheck', []);
   }
   delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }> {
     return this.call('delta', [a, b]);

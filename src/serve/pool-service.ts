@@ -51,6 +51,8 @@ export interface PoolService {
   /** XML dump of the committed metadata (or the held snapshot). */
   dump(opts: DumpOptions): Promise<string>;
   check(): Promise<CheckReport>;
+  /** Checks the metadata and, when it is clean, clears NEEDS_CHECK (the pool turns writable). */
+  clearNeedsCheck(): Promise<CheckReport>;
   delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }>;
   close(): Promise<void>;
 }
@@ -128,6 +130,9 @@ export class LocalPoolService implements PoolService {
   async check(): Promise<CheckReport> {
     await this.pool.commit();
     return checkMetadata(this.pool.metadataFile);
+  }
+  clearNeedsCheck(): Promise<CheckReport> {
+    return this.pool.clearNeedsCheck();
   }
   async delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }> {
     const left = this.pool.record(a).id;

@@ -710,14 +710,6 @@ export class ThinMetadata {
     });
   }
 
-  /** Clears NEEDS_CHECK (after a clean check), committing the open transaction. */
-  clearNeedsCheck(): Promise<void> {
-    return this.change('clear needs_check', async () => {
-      this.flags &= ~NEEDS_CHECK_FLAG;
-      await this.commitLocked({});
-    });
-  }
-
   // ---- transactions ----------------------------------------------------------------------
 
   /** True when the open transaction has changes to commit. */

@@ -18,11 +18,12 @@ import { MetadataSpaceError } from '../pdata/transaction-manager.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import { type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
 import { Gate } from './gate.js';
+import { checkMetadata, type CheckReport } from './check.js';
 import { lsDevices } from './ls.js';
 import { ThinMetadata } from './metadata.js';
 import { estimateMetadataBytes } from './metadata-size.js';
 import { PoolLock } from './pool-lock.js';
-import { MAX_DEVICE_ID } from './superblock.js';
+import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG } from './superblock.js';
 import { ThinVolume } from './thin-volume.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;
@@ -195,6 +196,11 @@ export class Pool {
       await stat(join(dir, 'metadata'));
     } catch {
       throw new NotFoundError(`Cannot open pool ${dir}: no pool there (no metadata file)`, { dir });
+    }
+    try {
+      await stat(join(dir, 'data'));
+    } catch {
+      throw new NotFoundError(`Cannot open pool ${dir}: its data file is missing`, { dir });
     }
     const lock = await PoolLock.acquire(dir);
     let meta: FileBlockFile | undefined;
@@ -601,6 +607,23 @@ export class Pool {
     this.modeValue = 'ro';
     await this.md.abort();
     await this.md.setNeedsCheck();
+  }
+
+  /**
+   * Clears NEEDS_CHECK after a full check of the committed metadata finds no damage (like
+   * `thin_check --clear-needs-check-flag`); the pool is writable again.
+   */
+  async clearNeedsCheck(): Promise<CheckReport> {
+    return this.gate.exclusively(async () => {
+      const report = await checkMetadata(this.metadataFile);
+      if (!report.ok) return report;
+      if (this.modeValue === 'ro' || this.modeValue === 'fail') this.modeValue = 'rw';
+      if (this.md.needsCheck) {
+        await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
+        await this.commitLocked();
+      }
+      return { ...report, needsCheck: false };
+    });
   }
 
   /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */

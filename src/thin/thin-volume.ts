@@ -181,18 +181,47 @@ export class ThinVolume {
     if (length === 0) return;
     const bs = this.blockSize;
     const end = offset + length;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((end - 1) / bs);
+    // The mapped blocks of the range: a few lookups for short ranges, one tree walk for long ones
+    // (so a huge, mostly unprovisioned range costs what is mapped, not what is covered).
+    const vblocks: number[] = [];
+    const blocks: number[] = [];
+    if (last - first < 32) {
+      for (let vb = first; vb <= last; vb++) {
+        let m = this.lookup(vb);
+        if (m instanceof Promise) m = await m;
+        if (m) {
+          vblocks.push(vb);
+          blocks.push(m.block);
+        }
+      }
+    } else {
+      await this.pool.md.mappings(this.id, first, last + 1, (v, m) => {
+        vblocks.push(Number(v));
+        blocks.push(m.block);
+      });
+    }
+    let i = 0;
     let pos = offset;
     let runStart = offset;
     let runData = -2;
     while (pos < end) {
-      const vblock = Math.floor(pos / bs);
-      const inBlock = pos - vblock * bs;
-      const len = Math.min(bs - inBlock, end - pos);
-      let m = this.lookup(vblock);
-      if (m instanceof Promise) m = await m;
-      const dataOffset = m ? m.block * bs + inBlock : -1;
+      const vb = Math.floor(pos / bs);
+      let len: number;
+      let dataOffset: number;
+      if (i < vblocks.length && vblocks[i] === vb) {
+        const inBlock = pos - vb * bs;
+        len = Math.min(bs - inBlock, end - pos);
+        dataOffset = blocks[i]! * bs + inBlock;
+        i++;
+      } else {
+        const next = i < vblocks.length ? vblocks[i]! * bs : end;
+        len = Math.min(next, end) - pos;
+        dataOffset = -1;
+      }
       const expected = runData < 0 ? runData : runData + (pos - runStart);
-      const joins = runData === -2 ? false : anyMapped ? (dataOffset >= 0) === (runData >= 0) : dataOffset === expected;
+      const joins = runData !== -2 && (anyMapped ? (dataOffset >= 0) === (runData >= 0) : dataOffset === expected);
       if (!joins) {
         if (runData !== -2) await visit(runStart, pos - runStart, runData);
         runStart = pos;

@@ -140,9 +140,19 @@ test('metadata full: the transaction is dropped, the pool turns read-only with n
     assert.ok(s.needsCheck, 'needs_check is on disk');
     assert.is(s.mode, 'ro');
     assert.is((await again.volume('v').read(0, 9)).toString(), 'committed');
+    if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
+    // the way back: a clean check clears needs_check, then the metadata can grow
+    const report = await again.clearNeedsCheck();
+    assert.ok(report.ok);
+    assert.is(again.mode, 'rw');
+    await again.extend({ metadataSize: 4 * MiB });
+    for (let i = 1; i < 3000; i++) await again.volume('v').write(i * 64 * KiB * 7, Buffer.from('y'));
   } finally {
     await again.close();
   }
+  const third = await Pool.open(dir);
+  assert.not.ok((await third.status()).needsCheck);
+  await third.close();
   if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
 });
 
