@@ -17,6 +17,11 @@
  * Servers are ours: started with spawn, stopped by PID (SIGTERM, then waited for), their sockets
  * and files removed at the end, also on failure.
  *
+ * Diagnosis: BENCH_NBD_DIAG=1 adds a fourth peer, thinpool's own NBD server over a plain file
+ * (no thin layer), and writes images/bench-nbd-diag.* instead; BENCH_NBD_THINPOOL_ONLY=1 runs
+ * thinpool alone; BENCH_NBD_SERVER_NODE_ARGS passes node flags to the server (e.g. --cpu-prof);
+ * BENCH_NBD_COMMIT_MS changes the daemon's commit timer.
+ *
  * Run: npm run bench -- nbd   (writes images/bench-nbd.json and .svg)
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
@@ -25,6 +30,10 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { randomFillSync } from 'node:crypto';
+import { FileBlockFile } from '../src/io/block-file.js';
+import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } from '../src/nbd/export.js';
+import { NbdServer } from '../src/nbd/server.js';
+import { StaticExportProvider } from '../src/nbd/static-export-provider.js';
 import { Daemon } from '../src/serve/daemon.js';
 import { Pool } from '../src/thin/pool.js';
 import { KiB, MiB } from '../src/units.js';
@@ -37,7 +46,9 @@ const SELF = fileURLToPath(import.meta.url);
 
 /** `node dist/bench/nbd.bench.js --serve-child POOL`: serve the pool until SIGTERM. */
 async function serveChild(dir: string): Promise<void> {
-  const daemon = await Daemon.start({ dir, commitIntervalMs: 1000, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
+  // BENCH_NBD_COMMIT_MS (diagnosis only): the daemon's commit timer; 1000 is what `thinpool serve` uses.
+  const commitIntervalMs = process.env.BENCH_NBD_COMMIT_MS === undefined ? 1000 : Number(process.env.BENCH_NBD_COMMIT_MS);
+  const daemon = await Daemon.start({ dir, commitIntervalMs, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
   process.stdout.write(`ready ${daemon.nbdSocket}\n`);
   const stop = () => {
     daemon.stop().then(
@@ -52,8 +63,47 @@ async function serveChild(dir: string): Promise<void> {
   process.once('SIGINT', stop);
 }
 
-if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url && process.argv[2] === '--serve-child') {
-  await serveChild(process.argv[3]!);
+/** An export straight onto a plain file with the pool's positioned I/O: the NBD server without the thin layer. */
+class FileExport implements NbdExport {
+  readonly readOnly = false;
+  constructor(readonly name: string, readonly size: number, private readonly file: FileBlockFile) {}
+  async read(offset: number, length: number): Promise<ReadSegment[]> {
+    const data = Buffer.allocUnsafe(length);
+    await this.file.read(data, offset);
+    return [{ offset, length, data }];
+  }
+  async write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    await this.file.write(data, offset);
+    if (fua) await this.file.sync();
+  }
+  flush(): Promise<void> {
+    return this.file.sync();
+  }
+  async trim(): Promise<void> {}
+  async writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
+    await this.file.write(Buffer.alloc(length), offset);
+    if (opts.fua) await this.file.sync();
+  }
+  async blockStatus(_offset: number, length: number): Promise<AllocationExtent[]> {
+    return [{ length, hole: false, zero: false }];
+  }
+  async cache(): Promise<void> {}
+}
+
+/** `node dist/bench/nbd.bench.js --serve-child-file FILE SOCK`: serve FILE as the default export. */
+async function serveFileChild(path: string, sock: string): Promise<void> {
+  const file = await FileBlockFile.open(path);
+  const exp = new FileExport('', await file.size(), file);
+  const server = new NbdServer({ provider: new StaticExportProvider([exp]) });
+  await server.listenUnix(sock, 0o600);
+  process.once('SIGTERM', () => {
+    server.close().then(() => file.close()).then(() => process.exit(0), () => process.exit(1));
+  });
+}
+
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  if (process.argv[2] === '--serve-child') await serveChild(process.argv[3]!);
+  if (process.argv[2] === '--serve-child-file') await serveFileChild(process.argv[3]!, process.argv[4]!);
 }
 
 // ---- process helpers ----------------------------------------------------------------------
@@ -131,22 +181,27 @@ interface Peer {
 
 const QEMU_ARGS = ['-t', '--cache=writeback', '--aio=threads', '--discard=unmap', '--shared=0', '-x', ''];
 
-function qemuPeer(dir: string, format: 'qcow2' | 'raw', bytes: number): Peer {
+/**
+ * A peer serving one file per process: a fresh file (made by `create`) for every copy-in sample,
+ * the server restarted on it (untimed), stopped by PID after the sample.
+ */
+function filePeer(name: string, dir: string, ext: string, create: (file: string) => Promise<unknown>, command: (sock: string, file: string) => [string, string[]]): Peer {
   let server: Server | undefined;
-  const sock = join(dir, `qemu-${format}.sock`);
-  const file = (i: number) => join(dir, `qemu-${i}.${format}`);
+  const sock = join(dir, `${ext}.sock`);
+  const file = (i: number) => join(dir, `target-${i}.${ext}`);
   const uri = `nbd+unix:///?socket=${sock}`;
   const start = async (i: number) => {
     rmSync(sock, { force: true });
-    server = track(spawn('qemu-nbd', ['-k', sock, '-f', format, ...QEMU_ARGS, file(i)], { stdio: ['ignore', 'ignore', 'inherit'] }));
+    const [cmd, args] = command(sock, file(i));
+    server = track(spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] }));
     await waitForExport(uri, server);
     return uri;
   };
   let current = -1;
   return {
-    name: `qemu-nbd ${format}`,
+    name,
     async fresh(i) {
-      await run('qemu-img', ['create', '-q', '-f', format, file(i), String(bytes)]);
+      await create(file(i));
       current = i;
       return start(i);
     },
@@ -169,6 +224,15 @@ function qemuPeer(dir: string, format: 'qcow2' | 'raw', bytes: number): Peer {
   };
 }
 
+function qemuPeer(dir: string, format: 'qcow2' | 'raw', bytes: number): Peer {
+  return filePeer(`qemu-nbd ${format}`, dir, `qemu-${format}`, (f) => run('qemu-img', ['create', '-q', '-f', format, f, String(bytes)]), (sock, f) => ['qemu-nbd', ['-k', sock, '-f', format, ...QEMU_ARGS, f]]);
+}
+
+/** Diagnosis (BENCH_NBD_DIAG=1): thinpool's NBD server over a plain sparse file, no thin layer. */
+function nodeFilePeer(dir: string, bytes: number): Peer {
+  return filePeer('node nbd, plain file', dir, 'node-raw', (f) => run('truncate', ['-s', String(bytes), f]), (sock, f) => [process.execPath, [SELF, '--serve-child-file', f, sock]]);
+}
+
 async function thinPeer(dir: string, bytes: number, devices: number): Promise<Peer> {
   const poolDir = join(dir, 'pool');
   const pool = await Pool.create({ dir: poolDir, dataSize: devices * bytes + 256 * MiB, blockSize: 64 * KiB, autoExtend: false });
@@ -177,7 +241,8 @@ async function thinPeer(dir: string, bytes: number, devices: number): Promise<Pe
   } finally {
     await pool.close();
   }
-  const proc = spawn(process.execPath, [SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const nodeArgs = (process.env.BENCH_NBD_SERVER_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const proc = spawn(process.execPath, [...nodeArgs, SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'] });
   const server = track(proc);
   let sock = '';
   await new Promise<void>((resolve, reject) => {
@@ -246,8 +311,8 @@ function makeSource(path: string, bytes: number): void {
 export async function nbdBench(): Promise<Record<string, unknown>> {
   const MIBS = envNum('BENCH_NBD_MIB', 1024);
   const COPY_SAMPLES = envNum('BENCH_NBD_COPY_SAMPLES', 3);
-  const FIO_SAMPLES = envNum('BENCH_NBD_FIO_SAMPLES', 3);
-  const FIO_RUNTIME = envNum('BENCH_NBD_FIO_RUNTIME', 3);
+  const FIO_SAMPLES = envNum('BENCH_NBD_FIO_SAMPLES', 4);
+  const FIO_RUNTIME = envNum('BENCH_NBD_FIO_RUNTIME', 2);
   const FLUSH = process.env.BENCH_NBD_FLUSH === '1';
   const WARMUP = 1;
   const bytes = MIBS * MiB;
@@ -266,9 +331,13 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
     const src = join(dir, 'source.img');
     makeSource(src, bytes);
     const rounds = WARMUP + COPY_SAMPLES;
+    const only = process.env.BENCH_NBD_THINPOOL_ONLY === '1';
     peers.push(await thinPeer(dir, bytes, rounds));
-    peers.push(qemuPeer(dir, 'qcow2', bytes));
-    peers.push(qemuPeer(dir, 'raw', bytes));
+    if (!only) {
+      peers.push(qemuPeer(dir, 'qcow2', bytes));
+      peers.push(qemuPeer(dir, 'raw', bytes));
+    }
+    if (process.env.BENCH_NBD_DIAG === '1') peers.push(nodeFilePeer(dir, bytes));
     const names = peers.map((p) => p.name);
     const copyIn: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
     const copyOut: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
@@ -310,29 +379,33 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
       }
     }
 
+    if (only) {
+      console.log('nbd: BENCH_NBD_THINPOOL_ONLY=1: no peers, no ratios, nothing written to images/');
+      return { copyIn, copyOut, fio };
+    }
+
     // ---- summary ----
     const st = (xs: number[]) => stats(xs);
     const inStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyIn[n]!)]));
     const outStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyOut[n]!)]));
     const fioStats: Record<string, Stats> = Object.fromEntries(Object.entries(fio).map(([k, v]) => [k, st(v)]));
     const rows: TargetRow[] = [];
-    const [thin, qcow2, raw] = names as [string, string, string];
-    for (const [what, data, s] of [['nbdcopy in', copyIn, inStats], ['nbdcopy out', copyOut, outStats]] as const) {
-      for (const [peer, goal] of [[qcow2, 1.0], [raw, 0.7]] as const) {
-        const ratio = pairedRatio(data[thin]!, data[peer]!);
-        rows.push({ metric: `${what} ${MIBS} MiB vs ${peer}`, thinpool: `${fmt(s[thin]!.median)} MiB/s`, peer: `${fmt(s[peer]!.median)} MiB/s`, ratio, target: `>= ${goal.toFixed(2)}`, met: ratio >= goal });
+    const [thin, qcow2, raw, diag] = names as [string, string, string, string | undefined];
+    const row = (metric: string, a: number[], b: number[], unit: string, goal: number | undefined): TargetRow => {
+      const ratio = pairedRatio(a, b);
+      return {
+        metric, thinpool: `${fmt(st(a).median)} ${unit}`, peer: `${fmt(st(b).median)} ${unit}`, ratio,
+        target: goal === undefined ? '-' : `>= ${goal.toFixed(2)}`, met: goal === undefined || ratio >= goal, ...(goal === undefined ? { info: true } : {}),
+      };
+    };
+    for (const [what, data] of [['nbdcopy in', copyIn], ['nbdcopy out', copyOut]] as const) {
+      for (const [peer, goal] of [[qcow2, 1.0], [raw, 0.7], [diag, undefined]] as const) {
+        if (peer) rows.push(row(`${what} ${MIBS} MiB vs ${peer}`, data[thin]!, data[peer]!, 'MiB/s', goal));
       }
     }
     for (const [rw, qd] of fioCases) {
-      for (const peer of [qcow2, raw]) {
-        const a = fio[`${thin} ${rw} qd${qd}`]!;
-        const b = fio[`${peer} ${rw} qd${qd}`]!;
-        const ratio = pairedRatio(a, b);
-        const goal = peer === qcow2 ? 1.0 : undefined;
-        rows.push({
-          metric: `fio ${rw} 4k QD${qd} vs ${peer}`, thinpool: `${fmt(st(a).median)} IOPS`, peer: `${fmt(st(b).median)} IOPS`, ratio,
-          target: goal === undefined ? '-' : `>= ${goal.toFixed(2)}`, met: goal === undefined || ratio >= goal, ...(goal === undefined ? { info: true } : {}),
-        });
+      for (const [peer, goal] of [[qcow2, 1.0], [raw, undefined], [diag, undefined]] as const) {
+        if (peer) rows.push(row(`fio ${rw} 4k QD${qd} vs ${peer}`, fio[`${thin} ${rw} qd${qd}`]!, fio[`${peer} ${rw} qd${qd}`]!, 'IOPS', goal));
       }
     }
     printTargets('nbd: thinpool vs qemu-nbd (ratio = thinpool / peer; rows with no target are shown for information)', rows);
@@ -353,10 +426,11 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
       fioIops: fioStats,
       targets: rows,
     };
-    writeResults('bench-nbd', result);
+    const outName = peers.length > 3 ? 'bench-nbd-diag' : 'bench-nbd';
+    writeResults(outName, result);
     const bars = (s: Record<string, Stats>) => names.map((n) => ({ label: n, value: s[n]!.median }));
     const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: fioStats[`${n} ${rw} qd${qd}`]!.median / 1000 })));
-    writeSvg('bench-nbd', stackSvg([
+    writeSvg(outName, stackSvg([
       barChart(`nbdcopy ${MIBS} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(inStats)),
       barChart(`nbdcopy ${MIBS} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(outStats)),
       barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
