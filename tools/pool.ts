@@ -178,6 +178,33 @@ export function registerPool(program: Command, ctx: Ctx): void {
     });
 
   pool
+    .command('adopt')
+    .description('take over a metadata + data pair made elsewhere (LVM thin, Docker loop-lvm devicemapper/{metadata,data}, a kernel pool) without rewriting them until the first change')
+    .requiredOption('--metadata <file>', 'the dm-thin metadata file (or device)')
+    .requiredOption('--data <file>', 'the data file (or device)')
+    .option('--json', 'print the devices found as JSON')
+    .action(async (o: { metadata: string; data: string; json?: boolean }, cmd: Command) => {
+      const dir = ctx.poolDir(cmd);
+      ctx.doing(`adopt ${o.metadata} and ${o.data} into ${dir}`);
+      const p = await Pool.adopt({ dir, metadata: o.metadata, data: o.data });
+      let devices;
+      let status;
+      try {
+        devices = await p.devices();
+        status = await p.status();
+      } finally {
+        await p.close();
+      }
+      if (o.json) return printJson({ pool: dir, blockSize: status.blockSize, dataBlocks: status.dataBlocks, transactionId: status.transactionId, devices });
+      print(`adopted ${o.metadata} and ${o.data} as pool ${dir} (linked, not copied: they are not rewritten until the first change)`);
+      print(`block size ${formatSize(status.blockSize)}, ${status.dataBlocks.used}/${status.dataBlocks.total} data blocks used, transaction id ${status.transactionId}`);
+      if (!devices.length) print('no thin devices found');
+      for (const d of devices) print(`found id:${d.id}: ${d.mappedBlocks} mapped blocks (${formatSize(d.mappedBlocks * status.blockSize)}), created at time ${d.creationTime}`);
+      if (devices.length) print('name them with thinpool device rename id:N NAME and size them with thinpool device resize NAME --size S');
+      print('note: thinpool\'s lock cannot see the kernel or another host: never activate these files elsewhere while thinpool owns them');
+    });
+
+  pool
     .command('status')
     .description('show the pool\'s usage, mode and settings')
     .option('--json', 'print JSON (sizes in bytes, counts in blocks)')

@@ -72,6 +72,7 @@ async function main(argv: string[]): Promise<number> {
     },
     async withService(cmd, fn) {
       const svc = await connectPool(ctx.poolDir(cmd));
+      for (const n of svc.notices ?? []) process.stderr.write(`thinpool: note: ${n}\n`);
       let result;
       try {
         result = await fn(svc);

@@ -36,6 +36,10 @@ class DaemonService extends LocalPoolService {
   override async status(): Promise<ServiceStatus> {
     return { ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid };
   }
+  /** The daemon reports its notices when it starts, not to every client. */
+  override get notices(): readonly string[] {
+    return [];
+  }
   /** Clients disconnecting do not close the daemon's pool. */
   override async close(): Promise<void> {}
 }

@@ -30,6 +30,8 @@ export interface ServiceStatus extends PoolStatus {
 }
 
 export interface PoolService {
+  /** What opening the pool found worth telling the user (changes made outside thinpool). */
+  readonly notices?: readonly string[];
   status(): Promise<ServiceStatus>;
   devices(): Promise<DeviceListing[]>;
   device(dev: string): Promise<DeviceListing>;
@@ -60,6 +62,10 @@ export interface PoolService {
 /** The pool opened in this process. */
 export class LocalPoolService implements PoolService {
   constructor(readonly pool: Pool) {}
+
+  get notices(): readonly string[] {
+    return this.pool.notices;
+  }
 
   static async open(dir: string): Promise<LocalPoolService> {
     return new LocalPoolService(await Pool.open(dir));

@@ -300,7 +300,8 @@ export class Pool {
       lowWaterMark: s.lowWaterMarkBlocks * this.blockSize,
       autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * this.blockSize, max: s.autoExtendMaxBlocks * this.blockSize },
       hostFreeBytes,
-      catalog: this.catalogState,
+      // Reconciled until thinpool itself changes the devices: the outside changes stay on show.
+      catalog: this.catalogBody.outsideChanges ? 'reconciled' : this.catalogState,
       outsideChanges: this.catalogBody.outsideChanges,
       devices: this.catalogBody.devices.length,
     };

@@ -16,6 +16,7 @@ import { testIf } from '../support/oracles.js';
 import { assertThinCheckClean, haveThinTools } from '../support/thin-oracle.js';
 import { fixtureCopy, readFixture } from '../support/vectors.js';
 import { guestValues, haveKernelVm, kernelVmWhy, runInKernel } from '../support/kernel-vm.js';
+import { cliJson, cliOk } from '../support/cli.js';
 
 const seed = testSeed();
 const vm = testIf(test, haveKernelVm(), kernelVmWhy);
@@ -165,6 +166,21 @@ for (const [bs, skip] of [[256, false], [2048, false], [2048, true]] as const) {
     if (haveThinTools()) await assertThinCheckClean(meta);
   });
 }
+
+test('thinpool pool adopt (CLI) reports the devices it found; status shows the reconciled catalog', async () => {
+  const meta = fixtureCopy('11-kernel-snapshots.bin.gz');
+  const data = fixtureCopy('11-kernel-snapshots.data.gz');
+  const dir = join(tempDir(), 'adopted');
+  const out = await cliOk(['-p', dir, 'pool', 'adopt', '--metadata', meta, '--data', data]);
+  assert.match(out, /found id:2: 40 mapped blocks/);
+  assert.match(out, /found id:4: 600 mapped blocks/);
+  const s = await cliJson<{ catalog: string; outsideChanges: { unknown: number[] } }>(['-p', dir, 'pool', 'status', '--json']);
+  assert.is(s.catalog, 'reconciled');
+  assert.equal(s.outsideChanges.unknown, [2, 3, 4]);
+  await cliOk(['-p', dir, 'device', 'rename', 'id:2', 'web']);
+  const after = await cliJson<{ catalog: string }>(['-p', dir, 'pool', 'status', '--json']);
+  assert.is(after.catalog, 'in-sync');
+});
 
 test('pool adopt takes over files without rewriting them until the first change', async () => {
   const meta = fixtureCopy('11-kernel-snapshots.bin.gz');
