@@ -38,7 +38,7 @@ import { Daemon } from '../src/serve/daemon.js';
 import { Pool } from '../src/thin/pool.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, fmt, writeResults, writeSvg } from './harness.js';
-import { benchDir, envNum, now, pairedRatio, printTargets, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';
+import { benchDir, envNum, now, pairedRatio, printTargets, sourceState, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -413,6 +413,7 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
     console.log(`nbd: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
 
     const result = {
+      source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
       config: {

@@ -15,6 +15,7 @@
  *
  * Run: npm run bench -- pool   (writes images/bench-pool.json and .svg); sizes: see bench/README.md.
  */
+import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -44,6 +45,17 @@ export function envList(name: string, dflt: number[]): number[] {
 /** A directory for the benchmark files (BENCH_DIR, default the OS temp dir): both sides live in it. */
 export function benchDir(prefix: string): string {
   return mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), prefix));
+}
+
+/** The commit measured, and whether src/ had uncommitted changes (other engineers share the tree). */
+export function sourceState(): { commit: string; srcDirty: boolean } {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim() !== '';
+    return { commit, srcDirty: dirty };
+  } catch {
+    return { commit: 'unknown', srcDirty: false };
+  }
 }
 
 /** Seeded PRNG (mulberry32): the same offsets for every alternative and every run. */
@@ -352,6 +364,7 @@ export async function poolBench(): Promise<Record<string, unknown>> {
     console.log(`pool: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
 
     const result = {
+      source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
       config: { seqMiB: SEQ_MIB, randMiB: RAND_MIB, randOps: RAND_OPS, samples: SAMPLES, warmup: WARMUP, snapMapped: SNAP_MAPPED, snapSamples: SNAP_SAMPLES, blockSize: bs, dir, fsyncTimed: false },
