@@ -4,6 +4,9 @@
  * SEEK_HOLE), tryLockExclusive (flock LOCK_EX|LOCK_NB: 1 when taken, 0 when another open file holds
  * it; the kernel drops the lock when the holder's file is closed or its process dies). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -162,6 +166,58 @@ static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
   return promise;
 }
 
+/*
+ * readNow(fd, buffer, offset, length, position): a read that never waits for the disk
+ * (preadv2 with RWF_NOWAIT), done on the calling thread: the bytes already in the page cache,
+ * or -1 when the read would block (EAGAIN) or the file system cannot say (EOPNOTSUPP). Other
+ * errors throw. Lets the data path skip a thread-pool round trip for cached reads.
+ */
+static napi_value read_now(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t fd, offset, length, position;
+  if (!get_integer(env, argv, argc, 0, "fd", 0, &fd)) return NULL;
+  void *data = NULL;
+  size_t size = 0;
+  bool is_typed = false;
+  if (argc > 1) napi_is_typedarray(env, argv[1], &is_typed);
+  if (!is_typed) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buffer must be a Uint8Array");
+    return NULL;
+  }
+  napi_typedarray_type ttype;
+  size_t tlen;
+  napi_value ab;
+  size_t byte_offset;
+  napi_get_typedarray_info(env, argv[1], &ttype, &tlen, &data, &ab, &byte_offset);
+  size = tlen;
+  if (!get_integer(env, argv, argc, 2, "offset", 0, &offset)) return NULL;
+  if (!get_integer(env, argv, argc, 3, "length", 0, &length)) return NULL;
+  if (!get_integer(env, argv, argc, 4, "position", 0, &position)) return NULL;
+  if ((uint64_t)offset + (uint64_t)length > size) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset + length exceeds the buffer");
+    return NULL;
+  }
+  struct iovec iov = { (char *)data + offset, (size_t)length };
+  ssize_t n;
+  do {
+    n = preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  napi_value result;
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS) {
+      napi_create_double(env, -1, &result);
+      return result;
+    }
+    request r = { .op = OP_SEEK_DATA, .fd = (int)fd, .offset = position, .err = errno };
+    napi_throw(env, errno_error(env, &r));
+    return NULL;
+  }
+  napi_create_double(env, (double)n, &result);
+  return result;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_PUNCH_HOLE); }
 static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
@@ -173,6 +229,7 @@ NAPI_MODULE_INIT() {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tryLockExclusive", NULL, try_lock, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"readNow", NULL, read_now, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -6,7 +6,10 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { IoError } from '../errors.js';
-import { punchHole as nativePunchHole } from './native.js';
+import { punchHole as nativePunchHole, readNow } from './native.js';
+
+/** Reads up to this size first try the page cache without blocking (see {@link readNow}). */
+const NOWAIT_READ_MAX = 64 * 1024;
 
 export interface BlockFile {
   /** Where the file lives (for messages). */
@@ -63,6 +66,13 @@ export class FileBlockFile implements BlockFile {
   async read(buf: Uint8Array, position: number): Promise<void> {
     const fd = this.fh.fd;
     let done = 0;
+    if (buf.length <= NOWAIT_READ_MAX) {
+      // Cached small reads complete here, without a thread-pool round trip; larger ones stay
+      // on the pool, where several run in parallel with the event loop.
+      const n = readNow(fd, buf, 0, buf.length, position);
+      if (n === buf.length) return;
+      if (n > 0) done = n;
+    }
     while (done < buf.length) {
       let n: number;
       try {

@@ -17,6 +17,8 @@ interface NativeAddon {
   seekHole(fd: number, offset: number): Promise<number>;
   /** 1 when the exclusive flock was taken, 0 when someone else holds it. */
   tryLockExclusive(fd: number): Promise<number>;
+  /** Synchronous preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 when it would block. */
+  readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
 }
 
 let addon: NativeAddon | null | undefined;
@@ -95,4 +97,15 @@ export async function tryLockExclusive(fd: number): Promise<boolean | null> {
   const a = load();
   if (!a) return null;
   return (await a.tryLockExclusive(fd)) === 1;
+}
+
+/**
+ * Reads what is already in the page cache without waiting for the disk (preadv2 RWF_NOWAIT),
+ * on this thread: the number of bytes read (maybe fewer than asked), or -1 when nothing could
+ * be read without blocking or the addon is missing. Small cached reads then skip the thread
+ * pool round trip that dominates their cost.
+ */
+export function readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number {
+  const a = load();
+  return a ? a.readNow(fd, buf, offset, length, position) : -1;
 }

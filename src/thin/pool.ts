@@ -632,10 +632,14 @@ export class Pool {
     // Group commit: callers arriving while a commit waits for the gate join it (their writes
     // completed before it starts, so it covers them), like the kernel batching FUA bios.
     if (this.queuedCommit) return this.queuedCommit;
-    const p = this.gate.exclusively(() => {
-      this.queuedCommit = undefined;
-      return this.commitLocked();
-    });
+    // Sync the data before taking the gate, so I/O is not stalled behind a long fdatasync; the
+    // sync inside the commit then has little left to do.
+    const p = this.syncData().then(() =>
+      this.gate.exclusively(() => {
+        this.queuedCommit = undefined;
+        return this.commitLocked();
+      }),
+    );
     this.queuedCommit = p;
     p.catch(() => undefined).finally(() => {
       if (this.queuedCommit === p) this.queuedCommit = undefined;

@@ -129,6 +129,11 @@ export class ThinVolume {
   /** Fills `buf` from `offset`. */
   async readInto(buf: Uint8Array, offset: number): Promise<void> {
     this.checkRange(offset, buf.length, 'read');
+    if (this.inOneBlock(offset, buf.length)) {
+      const data = await this.readOneBlock(offset, buf.length, buf);
+      if (!data) buf.fill(0);
+      return;
+    }
     await this.pool.gate.sharedly(async () => {
       await this.runs(offset, buf.length, async (pos, len, dataOffset) => {
         const dst = buf.subarray(pos - offset, pos - offset + len);
@@ -141,6 +146,9 @@ export class ThinVolume {
   /** Reads as segments: provisioned runs with their bytes, unprovisioned runs as `data: null`. */
   async readSegments(offset: number, length: number): Promise<VolumeSegment[]> {
     this.checkRange(offset, length, 'read');
+    if (length > 0 && this.inOneBlock(offset, length)) {
+      return [{ offset, length, data: await this.readOneBlock(offset, length, undefined) }];
+    }
     const out: VolumeSegment[] = [];
     await this.pool.gate.sharedly(async () => {
       const reads: Promise<void>[] = [];
@@ -156,6 +164,33 @@ export class ThinVolume {
       await Promise.all(reads);
     });
     return out;
+  }
+
+  private inOneBlock(offset: number, length: number): boolean {
+    const bs = this.blockSize;
+    return length > 0 && Math.floor(offset / bs) === Math.floor((offset + length - 1) / bs);
+  }
+
+  /**
+   * The fast path of small reads (one block): gate, lookup, one read. Returns the bytes (into
+   * `into` when given), or null when the block is unprovisioned.
+   */
+  private async readOneBlock(offset: number, length: number, into: Uint8Array | undefined): Promise<Buffer | null> {
+    const gate = this.pool.gate;
+    const w = gate.enterShared();
+    if (w) await w;
+    try {
+      const bs = this.blockSize;
+      const vb = Math.floor(offset / bs);
+      let m = this.lookup(vb);
+      if (m instanceof Promise) m = await m;
+      if (!m) return null;
+      const out = into ? Buffer.from(into.buffer, into.byteOffset, into.byteLength) : Buffer.allocUnsafe(length);
+      await this.pool.dataFile.read(out, m.block * bs + (offset - vb * bs));
+      return out;
+    } finally {
+      gate.leaveShared();
+    }
   }
 
   /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */

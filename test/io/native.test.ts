@@ -92,6 +92,27 @@ test('seekData/seekHole: two data islands in an 8 GiB sparse file', async () => 
   }
 });
 
+test('readNow: cached bytes come back at once; -1 only when it would block', async () => {
+  const path = join(tempDir(), 'cached');
+  const fh = await open(path, 'w+');
+  try {
+    const data = Buffer.from(Array.from({ length: 65536 }, (_, i) => (i * 7) & 0xff));
+    await fh.write(data, 0, data.length, 4096);
+    const out = Buffer.alloc(8192);
+    const n = native.readNow(fh.fd, out, 100, 8000, 4096);
+    if (!native.hasNativeAddon()) {
+      assert.is(n, -1);
+      return;
+    }
+    assert.is(n, 8000, 'just-written pages are in the page cache');
+    assert.ok(out.subarray(100, 8100).equals(data.subarray(0, 8000)));
+    assert.is(native.readNow(fh.fd, out, 0, 10, 1 << 30), 0, 'past the end: nothing to read');
+    assert.throws(() => native.readNow(fh.fd, out, 8000, 1000, 0), /exceeds the buffer/);
+  } finally {
+    await fh.close();
+  }
+});
+
 test('addon errors carry the errno name and say what failed', async () => {
   if (!native.hasNativeAddon()) return;
   const path = join(tempDir(), 'ro');
