@@ -10,7 +10,7 @@
  * requests or of unsent replies exceed the budget.
  */
 import type { Duplex } from 'node:stream';
-import type { NbdExport, NbdExportProvider } from './export.js';
+import type { NbdExport, NbdExportProvider, ReadSegment } from './export.js';
 import { nbdErrorOf } from './nbd-error-of.js';
 import {
   BASE_ALLOCATION,
@@ -369,15 +369,23 @@ export class NbdConnection {
     this.timers.push(t);
   }
 
-  private send(bufs: Uint8Array[]): void {
+  /** Writes one whole reply; `sent` runs once the stream is done with the buffers. */
+  private send(bufs: Uint8Array[], sent?: () => void): void {
     const s = this.stream;
-    if (this.phase === P_DONE || this.ended || s.destroyed || !s.writable) return;
+    if (this.phase === P_DONE || this.ended || s.destroyed || !s.writable) {
+      sent?.();
+      return;
+    }
+    const done = sent ? () => sent() : undefined;
     if (bufs.length === 1) {
-      s.write(bufs[0]!);
+      s.write(bufs[0]!, done);
       return;
     }
     s.cork();
-    for (const b of bufs) s.write(b);
+    for (let i = 0; i < bufs.length; i++) {
+      if (i === bufs.length - 1 && done) s.write(bufs[i]!, done);
+      else s.write(bufs[i]!);
+    }
     s.uncork();
   }
 
@@ -678,8 +686,16 @@ export class NbdConnection {
   }
 
   private async read(exp: NbdExport, h: RequestHeader): Promise<void> {
-    const segs = compactSegments(await exp.read(h.offset, h.length), h.offset, h.length);
-    this.send(readReply(segs, h, this.structured));
+    const raw = await exp.read(h.offset, h.length);
+    const release = exp.releaseRead ? () => exp.releaseRead!(raw) : undefined;
+    let segs: ReadSegment[];
+    try {
+      segs = compactSegments(raw, h.offset, h.length);
+    } catch (err) {
+      release?.();
+      throw err;
+    }
+    this.send(readReply(segs, h, this.structured), release);
   }
 
   private async blockStatus(exp: NbdExport, h: RequestHeader): Promise<void> {

@@ -44,6 +44,11 @@ export interface NbdExport {
    * The returned buffers are owned by the caller until the reply is written.
    */
   read(offset: number, length: number): Promise<ReadSegment[]>;
+  /**
+   * Optional: the server is done with the buffers of a `read` result (its reply was handed to
+   * the socket, or the connection ended); the export may reuse them.
+   */
+  releaseRead?(segments: ReadSegment[]): void;
   /** Writes `data` at `offset`; with `fua` the bytes are durable when the promise resolves. */
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void>;
   /** Makes every completed write durable. */

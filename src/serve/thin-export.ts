@@ -6,7 +6,7 @@
  * snapshot reports as data, though writing it needs a new block.
  */
 import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } from '../nbd/export.js';
-import type { ThinVolume } from '../thin/thin-volume.js';
+import type { ThinVolume, VolumeSegment } from '../thin/thin-volume.js';
 
 export class ThinExport implements NbdExport {
   constructor(readonly volume: ThinVolume, readonly name: string, private readonly forceReadOnly = false) {}
@@ -25,6 +25,10 @@ export class ThinExport implements NbdExport {
 
   read(offset: number, length: number): Promise<ReadSegment[]> {
     return this.volume.readSegments(offset, length);
+  }
+
+  releaseRead(segments: ReadSegment[]): void {
+    this.volume.releaseSegments(segments as VolumeSegment[]);
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {

@@ -18,6 +18,7 @@ import { MetadataSpaceError } from '../pdata/transaction-manager.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import { type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
 import { Gate } from './gate.js';
+import { BufferPool } from './buffer-pool.js';
 import { checkMetadata, type CheckReport } from './check.js';
 import { lsDevices } from './ls.js';
 import { ThinMetadata } from './metadata.js';
@@ -113,6 +114,8 @@ function checkBlockSize(bs: number): void {
 
 export class Pool {
   readonly gate = new Gate();
+  /** Read buffers reused across requests (see {@link ThinVolume.releaseSegments}). */
+  readonly buffers = new BufferPool();
   private readonly volumes = new Map<number, ThinVolume>();
   private readonly inUse = new Map<number, number>();
   private catalogBody: CatalogBody;

@@ -157,7 +157,7 @@ export class ThinVolume {
           out.push({ offset: pos, length: len, data: null });
           return;
         }
-        const data = Buffer.allocUnsafe(len);
+        const data = this.pool.buffers.get(len);
         out.push({ offset: pos, length: len, data });
         reads.push(this.pool.dataFile.read(data, dataOffset));
       });
@@ -185,12 +185,17 @@ export class ThinVolume {
       let m = this.lookup(vb);
       if (m instanceof Promise) m = await m;
       if (!m) return null;
-      const out = into ? Buffer.from(into.buffer, into.byteOffset, into.byteLength) : Buffer.allocUnsafe(length);
+      const out = into ? Buffer.from(into.buffer, into.byteOffset, into.byteLength) : this.pool.buffers.get(length);
       await this.pool.dataFile.read(out, m.block * bs + (offset - vb * bs));
       return out;
     } finally {
       gate.leaveShared();
     }
+  }
+
+  /** Gives the buffers of a {@link readSegments} result back for reuse (the caller is done with them). */
+  releaseSegments(segments: readonly VolumeSegment[]): void {
+    for (const s of segments) if (s.data) this.pool.buffers.put(s.data);
   }
 
   /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */
@@ -423,6 +428,11 @@ export class ThinVolume {
   private async writeData(pieces: Piece[]): Promise<void> {
     const bs = this.blockSize;
     const file = this.pool.dataFile;
+    if (pieces.length === 1 && pieces[0]!.fresh === undefined && pieces[0]!.src) {
+      // The common small write: in place into one exclusive block.
+      const p = pieces[0]!;
+      return file.write(p.src!, p.mapping!.block * bs + p.start);
+    }
     const writes: Promise<void>[] = [];
     let bufs: Uint8Array[] = [];
     let runPos = -1;
