@@ -8,6 +8,8 @@ import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 
 import { IoError } from '../errors.js';
 import { punchHole as nativePunchHole, readNow } from './native.js';
 
+const RESOLVED: Promise<void> = Promise.resolve();
+
 /** Reads up to this size first try the page cache without blocking (see {@link readNow}). */
 const NOWAIT_READ_MAX = 64 * 1024;
 
@@ -63,16 +65,38 @@ export class FileBlockFile implements BlockFile {
   // Positioned I/O uses the callback API on the descriptor: on this hot path it costs about half
   // of FileHandle.read's overhead per call (measured: 46k vs 23k 4 KiB reads/s at depth 1).
 
-  async read(buf: Uint8Array, position: number): Promise<void> {
-    const fd = this.fh.fd;
+  read(buf: Uint8Array, position: number): Promise<void> {
     let done = 0;
     if (buf.length <= NOWAIT_READ_MAX) {
       // Cached small reads complete here, without a thread-pool round trip; larger ones stay
       // on the pool, where several run in parallel with the event loop.
-      const n = readNow(fd, buf, 0, buf.length, position);
-      if (n === buf.length) return;
+      let n: number;
+      try {
+        n = readNow(this.fh.fd, buf, 0, buf.length, position);
+      } catch (err) {
+        return Promise.reject(wrap(err, `read ${buf.length} bytes at ${position} of ${this.path}`));
+      }
+      if (n === buf.length) return RESOLVED;
       if (n > 0) done = n;
     }
+    return this.readRest(buf, position, done);
+  }
+
+  /**
+   * Fills `buf` from the page cache without waiting for the disk, on this thread: true when all
+   * of it was there (small reads only), false when the caller must {@link read} instead.
+   */
+  readCached(buf: Uint8Array, position: number): boolean {
+    if (buf.length > NOWAIT_READ_MAX) return false;
+    try {
+      return readNow(this.fh.fd, buf, 0, buf.length, position) === buf.length;
+    } catch {
+      return false;
+    }
+  }
+
+  private async readRest(buf: Uint8Array, position: number, done: number): Promise<void> {
+    const fd = this.fh.fd;
     while (done < buf.length) {
       let n: number;
       try {

@@ -97,7 +97,14 @@ export class BTree<V> {
    * half-done (it holds the metadata lock, or the lock is free).
    */
   lookupCached(root: number, key: Key): V | undefined | typeof NOT_CACHED {
-    const [hi, lo] = splitKey(key);
+    let hi: number;
+    let lo: number;
+    if (typeof key === 'number') {
+      hi = Math.floor(key / 4294967296);
+      lo = key >>> 0;
+    } else {
+      [hi, lo] = splitKey(key);
+    }
     const bm = this.tm.bm;
     let b = bm.cached(root, nodeValidator);
     for (;;) {

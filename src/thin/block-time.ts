@@ -13,10 +13,14 @@ export const TIME_MASK = 0xffffff;
 /** Data block numbers are 40 bits. */
 export const MAX_DATA_BLOCK = 2 ** 40 - 1;
 
-export function unpackBlockTime(v: DataView, o: number): BlockTime {
+/**
+ * Unpacks a block-time value. The object also carries `shared: false` so the lookup path can
+ * set it without allocating a second object or changing its shape.
+ */
+export function unpackBlockTime(v: DataView, o: number): BlockTime & { shared: boolean } {
   const lo = v.getUint32(o, true);
   const hi = v.getUint32(o + 4, true);
-  return { block: hi * 256 + (lo >>> 24), time: lo & TIME_MASK };
+  return { block: hi * 256 + (lo >>> 24), time: lo & TIME_MASK, shared: false };
 }
 
 export function packBlockTime(v: DataView, o: number, bt: BlockTime): void {

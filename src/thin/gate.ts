@@ -20,6 +20,13 @@ export class Gate {
     return new Promise((resolve) => this.sharedWaiters.push(resolve));
   }
 
+  /** Enters shared only if that needs no wait; true when entered. */
+  tryEnterShared(): boolean {
+    if (this.exclusive || this.exclusiveWaiters.length) return false;
+    this.shared++;
+    return true;
+  }
+
   leaveShared(): void {
     this.shared--;
     if (this.shared === 0) this.admit();

@@ -99,6 +99,10 @@ export class ThinMetadata {
   private heldRootValue = 0;
   private flags = 0;
   private sbChecksum = 0;
+  private readonly subRoots = new Map<number, number>();
+  private subRootsOf = -1;
+  /** Bumped by every change, commit and reload: invalidates {@link subRoots}. */
+  private generation = 0;
   private growTo = 0;
   private devices = new Map<number, DeviceEntry>();
   private removedDevices = new Set<number>();
@@ -179,6 +183,7 @@ export class ThinMetadata {
   }
 
   private async load(): Promise<void> {
+    this.generation++;
     this.bm.clear();
     const sbBlock = await this.bm.readOnce(0, superblockValidator);
     const sb = unpackSuperblock(sbBlock);
@@ -287,6 +292,7 @@ export class ThinMetadata {
   /** Runs a change; a failure part-way marks the transaction broken until {@link abort}. */
   private change<T>(action: string, fn: () => Promise<T>): Promise<T> {
     return this.lock.run(async () => {
+      this.generation++;
       this.writable(action);
       try {
         return await fn();
@@ -413,11 +419,22 @@ export class ThinMetadata {
     if (this.lock.locked) return NOT_CACHED;
     const e = this.devices.get(id);
     if (!e) return NOT_CACHED;
-    const sub = this.top.lookupCached(this.mappingRoot, id);
-    if (sub === undefined || sub === NOT_CACHED) return NOT_CACHED;
-    const bt = this.bottom.lookupCached(sub, vblock);
+    // Bottom-tree roots by device, valid until the next change of any kind.
+    if (this.subRootsOf !== this.generation) {
+      this.subRoots.clear();
+      this.subRootsOf = this.generation;
+    }
+    let sub = this.subRoots.get(id);
+    if (sub === undefined) {
+      const r = this.top.lookupCached(this.mappingRoot, id);
+      if (r === undefined || r === NOT_CACHED) return NOT_CACHED;
+      sub = r;
+      this.subRoots.set(id, sub);
+    }
+    const bt = this.bottom.lookupCached(sub, vblock) as (BlockTime & { shared: boolean }) | undefined | typeof NOT_CACHED;
     if (bt === undefined || bt === NOT_CACHED) return bt;
-    return { block: bt.block, time: bt.time, shared: bt.time < (e.details.snapshottedTime & TIME_MASK) };
+    bt.shared = bt.time < (e.details.snapshottedTime & TIME_MASK);
+    return bt;
   }
 
   /**

@@ -19,6 +19,7 @@ import { IoError, NoSpaceError, NotFoundError, ReadOnlyError } from '../errors.j
 import { NOT_CACHED } from '../pdata/btree.js';
 import { MiB } from '../units.js';
 import { BlockLocks } from './block-locks.js';
+import type { DeviceRecord } from './catalog.js';
 import type { LookupResult } from './metadata.js';
 import type { Pool } from './pool.js';
 
@@ -37,6 +38,11 @@ export interface VolumeExtent {
 }
 
 const ZERO = Buffer.alloc(MiB);
+const RESOLVED: Promise<void> = Promise.resolve();
+/** Results of the synchronous read path. */
+const NOW_MISS = 0;
+const NOW_READ = 1;
+const NOW_HOLE = 2;
 
 /** True when every byte of `buf` is zero. */
 export function isZero(buf: Uint8Array): boolean {
@@ -82,8 +88,18 @@ export class ThinVolume {
 
   /** Device size in bytes. */
   get size(): number {
-    return this.pool.deviceSize(this.id);
+    const r = this.record;
+    return r.sizeBytes ?? this.pool.deviceSize(this.id);
   }
+
+  /** The device's catalog record (renames and resizes change it in place). */
+  private get record(): DeviceRecord {
+    if (this.rec === undefined || this.rec.id !== this.id) this.rec = this.pool.catalog.devices.find((d) => d.id === this.id);
+    if (!this.rec) throw new NotFoundError(`Cannot use device id ${this.id}: it was removed`, { id: this.id });
+    return this.rec;
+  }
+
+  private rec: DeviceRecord | undefined;
 
   get blockSize(): number {
     return this.pool.blockSize;
@@ -127,11 +143,43 @@ export class ThinVolume {
   }
 
   /** Fills `buf` from `offset`. */
-  async readInto(buf: Uint8Array, offset: number): Promise<void> {
-    this.checkRange(offset, buf.length, 'read');
+  readInto(buf: Uint8Array, offset: number): Promise<void> {
+    try {
+      this.checkRange(offset, buf.length, 'read');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     if (this.inOneBlock(offset, buf.length)) {
-      const data = await this.readOneBlock(offset, buf.length, buf);
-      if (!data) buf.fill(0);
+      const r = this.readOneBlockNow(offset, buf);
+      if (r === NOW_HOLE) buf.fill(0);
+      if (r !== NOW_MISS) return RESOLVED;
+    }
+    return this.readIntoAsync(buf, offset);
+  }
+
+  /**
+   * The synchronous fast path of a small read: no exclusive holder, the mapping in cached
+   * metadata, the bytes in the page cache. {@link NOW_MISS} when any of that fails (the caller
+   * takes the asynchronous path), {@link NOW_HOLE} for an unprovisioned block (`buf` untouched).
+   */
+  private readOneBlockNow(offset: number, buf: Uint8Array): number {
+    const gate = this.pool.gate;
+    if (!gate.tryEnterShared()) return NOW_MISS;
+    try {
+      const bs = this.blockSize;
+      const vb = Math.floor(offset / bs);
+      const m = this.pool.md.lookupCached(this.id, vb);
+      if (m === NOT_CACHED) return NOW_MISS;
+      if (!m) return NOW_HOLE;
+      return this.pool.dataFile.readCached(buf, m.block * bs + (offset - vb * bs)) ? NOW_READ : NOW_MISS;
+    } finally {
+      gate.leaveShared();
+    }
+  }
+
+  private async readIntoAsync(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.inOneBlock(offset, buf.length)) {
+      if (!(await this.readOneBlock(offset, buf))) buf.fill(0);
       return;
     }
     await this.pool.gate.sharedly(async () => {
@@ -147,7 +195,12 @@ export class ThinVolume {
   async readSegments(offset: number, length: number): Promise<VolumeSegment[]> {
     this.checkRange(offset, length, 'read');
     if (length > 0 && this.inOneBlock(offset, length)) {
-      return [{ offset, length, data: await this.readOneBlock(offset, length, undefined) }];
+      const data = this.pool.buffers.get(length);
+      const now = this.readOneBlockNow(offset, data);
+      if (now === NOW_READ) return [{ offset, length, data }];
+      if (now === NOW_MISS && (await this.readOneBlock(offset, data))) return [{ offset, length, data }];
+      this.pool.buffers.put(data);
+      return [{ offset, length, data: null }];
     }
     const out: VolumeSegment[] = [];
     await this.pool.gate.sharedly(async () => {
@@ -172,24 +225,25 @@ export class ThinVolume {
   }
 
   /**
-   * The fast path of small reads (one block): gate, lookup, one read. Returns the bytes (into
-   * `into` when given), or null when the block is unprovisioned.
+   * The fast path of small reads (one block): gate, lookup, one read into `into`. Resolves true
+   * when the block is provisioned, false (nothing read) when it is not.
    */
-  private async readOneBlock(offset: number, length: number, into: Uint8Array | undefined): Promise<Buffer | null> {
-    const gate = this.pool.gate;
-    const w = gate.enterShared();
-    if (w) await w;
+  private readOneBlock(offset: number, into: Uint8Array): Promise<boolean> {
+    const w = this.pool.gate.enterShared();
+    return w ? w.then(() => this.readOneBlockHeld(offset, into)) : this.readOneBlockHeld(offset, into);
+  }
+
+  private async readOneBlockHeld(offset: number, into: Uint8Array): Promise<boolean> {
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
       let m = this.lookup(vb);
       if (m instanceof Promise) m = await m;
-      if (!m) return null;
-      const out = into ? Buffer.from(into.buffer, into.byteOffset, into.byteLength) : this.pool.buffers.get(length);
-      await this.pool.dataFile.read(out, m.block * bs + (offset - vb * bs));
-      return out;
+      if (!m) return false;
+      await this.pool.dataFile.read(into, m.block * bs + (offset - vb * bs));
+      return true;
     } finally {
-      gate.leaveShared();
+      this.pool.gate.leaveShared();
     }
   }
 
