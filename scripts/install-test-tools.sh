@@ -17,7 +17,6 @@ tools=(
   losetup:mount
   fio:fio
   qemu-system-x86_64:qemu-system-x86
-  busybox:busybox-static
   dmsetup:dmsetup
   cpio:cpio
   zstd:zstd
@@ -29,6 +28,8 @@ missing=()
 for t in "${tools[@]}"; do
   have "${t%%:*}" || missing+=("${t#*:}")
 done
+# The kernel VM's initramfs needs a statically linked busybox (the dynamic one lacks its libraries there).
+dpkg-query -W -f='${Status}' busybox-static 2> /dev/null | grep -q 'install ok installed' || missing+=(busybox-static)
 ls /boot/vmlinuz-* > /dev/null 2>&1 && ls /lib/modules/*/kernel/drivers/md/dm-thin-pool.ko* > /dev/null 2>&1 || missing+=(linux-image-amd64)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 dest=${THINPOOL_TOOLS_1X:-/opt/thin-tools-1x}
