@@ -12,6 +12,7 @@ import * as assert from 'uvu/assert';
 import { NoSpaceError, UsageError } from '../../src/errors.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
 import { dumpXml } from '../../src/thin/dump.js';
+import { dumpFile } from '../../src/serve/pool-service.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { restoreXml, type RestoreOptions, type XmlInput } from '../../src/thin/restore.js';
 import { haveTools, run, testIf, tool09, tool1x } from '../support/oracles.js';
@@ -45,18 +46,8 @@ async function restoreTo(input: XmlInput, opts: RestoreOptions = { nrMetadataBlo
   }
 }
 
-async function ourDump(path: string, metadataSnap = false): Promise<string> {
-  const f = await FileBlockFile.open(path, { readOnly: true });
-  try {
-    const md = await ThinMetadata.open(f, { readOnly: true });
-    let xml = '';
-    await dumpXml(md, (s) => {
-      xml += s;
-    }, { metadataSnap });
-    return xml;
-  } finally {
-    await f.close();
-  }
+function ourDump(path: string, metadataSnap = false): Promise<string> {
+  return dumpFile(path, { metadataSnap });
 }
 
 async function tool(exe: string | null, args: string[]): Promise<string> {

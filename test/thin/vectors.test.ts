@@ -4,24 +4,12 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FileBlockFile } from '../../src/io/block-file.js';
-import { ThinMetadata } from '../../src/thin/metadata.js';
-import { dumpXml } from '../../src/thin/dump.js';
+import { dumpFile } from '../../src/serve/pool-service.js';
 import { fixtureCopy, kernelVectors, readFixture, topVectors } from '../support/vectors.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
 
-async function ourDump(path: string, metadataSnap = false): Promise<string> {
-  const f = await FileBlockFile.open(path, { readOnly: true });
-  try {
-    const md = await ThinMetadata.open(f, { readOnly: true });
-    let xml = '';
-    await dumpXml(md, (s) => {
-      xml += s;
-    }, { metadataSnap });
-    return xml;
-  } finally {
-    await f.close();
-  }
+function ourDump(path: string, metadataSnap = false): Promise<string> {
+  return dumpFile(path, { metadataSnap });
 }
 
 /** thin_dump 0.9 prints uuid="" always; nothing else is normalised. */

@@ -5,6 +5,7 @@
  * out-of-space pool (4, with reads of provisioned blocks still working and extend curing it).
  */
 import { test } from 'uvu';
+import type { DeviceListing } from '../../src/thin/pool.js';
 import * as assert from 'uvu/assert';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -30,17 +31,7 @@ function oneLine(stderr: string, re: RegExp): void {
 
 const LS_KEYS = ['name', 'id', 'sizeBytes', 'origin', 'mappedBlocks', 'exclusiveBlocks', 'sharedBlocks', 'creationTime', 'snapshotTime', 'transactionId', 'readOnly'];
 
-interface Listing {
-  name: string | null;
-  id: number;
-  sizeBytes: number;
-  origin: string | null;
-  mappedBlocks: number;
-  exclusiveBlocks: number;
-  sharedBlocks: number;
-  creationTime: number;
-  snapshotTime: number;
-}
+type Listing = Omit<DeviceListing, 'transactionId' | 'readOnly'>;
 
 test('create, snapshot, rename, resize, info, ls and rm, with their --json shapes', async () => {
   const dir = await made();
