@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { haveTools, isRoot, run } from './oracles.js';
 import { tempDir } from './tmp.js';
-import { existsSync, readdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync } from 'node:fs';
 
 const SCRIPT = new URL('../../../scripts/kernel-dm-thin.sh', import.meta.url).pathname;
 
@@ -14,10 +14,17 @@ const SCRIPT = new URL('../../../scripts/kernel-dm-thin.sh', import.meta.url).pa
 export function haveKernelVm(): boolean {
   if (!haveTools('qemu-system-x86_64', 'busybox', 'dmsetup', 'cpio')) return false;
   if (!existsSync('/lib/modules')) return false;
-  return readdirSync('/lib/modules').some((k) => existsSync(`/boot/vmlinuz-${k}`));
+  return readdirSync('/lib/modules').some((k) => {
+    try {
+      accessSync(`/boot/vmlinuz-${k}`, constants.R_OK); // root-only (0600) on Debian
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
 
-export const kernelVmWhy = 'qemu-system-x86, linux-image-amd64, busybox-static, dmsetup and cpio are needed for the kernel VM';
+export const kernelVmWhy = 'qemu-system-x86, linux-image-amd64 (a readable kernel image: root), busybox-static, dmsetup and cpio are needed for the kernel VM';
 export { isRoot };
 
 /** Runs `guest` (busybox sh) in the VM; resolves with its output, rejects when the VM or the script fails. */
