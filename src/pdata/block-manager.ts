@@ -107,6 +107,8 @@ export interface BlockManagerOptions {
 export class BlockManager {
   private readonly clean = new Map<number, Entry>();
   private readonly dirty = new Map<number, Entry>();
+  /** Blocks of the open transaction written out early by {@link spill}. */
+  private readonly spilled = new Set<number>();
   private readonly capacity: number;
   private nrBlocksValue: number;
   readonly stats: BlockManagerStats = { reads: 0, writes: 0, hits: 0, cached: 0, dirty: 0 };
@@ -250,6 +252,45 @@ export class BlockManager {
   /** Drops a dirty block that was freed in the same transaction, so it is not written. */
   forget(nr: number): void {
     this.dirty.delete(nr);
+    if (this.spilled.delete(nr)) this.clean.delete(nr);
+  }
+
+  /**
+   * Writes the oldest dirty blocks out early, keeping `keep` in memory: a transaction's size is
+   * then bounded by the device, not by memory. Safe because a dirty block is never one the
+   * committed superblock reaches; the commit's sync covers these writes.
+   */
+  async spill(keep: number): Promise<void> {
+    const nrs: number[] = [];
+    for (const nr of this.dirty.keys()) {
+      if (this.dirty.size - nrs.length <= keep) break;
+      nrs.push(nr);
+    }
+    if (!nrs.length) return;
+    nrs.sort((a, b) => a - b);
+    await this.writeOut(nrs);
+    for (const nr of nrs) {
+      const e = this.dirty.get(nr)!;
+      e.dirty = false;
+      this.dirty.delete(nr);
+      this.spilled.add(nr);
+      this.insertClean(nr, e);
+    }
+  }
+
+  /**
+   * A block of this transaction as a writable block again: the dirty block itself, or a spilled
+   * one read back (from the cache or the disk) and made dirty. Undefined when `nr` is neither.
+   */
+  async reclaim(nr: number, v: Validator): Promise<WritableBlock | undefined> {
+    const d = this.dirty.get(nr);
+    if (d) return d.block as WritableBlock;
+    if (!this.spilled.has(nr)) return undefined;
+    const block = await this.read(nr, v);
+    this.clean.delete(nr);
+    this.spilled.delete(nr);
+    this.dirty.set(nr, { block, validator: v, dirty: true, ref: true });
+    return block as WritableBlock;
   }
 
   private checkRange(nr: number, v: Validator): void {
@@ -269,6 +310,19 @@ export class BlockManager {
    */
   async flush(): Promise<void> {
     const nrs = [...this.dirty.keys()].sort((a, b) => a - b);
+    await this.writeOut(nrs);
+    await this.file.sync();
+    for (const nr of nrs) {
+      const e = this.dirty.get(nr)!;
+      e.dirty = false;
+      this.dirty.delete(nr);
+      this.insertClean(nr, e);
+    }
+    this.spilled.clear();
+  }
+
+  /** Prepares (checksums) and writes the dirty blocks `nrs` (sorted), neighbours in one vectored write. */
+  private async writeOut(nrs: number[]): Promise<void> {
     for (const nr of nrs) {
       const e = this.dirty.get(nr)!;
       e.validator.prepare(e.block);
@@ -285,24 +339,19 @@ export class BlockManager {
       i = j;
     }
     await Promise.all(pending);
-    await this.file.sync();
-    for (const nr of nrs) {
-      const e = this.dirty.get(nr)!;
-      e.dirty = false;
-      this.dirty.delete(nr);
-      this.insertClean(nr, e);
-    }
   }
 
   /** Drops every dirty block (transaction abort): the committed blocks on disk stay as they are. */
   discardDirty(): void {
     this.dirty.clear();
+    this.spilled.clear();
   }
 
   /** Drops every cached block (after the file was changed behind our back, or on abort). */
   clear(): void {
     this.dirty.clear();
     this.clean.clear();
+    this.spilled.clear();
   }
 
   /** Writes block 0 (prepared by `v`) and syncs: the commit point. */

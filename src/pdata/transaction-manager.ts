@@ -72,7 +72,7 @@ export class TransactionManager {
   async shadow(b: number, v: Validator): Promise<Shadow> {
     const shared = this.sm.count(b) > 1;
     if (!shared && this.fresh.has(b)) {
-      const own = this.bm.dirtyBlock(b);
+      const own = await this.bm.reclaim(b, v);
       if (own) return { block: own, shared: false };
     }
     const src = await this.bm.read(b, v);

@@ -25,7 +25,7 @@ import {
   unpackSuperblock, validDataBlockSize,
 } from './superblock.js';
 
-export interface FormatOptions {
+export interface FormatOptions extends Pick<OpenOptions, 'dirtyBlocks'> {
   /** Data block size in 512-byte sectors (128 = 64 KiB). */
   dataBlockSize: number;
   /** Number of data blocks (the pool's capacity). */
@@ -38,7 +38,10 @@ export interface FormatOptions {
 export interface OpenOptions {
   /** Refuse every change (tools that only read; pools with NEEDS_CHECK). */
   readOnly?: boolean;
+  /** Clean metadata blocks cached (default 16384 = 64 MiB). */
   cacheBlocks?: number;
+  /** Dirty blocks kept in memory before the oldest are written out early (default: cacheBlocks). */
+  dirtyBlocks?: number;
 }
 
 /** A mapping as looked up for I/O: `shared` when a snapshot may still use the data block. */
@@ -112,7 +115,11 @@ export class ThinMetadata {
   private constructor(readonly file: BlockFile, nrBlocks: number, opts: OpenOptions) {
     this.bm = new BlockManager(file, nrBlocks, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
     this.readOnly = !!opts.readOnly;
+    this.spillAt = Math.max(64, opts.dirtyBlocks ?? opts.cacheBlocks ?? 16384);
   }
+
+  /** Dirty blocks a transaction keeps in memory before writing the oldest out early. */
+  private readonly spillAt: number;
 
   /**
    * Writes a new empty pool's metadata to `file` (resized to the metadata size) and opens it.
@@ -295,7 +302,9 @@ export class ThinMetadata {
       this.generation++;
       this.writable(action);
       try {
-        return await fn();
+        const r = await fn();
+        if (this.bm.dirtyCount > this.spillAt) await this.bm.spill(this.spillAt >> 1);
+        return r;
       } catch (err) {
         if (!(err instanceof ExistsError || err instanceof NotFoundError || err instanceof RangeError)) this.broken = err as Error;
         throw err;

@@ -16,12 +16,13 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function newHarness(opts: { metadataBlocks?: number; dataBlocks?: number; dataBlockSize?: number } = {}): Promise<Harness> {
+export async function newHarness(opts: { metadataBlocks?: number; dataBlocks?: number; dataBlockSize?: number; dirtyBlocks?: number } = {}): Promise<Harness> {
   const path = join(tempDir(), 'metadata');
   let file = await FileBlockFile.open(path, { create: true });
   const dataBlockSize = opts.dataBlockSize ?? 128;
   const nrDataBlocks = opts.dataBlocks ?? 100_000;
-  const md = await ThinMetadata.format(file, { dataBlockSize, nrDataBlocks, nrMetadataBlocks: opts.metadataBlocks ?? 4096 });
+  const spill = opts.dirtyBlocks === undefined ? {} : { dirtyBlocks: opts.dirtyBlocks, cacheBlocks: opts.dirtyBlocks };
+  const md = await ThinMetadata.format(file, { dataBlockSize, nrDataBlocks, nrMetadataBlocks: opts.metadataBlocks ?? 4096, ...spill });
   const h: Harness = {
     path,
     file,
@@ -32,7 +33,7 @@ export async function newHarness(opts: { metadataBlocks?: number; dataBlocks?: n
       await h.file.close();
       file = await FileBlockFile.open(path);
       h.file = file;
-      h.md = await ThinMetadata.open(file);
+      h.md = await ThinMetadata.open(file, spill);
     },
     async close() {
       await h.file.close();
