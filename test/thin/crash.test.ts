@@ -88,7 +88,9 @@ test(`power cut at ${POINTS} random points of random transactions`, async () => 
     for (let point = 0; point < POINTS; point++) {
       const file = new FaultyBlockFile('meta');
       await file.truncate(1024 * 4096);
-      let md = await ThinMetadata.format(file, { dataBlockSize: 128, nrDataBlocks: 20000 });
+      // half the points with a tiny dirty-block budget, so transactions spill blocks before the commit
+      const budget = rng.chance(0.5) ? { dirtyBlocks: 64, cacheBlocks: 64 } : {};
+      let md = await ThinMetadata.format(file, { dataBlockSize: 128, nrDataBlocks: 20000, ...budget });
       let committed = new ThinModel(128, 20000);
       const model = committed.clone();
       for (let t = rng.int(4); t > 0; t--) {
@@ -113,7 +115,7 @@ test(`power cut at ${POINTS} random points of random transactions`, async () => 
       const image = file.crashImage(rng, tear);
       if (tear) torn++;
       const after = new FaultyBlockFile('meta', image);
-      md = await ThinMetadata.open(after);
+      md = await ThinMetadata.open(after, budget);
       const got = await dump(md);
       const oldXml = committed.toXml();
       const newXml = model.toXml();
