@@ -4,13 +4,15 @@
  * the same when a daemon owns the pool); those two need the pool closed and work on its files.
  */
 import type { Command } from 'commander';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, open, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { ExistsError, NotFoundError, UsageError } from '../src/errors.js';
 import { FileBlockFile } from '../src/io/block-file.js';
 import { connectPool } from '../src/serve/connect.js';
-import { checkPoolFiles, dumpFile, type PoolService, type ServiceStatus } from '../src/serve/pool-service.js';
+import { checkPoolFiles, dumpFileTo, type PoolService, type ServiceStatus, withFileSink } from '../src/serve/pool-service.js';
+import { pipeline } from 'node:stream/promises';
+import { tmpdir } from 'node:os';
 import { type CheckReport, formatReport } from '../src/thin/check.js';
 import { estimateMetadataBytes } from '../src/thin/metadata-size.js';
 import { PoolLock } from '../src/thin/pool-lock.js';
@@ -248,7 +250,8 @@ export function registerPool(program: Command, ctx: Ctx): void {
       ctx.doing(`dump ${dir}`);
       const opts = o.metadataSnap ? { metadataSnap: true } : {};
       const bar = spinner('dumping the metadata');
-      let xml = '';
+      // The service streams into a file (a daemon writes it itself); stdout gets a temporary one.
+      const target = o.output ? resolve(o.output) : join(await mkdtemp(join(tmpdir(), 'thinpool-dump-')), 'dump.xml');
       try {
         let svc: PoolService | undefined;
         try {
@@ -259,7 +262,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
           const code = (err as { code?: string }).code;
           if (code !== 'ECORRUPT' && code !== 'EREADONLY' && code !== 'ENOENT' && code !== 'ENOTFOUND') throw err;
           try {
-            xml = await dumpFile(join(dir, 'metadata'), opts);
+            await withFileSink(target, (sink) => dumpFileTo(join(dir, 'metadata'), sink, opts));
           } catch {
             throw err;
           }
@@ -267,24 +270,18 @@ export function registerPool(program: Command, ctx: Ctx): void {
         }
         if (svc) {
           try {
-            xml = await svc.dump(opts);
+            await svc.dumpTo(target, opts);
           } catch (err) {
             await svc.close().catch(() => undefined);
             throw err;
           }
           await svc.close();
         }
+        bar.stop();
+        if (!o.output) await pipeline(createReadStream(target), process.stdout, { end: false });
       } finally {
         bar.stop();
-      }
-      if (o.output) {
-        const ws = createWriteStream(o.output);
-        await new Promise<void>((resolve, reject) => {
-          ws.once('error', reject);
-          ws.end(xml, () => resolve());
-        });
-      } else {
-        process.stdout.write(xml);
+        if (!o.output) await rm(dirname(target), { recursive: true, force: true });
       }
     });
 

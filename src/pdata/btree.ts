@@ -236,7 +236,8 @@ export class BTree<V> {
 
   /**
    * Visits entries in key order (from `from`, before `to` when given). The visitor returns
-   * `false` to stop. Stale slots past `nr_entries` are never visited.
+   * `false` to stop, or a promise (awaited before the next entry: back-pressure for writers).
+   * Stale slots past `nr_entries` are never visited.
    */
   async walk(root: number, visit: (key: Key, value: V) => unknown, from?: Key, to?: Key): Promise<void> {
     const [fhi, flo] = from === undefined ? [0, 0] : splitKey(from);
@@ -249,7 +250,9 @@ export class BTree<V> {
         for (let i = from === undefined ? 0 : lowerBound(b, fhi, flo); i < n; i++) {
           const h = keyHi(b, i);
           if (!unbounded && (h > thi || (h === thi && keyLo(b, i) >= tlo))) return false;
-          if (visit(keyAt(b, i), this.vt.unpack(b.view, valueOffset(b, i))) === false) return false;
+          let r = visit(keyAt(b, i), this.vt.unpack(b.view, valueOffset(b, i)));
+          if (r instanceof Promise) r = await r;
+          if (r === false) return false;
         }
         return true;
       }

@@ -132,7 +132,7 @@ function deserializeError(e: NonNullable<Message['error']>): Error {
 /** The operations the control socket carries: PoolService's methods. */
 const OPS = new Set([
   'status', 'devices', 'device', 'createDevice', 'snapshot', 'remove', 'rename', 'resize', 'geometry', 'read', 'write', 'discard',
-  'extents', 'flush', 'extend', 'setTransactionId', 'metadataSnap', 'dump', 'check', 'clearNeedsCheck', 'delta',
+  'extents', 'flush', 'extend', 'setTransactionId', 'metadataSnap', 'dumpTo', 'check', 'clearNeedsCheck', 'delta',
 ]);
 
 /** Serves a {@link PoolService} on a unix socket. */
@@ -318,8 +318,8 @@ export class RemotePoolService implements PoolService {
   metadataSnap(action: 'reserve' | 'release'): Promise<number | null> {
     return this.call('metadataSnap', [action]);
   }
-  dump(opts: DumpOptions): Promise<string> {
-    return this.call('dump', [opts]);
+  dumpTo(file: string, opts: DumpOptions): Promise<void> {
+    return this.call('dumpTo', [file, opts]);
   }
   check(): Promise<CheckReport> {
     return this.call('check', []);

@@ -5,12 +5,15 @@
  * command behaves the same either way.
  */
 import { open as openFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { NotFoundError, UsageError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
 import { checkMetadata, type CheckReport } from '../thin/check.js';
 import { type DeltaRange, deltaDevices } from '../thin/delta.js';
-import { dumpXml, type DumpOptions } from '../thin/dump.js';
+import { dumpXml, type DumpOptions, type TextSink } from '../thin/dump.js';
+import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
 import { ThinMetadata } from '../thin/metadata.js';
 import type { DeviceRecord } from '../thin/catalog.js';
 import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
@@ -50,8 +53,11 @@ export interface PoolService {
   extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void>;
   setTransactionId(old: number, next: number): Promise<void>;
   metadataSnap(action: 'reserve' | 'release'): Promise<number | null>;
-  /** XML dump of the committed metadata (or the held snapshot). */
-  dump(opts: DumpOptions): Promise<string>;
+  /**
+   * Writes the XML dump of the committed metadata (or the held snapshot) into `file`, an
+   * absolute path on this host, streaming (a large pool's dump is never one string).
+   */
+  dumpTo(file: string, opts: DumpOptions): Promise<void>;
   check(): Promise<CheckReport>;
   /** Checks the metadata and, when it is clean, clears NEEDS_CHECK (the pool turns writable). */
   clearNeedsCheck(): Promise<CheckReport>;
@@ -125,13 +131,10 @@ export class LocalPoolService implements PoolService {
     await this.pool.releaseMetadataSnap();
     return null;
   }
-  async dump(opts: DumpOptions): Promise<string> {
+  async dumpTo(file: string, opts: DumpOptions): Promise<void> {
+    if (!isAbsolute(file)) throw new UsageError(`Cannot dump into '${file}': an absolute path is needed`);
     await this.pool.commit();
-    let xml = '';
-    await dumpXml(this.pool.md, (s) => {
-      xml += s;
-    }, opts);
-    return xml;
+    await withFileSink(file, (sink) => dumpXml(this.pool.md, sink, opts));
   }
   async check(): Promise<CheckReport> {
     await this.pool.commit();
@@ -165,18 +168,42 @@ export async function checkPoolFiles(dir: string): Promise<CheckReport> {
   }
 }
 
-/** Dumps a metadata file read-only (no lock; the CLI uses it when the pool cannot be opened). */
-export async function dumpFile(path: string, opts: DumpOptions): Promise<string> {
+/** Dumps a metadata file read-only into `out` (no lock; the CLI uses it when the pool cannot be opened). */
+export async function dumpFileTo(path: string, out: TextSink, opts: DumpOptions): Promise<void> {
   const f = await FileBlockFile.open(path, { readOnly: true });
   try {
     const md = await ThinMetadata.open(f, { readOnly: true });
-    let xml = '';
-    await dumpXml(md, (s) => {
-      xml += s;
-    }, opts);
-    return xml;
+    await dumpXml(md, out, opts);
   } finally {
     await f.close();
+  }
+}
+
+/** Dumps a metadata file read-only and returns the XML as a string (small files: tests, tools). */
+export async function dumpFile(path: string, opts: DumpOptions): Promise<string> {
+  let xml = '';
+  await dumpFileTo(path, (s) => {
+    xml += s;
+  }, opts);
+  return xml;
+}
+
+/** A text sink over a writable stream that waits when the stream's buffer is full. */
+export function streamSink(stream: Writable): TextSink {
+  return (chunk) => {
+    if (!stream.write(chunk)) return once(stream, 'drain').then(() => undefined);
+    return undefined;
+  };
+}
+
+/** Runs `fn` with a sink writing into `file` (created or truncated), then closes it. */
+export async function withFileSink(file: string, fn: (sink: TextSink) => Promise<void>): Promise<void> {
+  const ws = createWriteStream(file);
+  const failed = new Promise<never>((_, reject) => ws.once('error', reject));
+  try {
+    await Promise.race([fn(streamSink(ws)), failed]);
+  } finally {
+    await Promise.race([new Promise<void>((resolve) => ws.end(() => resolve())), failed.catch(() => undefined)]);
   }
 }
 

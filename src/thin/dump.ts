@@ -52,22 +52,21 @@ export async function dumpView(view: MetadataView, out: TextSink, opts: DumpOpti
           ? `    <single_mapping origin_block="${run.v}" data_block="${run.d}" time="${run.t}"/>\n`
           : `    <range_mapping origin_begin="${run.v}" data_begin="${run.d}" length="${run.len}" time="${run.t}"/>\n`;
       };
-      const pending: Promise<void>[] = [];
       await view.walk(d.id, (v, m) => {
         if (run && m.time === run.t && m.block === run.d + run.len && sameKey(v, addKey(run.v, run.len))) {
           run.len++;
-          return;
+          return undefined;
         }
         flush();
         run = { v, d: m.block, len: 1, t: m.time };
         if (buf.length > 1 << 16) {
-          const r = out(buf);
-          if (r) pending.push(r);
+          const chunk = buf;
           buf = '';
+          return out(chunk); // a promise when the sink is full: the walk waits for it
         }
+        return undefined;
       });
       flush();
-      await Promise.all(pending);
       if (buf) await out(buf);
     }
     await out('  </device>\n');
