@@ -15,7 +15,6 @@ export interface PoolExportsOptions {
 }
 
 export class PoolExports implements NbdExportProvider {
-  private readonly connections = new Map<number, number>();
   /** Devices named by the options, resolved to ids once: renames do not change what they mean. */
   private readonly readOnlyIds: Set<number>;
   private readonly defaultId: number | undefined;
@@ -42,20 +41,12 @@ export class PoolExports implements NbdExportProvider {
   }
 
   attach(exp: NbdExport): () => void {
-    const id = (exp as ThinExport).volume.id;
-    const unuse = this.pool.use(id);
-    this.connections.set(id, (this.connections.get(id) ?? 0) + 1);
-    return () => {
-      unuse();
-      const n = (this.connections.get(id) ?? 1) - 1;
-      if (n) this.connections.set(id, n);
-      else this.connections.delete(id);
-    };
+    return this.pool.use((exp as ThinExport).volume.id);
   }
 
   /** Live connections per exported device. */
   exports(): Array<{ name: string; connections: number; readOnly: boolean }> {
-    return [...this.connections.entries()].map(([id, connections]) => ({
+    return this.pool.users().map(([id, connections]) => ({
       name: this.pool.label(id),
       connections,
       readOnly: this.forcedReadOnly(id) || !!this.pool.catalog.devices.find((d) => d.id === id)?.readOnly,

@@ -227,36 +227,17 @@ export async function importDevice(svc: PoolService, name: string, source: Impor
     const win = new WriteWindow(svc, name);
     w = win;
     let pos = 0;
-    let buf = Buffer.allocUnsafe(CHUNK);
-    let fill = 0;
-    const flushChunk = async () => {
-      if (!fill) return;
-      const chunkStart = pos - fill;
+    for await (const chunk of chunksOf(stream, opts.signal, action, (total) => opts.onProgress?.(total, null))) {
+      const start = pos;
+      pos += chunk.length;
       if (pos > devSize) {
         if (opts.sizeBytes !== undefined) throw new UsageError(`Cannot ${action}: the input is longer than the device size ${devSize} (${formatSize(devSize)})`);
         await win.drain();
         while (devSize < pos) devSize *= 2;
         await svc.resize(name, devSize);
       }
-      await putNonZero(win, buf.subarray(0, fill), chunkStart);
-      buf = Buffer.allocUnsafe(CHUNK);
-      fill = 0;
-    };
-    for await (const piece of stream as AsyncIterable<Uint8Array | string>) {
-      checkSignal(opts.signal, action);
-      let data = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-      while (data.length) {
-        const n = Math.min(data.length, CHUNK - fill);
-        data.copy(buf, fill, 0, n);
-        fill += n;
-        pos += n;
-        data = data.subarray(n);
-        if (fill === CHUNK) await flushChunk();
-      }
-      opts.onProgress?.(pos, null);
+      await putNonZero(win, chunk, start);
     }
-    checkSignal(opts.signal, action);
-    await flushChunk();
     await win.drain();
     if (opts.sizeBytes === undefined) {
       if (pos === 0) throw new UsageError(`Cannot ${action}: the input is empty; give --size to create an empty device`);
@@ -273,6 +254,35 @@ export async function importDevice(svc: PoolService, name: string, source: Impor
     opts.signal?.removeEventListener('abort', onAbort);
     if (typeof source === 'string') (stream as Readable).destroy();
   }
+}
+
+/**
+ * The bytes of a stream in CHUNK-sized buffers (the last one shorter), each a fresh buffer the
+ * consumer may keep; `onRead` sees the running total after each piece read.
+ */
+async function* chunksOf(source: NodeJS.ReadableStream | Readable, signal: AbortSignal | undefined, action: string, onRead?: (total: number) => void): AsyncGenerator<Buffer> {
+  let buf = Buffer.allocUnsafe(CHUNK);
+  let fill = 0;
+  let total = 0;
+  for await (const piece of source as AsyncIterable<Uint8Array | string>) {
+    checkSignal(signal, action);
+    let data = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
+    total += data.length;
+    while (data.length) {
+      const n = Math.min(data.length, CHUNK - fill);
+      data.copy(buf, fill, 0, n);
+      fill += n;
+      data = data.subarray(n);
+      if (fill === CHUNK) {
+        yield buf;
+        buf = Buffer.allocUnsafe(CHUNK);
+        fill = 0;
+      }
+    }
+    onRead?.(total);
+  }
+  checkSignal(signal, action);
+  if (fill) yield buf.subarray(0, fill);
 }
 
 /** Resolves once a file read stream is open, or rejects with its open error. */
@@ -477,33 +487,13 @@ export async function writeFromStream(svc: PoolService, dev: string, offset: num
   const action = `write ${dev}`;
   const w = new WriteWindow(svc, dev);
   let pos = offset;
-  let buf = Buffer.allocUnsafe(CHUNK);
-  let fill = 0;
   const onAbort = () => (source as Readable).destroy?.(new CanceledError(action));
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     checkSignal(opts.signal, action);
-    for await (const piece of source as AsyncIterable<Uint8Array | string>) {
-      checkSignal(opts.signal, action);
-      let data = typeof piece === 'string' ? Buffer.from(piece) : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
-      while (data.length) {
-        const n = Math.min(data.length, CHUNK - fill);
-        data.copy(buf, fill, 0, n);
-        fill += n;
-        data = data.subarray(n);
-        if (fill === CHUNK) {
-          await w.put(pos, buf);
-          pos += fill;
-          buf = Buffer.allocUnsafe(CHUNK);
-          fill = 0;
-        }
-      }
-      opts.onProgress?.(pos - offset + fill, null);
-    }
-    checkSignal(opts.signal, action);
-    if (fill) {
-      await w.put(pos, buf.subarray(0, fill));
-      pos += fill;
+    for await (const chunk of chunksOf(source, opts.signal, action, (total) => opts.onProgress?.(total, null))) {
+      await w.put(pos, chunk);
+      pos += chunk.length;
     }
   } catch (err) {
     await w.settle();

@@ -453,6 +453,11 @@ export class Pool {
     };
   }
 
+  /** Devices in use (exported) and how many users each has. */
+  users(): Array<[id: number, users: number]> {
+    return [...this.inUse.entries()];
+  }
+
   /** Deletes a device; blocks only it used are freed (and their space returned to the host after the commit). */
   async remove(dev: string): Promise<void> {
     this.writable(`remove ${dev}`);
