@@ -37,8 +37,8 @@ import { StaticExportProvider } from '../src/nbd/static-export-provider.js';
 import { Daemon } from '../src/serve/daemon.js';
 import { Pool } from '../src/thin/pool.js';
 import { KiB, MiB } from '../src/units.js';
-import { barChart, fmt, writeResults, writeSvg } from './harness.js';
-import { benchDir, envNum, now, pairedRatio, printTargets, sourceState, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';
+import { barChart } from './charts.js';
+import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -431,11 +431,11 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
     writeResults(outName, result);
     const bars = (s: Record<string, Stats>) => names.map((n) => ({ label: n, value: s[n]!.median }));
     const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: fioStats[`${n} ${rw} qd${qd}`]!.median / 1000 })));
-    writeSvg(outName, stackSvg([
+    await writeCharts(outName, [
       barChart(`nbdcopy ${MIBS} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(inStats)),
       barChart(`nbdcopy ${MIBS} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(outStats)),
       barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
-    ]));
+    ]);
     return result;
   } finally {
     for (const p of peers) await p.close().catch((e: unknown) => console.error(`nbd: stopping ${p.name}: ${(e as Error).message}`));
