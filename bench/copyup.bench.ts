@@ -22,7 +22,7 @@ import { loadavg, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { lineChart, type LinePoint } from './charts.js';
 import { makePeers, MODES, PENDING, type CopyupPeer, type FileUnderTest, type FirstWriteSample, type Mode } from './copyup-peers.js';
-import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
+import { benchDir, envList, envNum, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
 import { fmtBytes, fmtMicros } from './format.js';
 import { copyupReport } from './report.js';
 
@@ -93,13 +93,18 @@ function cellOf(cells: CopyupCell[], sizeMiB: number, system: string, mode: Mode
 export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal[] {
   const goals: CopyupGoal[] = [];
   const micros = (c: CopyupCell | undefined) => c?.samples?.map((s) => s.micros);
-  const paired = (id: string, goal: string, a: CopyupCell | undefined, b: CopyupCell | undefined, target: string, test: (r: number) => boolean, info = false) => {
+  const missing = (size: number, ...systems: string[]) => {
+    if (!sizesMiB.includes(size)) return `not measured: ${size} MiB is not in this run`;
+    const gone = systems.map((s) => cells.find((c) => c.system === s && c.skipped)).filter(Boolean);
+    return `not measured: ${gone.map((c) => `${c!.label} skipped (${c!.skipped})`).join('; ') || 'a side is missing'}`;
+  };
+  const paired = (id: string, goal: string, size: number, a: CopyupCell | undefined, b: CopyupCell | undefined, target: string, test: (r: number) => boolean, info = false) => {
     const ra = micros(a);
     const rb = micros(b);
     const measured = ra && rb ? pairedRatio(ra, rb) : null;
     goals.push({
       id, goal, measured, target, met: measured === null ? null : test(measured),
-      detail: measured === null ? `not measured in this run (${!a ? 'first' : 'second'} side missing)` : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
+      detail: measured === null ? missing(size, id.startsWith('overlay') ? 'overlayfs' : id.startsWith('metacopy') ? 'overlayfs-metacopy' : 'userspace-copyup', 'thinpool-device') : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
       ...(info ? { info } : {}),
     });
   };
@@ -112,7 +117,7 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
     const measured = ok ? Math.max(...(meds as number[])) / Math.min(...(meds as number[])) : null;
     goals.push({
       id: `flat-${mode}`,
-      goal: `thinpool device first write flat in file size (${mode} mode, ${fmt(lo)} MiB .. ${fmt(hi)} MiB): max/min of the medians`,
+      goal: `thinpool device first write flat in file size (${mode} mode, ${lo} MiB .. ${hi} MiB): max/min of the medians`,
       measured, target: '<= 1.50', met: measured === null ? null : measured <= 1.5,
       detail: ok ? sizesMiB.map((s, i) => `${s} MiB: ${fmtMicros(meds[i]!)}`).join(', ') : 'not measured in this run',
       ...(mode === 'durable' ? { info: true } : {}),
@@ -120,9 +125,9 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
   }
   for (const [size, target] of [[256, 200], [1024, 800]] as const) {
     const thin = cellOf(cells, size, 'thinpool-device', 'system');
-    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, cellOf(cells, size, 'overlayfs', 'system'), thin, `>= ${target}`, (r) => r >= target);
-    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, cellOf(cells, size, 'overlayfs-metacopy', 'system'), thin, '-', () => true, true);
-    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, cellOf(cells, size, 'userspace-copyup', 'system'), thin, '-', () => true, true);
+    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs', 'system'), thin, `>= ${target}`, (r) => r >= target);
+    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs-metacopy', 'system'), thin, '-', () => true, true);
+    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'userspace-copyup', 'system'), thin, '-', () => true, true);
   }
   // Durable: both are block-level CoW of one 64 KiB block, flat in size, so every size's rounds are pooled.
   const a: number[] = [];

@@ -24,7 +24,7 @@ import { FileBlockFile } from '../src/io/block-file.js';
 import { Pool } from '../src/thin/pool.js';
 import type { ThinVolume } from '../src/thin/thin-volume.js';
 import { KiB, MiB } from '../src/units.js';
-import { barChart } from './charts.js';
+import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, prng, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 // ---- the suite ---------------------------------------------------------------------------
@@ -252,6 +252,7 @@ export async function poolBench(): Promise<Record<string, unknown>> {
     console.log(`pool: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
 
     const result = {
+      suite: 'pool',
       source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
@@ -263,29 +264,40 @@ export async function poolBench(): Promise<Record<string, unknown>> {
       targets: rows,
     };
     writeResults('bench-pool', result);
-    const randBars = [];
-    for (const qd of QDS) {
-      for (const op of ['write', 'read']) {
-        for (const side of ['thin', 'direct']) randBars.push({ label: `${op} QD${qd}, ${side === 'thin' ? 'thin device' : 'direct file'}`, value: randStats[`${side}-${op}-qd${qd}`]!.median / 1000 });
-      }
-    }
-    await writeCharts('bench-pool', [
-      barChart('Sequential 1 MiB I/O (MiB/s, median)', 'MiB/s', [
-        { label: 'write, fresh thin device', value: seqStats.thinWrite.median },
-        { label: 'write, fresh file (direct)', value: seqStats.directWrite.median },
-        { label: 'read, thin device', value: seqStats.thinRead.median },
-        { label: 'read, file (direct)', value: seqStats.directRead.median },
-      ]),
-      barChart('Random 4 KiB I/O on provisioned blocks (thousand IOPS, median)', 'kIOPS', randBars),
-      barChart('First write into a snapshot (microseconds, median; lower is better)', 'us', SNAP_MAPPED.flatMap((n) => [
-        { label: `first write, ${fmt(n)} mapped`, value: firstStats[n]!.median },
-        { label: `second write, ${fmt(n)} mapped`, value: secondStats[n]!.median },
-      ])),
-    ]);
+    await writeCharts('bench-pool', poolCharts(result));
     return result;
   } finally {
     for (const p of pools) await p.close().catch(() => undefined);
     for (const f of files) await f.close().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+type Med = Record<string, { median: number }>;
+
+/** The pool suite's charts, from its JSON result. */
+export function poolCharts(r: { config: { snapMapped: number[] }; sequentialMiBps: Med; random4kIops: Med; snapshotFirstWriteMicros: Med; snapshotSecondWriteMicros: Med }): ChartSpec[] {
+  const randBars = [];
+  for (const qd of [1, 16]) {
+    for (const op of ['write', 'read']) {
+      for (const side of ['thin', 'direct']) {
+        const v = r.random4kIops[`${side}-${op}-qd${qd}`];
+        if (v) randBars.push({ label: `${op} QD${qd}, ${side === 'thin' ? 'thin device' : 'direct file'}`, value: v.median / 1000 });
+      }
+    }
+  }
+  const seq = r.sequentialMiBps;
+  return [
+    barChart('Sequential 1 MiB I/O (MiB/s, median)', 'MiB/s', [
+      { label: 'write, fresh thin device', value: seq.thinWrite!.median },
+      { label: 'write, fresh file (direct)', value: seq.directWrite!.median },
+      { label: 'read, thin device', value: seq.thinRead!.median },
+      { label: 'read, file (direct)', value: seq.directRead!.median },
+    ]),
+    barChart('Random 4 KiB I/O on provisioned blocks (thousand IOPS, median)', 'kIOPS', randBars),
+    barChart('First write into a snapshot (microseconds, median; lower is better)', 'us', r.config.snapMapped.flatMap((n) => [
+      { label: `first write, ${fmt(n)} mapped`, value: r.snapshotFirstWriteMicros[n]!.median },
+      { label: `second write, ${fmt(n)} mapped`, value: r.snapshotSecondWriteMicros[n]!.median },
+    ])),
+  ];
 }

@@ -7,11 +7,12 @@
  * result next to it, without measuring anything.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { copyupBench, writeCopyupOutputs, type CopyupResult } from './copyup.bench.js';
-import { metadataBench } from './metadata.bench.js';
-import { nbdBench } from './nbd.bench.js';
-import { poolBench } from './pool.bench.js';
+import { writeCharts } from './harness.js';
+import { metadataBench, metadataCharts } from './metadata.bench.js';
+import { nbdBench, nbdCharts } from './nbd.bench.js';
+import { poolBench, poolCharts } from './pool.bench.js';
 import { snapshotsBench, writeSnapshotsOutputs, type SnapshotsResult } from './snapshots.bench.js';
 
 const suites: Record<string, () => Promise<unknown>> = {
@@ -25,12 +26,18 @@ const suites: Record<string, () => Promise<unknown>> = {
 const wanted = process.argv.slice(2);
 if (wanted[0] === 'render') {
   for (const file of wanted.slice(1)) {
-    const json = JSON.parse(readFileSync(file, 'utf8')) as { suite?: string };
+    const json = JSON.parse(readFileSync(file, 'utf8'));
     process.env.BENCH_OUT = dirname(resolve(file));
-    if (json.suite === 'copyup') await writeCopyupOutputs(json as CopyupResult);
-    else if (json.suite === 'snapshots') await writeSnapshotsOutputs(json as SnapshotsResult);
+    const name = basename(file, '.json');
+    // Results written before suites named themselves are known by their file name.
+    const suite: string = json.suite ?? /^bench-(metadata|pool|nbd)/.exec(name)?.[1] ?? '';
+    if (suite === 'copyup') await writeCopyupOutputs(json as CopyupResult);
+    else if (suite === 'snapshots') await writeSnapshotsOutputs(json as SnapshotsResult);
+    else if (suite === 'metadata') await writeCharts(name, metadataCharts(json));
+    else if (suite === 'pool') await writeCharts(name, poolCharts(json));
+    else if (suite === 'nbd') await writeCharts(name, nbdCharts(json));
     else {
-      console.error(`${file}: cannot render suite ${json.suite ?? '(none)'}; render knows copyup and snapshots`);
+      console.error(`${file}: cannot render suite '${suite}'; render knows ${Object.keys(suites).join(', ')}`);
       process.exit(2);
     }
     console.log(`rendered ${file}`);
