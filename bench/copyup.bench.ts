@@ -279,14 +279,17 @@ const systemName = (c: CopyupCell) => (c.system === 'qcow2' ? 'qcow2 (writeback 
 
 function latencyChart(r: CopyupResult) {
   const points: LinePoint[] = r.cells.filter((c) => c.latencyMicros).map((c) => ({ x: c.sizeMiB, y: c.latencyMicros!.median / 1000, series: systemName(c), dash: c.mode === 'system' ? 'system (as the system does it)' : 'durable (+ fsync / commit)' }));
-  return lineChart('First write of 4 KiB after a snapshot vs file size (median, log-log; lower is better)', { title: 'file size (MiB)', log: true, values: r.config.sizesMiB }, { title: 'first write (ms)', log: true }, points, { dashTitle: 'mode' });
+  const ys = points.map((p) => p.y);
+  const ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000].filter((t) => t >= Math.min(...ys) / 2 && t <= Math.max(...ys) * 2);
+  return lineChart('First write of 4 KiB after a snapshot vs file size (median, log-log; lower is better)', { title: 'file size (MiB)', log: true, values: r.config.sizesMiB }, { title: 'first write (ms)', log: true, values: ticks }, points, { dashTitle: 'mode' });
 }
 
 function bytesCharts(r: CopyupResult) {
   const sys = r.cells.filter((c) => c.samples && c.mode === 'system');
   const x = { title: 'file size (MiB)', log: true, values: r.config.sizesMiB };
   return [
-    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'the three copy-up lines coincide: each copies the whole file' }),
-    lineChart('Space used by the new layer after the first write (median, system mode)', x, { title: 'space (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: Math.max(c.spaceAfterBytes!, 1) / 1024, series: systemName(c) }))),
+    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'the three copy-up lines coincide (each copies the whole file); so do qcow2 and thinpool (one 64 KiB cluster / block)' }),
+    lineChart('Space used by the new layer after the first write (median, system mode)', x, { title: 'space (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: Math.max(c.spaceAfterBytes!, 1) / 1024, series: systemName(c) })),
+      { subtitle: 'copy-up: du of the upper dir; qcow2: the image file (its tables included); thinpool: data blocks allocated' }),
   ];
 }
