@@ -8,9 +8,9 @@
  * - durable: the write followed by an fsync everywhere (thinpool: flush(), i.e. a commit;
  *   qcow2: cache=writethrough).
  *
- * Per size, every (system, mode) pair takes one sample per round, in an order that flips every
- * round; round 0 is a warm-up. Inputs (the lower file, the thin device holding the same bytes)
- * are made before the rounds; each sample's fresh state (overlay mount with a fresh upper dir,
+ * Every round takes one sample of every (size, system, mode), in an order (of sizes and of
+ * systems) that flips every round; round 0 is a warm-up. Inputs (the lower files, the thin devices
+ * holding the same bytes) are made before the rounds; each sample's fresh state (overlay mount with a fresh upper dir,
  * fresh qcow2, fresh snapshot) is made untimed. Peers that cannot run here are skipped and named;
  * rows that need layers not built yet are listed as pending (copyup-peers.ts).
  *
@@ -176,7 +176,7 @@ export async function copyupBench(): Promise<CopyupResult> {
   const started = now();
   const loadBefore = loadavg();
   console.log(`copyup: files in ${dir}; sizes ${SIZES.join(', ')} MiB; ${SAMPLES} samples (+${WARMUP} warm-up)${SAMPLES_1G !== SAMPLES ? `, ${SAMPLES_1G} at 1 GiB` : ''}`);
-  const peers = makePeers(dir, Math.max(...SIZES) * MiB + 128 * MiB);
+  const peers = makePeers(dir, SIZES.reduce((a, b) => a + b, 0) * MiB + 128 * MiB);
   const active: CopyupPeer[] = [];
   const skipped: Array<{ system: string; reason: string }> = [];
   const cells: CopyupCell[] = [];
@@ -190,6 +190,9 @@ export async function copyupBench(): Promise<CopyupResult> {
     }
     for (const p of PENDING) console.log(`copyup: pending (not a peer yet): ${p.label}; needs ${p.needs}`);
     const data = randomFillSync(Buffer.allocUnsafe(4096));
+    // Every size is prepared first, so each round samples every size: load and drift from
+    // other processes fall on all sizes alike (the flatness goal compares sizes).
+    const files = new Map<number, FileUnderTest>();
     for (const size of SIZES) {
       const bytes = size * MiB;
       const lowerDir = join(dir, `lower-${size}`);
@@ -198,24 +201,33 @@ export async function copyupBench(): Promise<CopyupResult> {
       const f: FileUnderTest = { bytes, lowerDir, rel, path: join(lowerDir, rel), offset: Math.floor(bytes / 2 / 4096) * 4096, data };
       makeLowerFile(f.path, bytes);
       for (const p of active) await p.prepare(f);
-      const combos = active.flatMap((p) => MODES.map((m) => [p, m] as const));
-      const got = new Map<string, FirstWriteSample[]>(combos.map(([p, m]) => [`${p.id}/${m}`, []]));
-      const rounds = WARMUP + samplesOf(size);
-      for (let round = 0; round < rounds; round++) {
-        const order = round % 2 ? [...combos].reverse() : combos;
+      files.set(size, f);
+    }
+    console.log(`copyup: prepared ${SIZES.length} files and their thin devices in ${(now() - started).toFixed(1)} s`);
+    const combos = active.flatMap((p) => MODES.map((m) => [p, m] as const));
+    const got = new Map<string, FirstWriteSample[]>(SIZES.flatMap((size) => combos.map(([p, m]) => [`${size}/${p.id}/${m}`, []])));
+    const rounds = WARMUP + Math.max(...SIZES.map(samplesOf));
+    for (let round = 0; round < rounds; round++) {
+      const sizes = (round % 2 ? [...SIZES].reverse() : SIZES).filter((size) => round < WARMUP + samplesOf(size));
+      const order = round % 2 ? [...combos].reverse() : combos;
+      for (const size of sizes) {
         const line: string[] = [];
         for (const [p, m] of order) {
-          const s = await p.sample(f, m, round);
-          if (round >= WARMUP) got.get(`${p.id}/${m}`)!.push(s);
+          const s = await p.sample(files.get(size)!, m, round);
+          if (round >= WARMUP) got.get(`${size}/${p.id}/${m}`)!.push(s);
           line.push(`${p.label(m)}${m === 'durable' ? '+fsync' : ''} ${fmtMicros(s.micros)}`);
         }
-        console.log(`copyup: ${size} MiB round ${round}${round < WARMUP ? ' (warm-up)' : ''}: ${line.join(', ')}`);
+        console.log(`copyup: round ${round}${round < WARMUP ? ' (warm-up)' : ''}, ${size} MiB: ${line.join(', ')}`);
       }
+    }
+    for (const f of files.values()) {
       for (const p of active) await p.release(f);
-      rmSync(lowerDir, { recursive: true, force: true });
+      rmSync(f.lowerDir, { recursive: true, force: true });
+    }
+    for (const size of SIZES) {
       for (const p of peers) {
         for (const mode of MODES) {
-          const samples = got.get(`${p.id}/${mode}`);
+          const samples = got.get(`${size}/${p.id}/${mode}`);
           const base = { sizeMiB: size, system: p.id, label: p.label(mode), level: p.level, mode };
           if (!samples) {
             cells.push({ ...base, skipped: skipped.find((s) => s.system === p.id)!.reason });
@@ -252,7 +264,7 @@ export async function copyupBench(): Promise<CopyupResult> {
     config: {
       sizesMiB: SIZES, samples: SAMPLES, warmup: WARMUP, samplesBySize: Object.fromEntries(SIZES.map((s) => [String(s), samplesOf(s)])),
       writeBytes: 4096, writeOffset: 'S/2 (4 KiB aligned)', blockSize: 64 * 1024, qcow2ClusterSize: 65536, tiny: TINY, dir, kernel: release(),
-      order: 'per size: every (system, mode) once per round, order reversed every other round; round 0 is a warm-up',
+      order: 'every round samples every size, and every (system, mode) at each size once; the order of sizes and of systems is reversed every other round; round 0 is a warm-up',
     },
     systems: peers.map((p) => ({ id: p.id, level: p.level, labels: { system: p.label('system'), durable: p.label('durable') }, how: p.how, skipped: skipped.find((s) => s.system === p.id)?.reason ?? null })),
     skipped,
