@@ -1,0 +1,357 @@
+/**
+ * Applies an OCI/Docker layer tar to a directory, as containerd's unpacker (archive.Apply) and
+ * umoci do: regular files, directories, symlinks, hard links, device nodes and fifos with their
+ * modes (setuid, setgid, sticky), owners, nanosecond times and extended attributes; whiteouts
+ * `.wh.NAME` delete NAME from the lower layers and `.wh..wh..opq` empties a directory of its
+ * lower content, both sparing what this layer itself adds whatever the entry order (OCI image
+ * spec, "Whiteouts"); an entry replaces an existing one of another type, and merges with an
+ * existing directory. Directory modes and times are set after their contents; directories the
+ * layer changes without listing keep their times.
+ *
+ * Safety: every entry is resolved inside the root by {@link ScopedRoot} (no absolute names, no
+ * `..` above the root, no symlink followed out of it, no absolute symlink followed at all), and
+ * hard link targets likewise. A refused entry rejects with an {@link UnsafeLayerError} naming it;
+ * nothing outside the root has been written, but entries before it have been applied: the
+ * caller discards the directory (the active snapshot) rather than this function undoing them.
+ */
+import { constants as fsc } from 'node:fs';
+import { link, lchown, chmod, lstat, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { BadImageError, IoError, NoSpaceError, ThinpoolError, UnsafeLayerError } from '../errors.js';
+import { lsetxattr, lutimens, mknod } from '../io/native.js';
+import { type ApplySummary, emptySummary, noteSkipped } from './apply-summary.js';
+import { type ResolvedDir, ScopedRoot, entryComponents } from './scoped-root.js';
+import { writeSparse } from './sparse-writer.js';
+import { type TarEntry, decodeEntry, feedTar, tarStream } from './tar-format.js';
+
+export type { ApplySummary, SkippedItem } from './apply-summary.js';
+
+/** Options of {@link applyLayer}. */
+export interface ApplyOptions {
+  /** Apply owners (lchown). Default: true when running as root; otherwise owners are counted in `ownersSkipped`. */
+  owners?: boolean;
+  /** Device nodes: `create` (mknod, needs root; the default) or `skip` (listed in the summary). Fifos are always made. */
+  devices?: 'create' | 'skip';
+  /** What the layer is, for messages (e.g. its digest). */
+  layer?: string;
+  /** Stops between entries. */
+  signal?: AbortSignal;
+}
+
+/** Prefix of whiteout entries. */
+export const WHITEOUT_PREFIX = '.wh.';
+/** Name of the opaque-directory marker. */
+export const OPAQUE_MARKER = '.wh..wh..opq';
+/** Extended attributes never copied from a layer (host security labels). */
+const IGNORED_XATTRS = new Set(['security.selinux']);
+
+interface DeferredDir {
+  real: string;
+  ino: bigint;
+  entry: TarEntry;
+}
+
+interface TouchedDir {
+  real: string;
+  ino: bigint;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+}
+
+const isRoot = typeof process.geteuid === 'function' && process.geteuid() === 0;
+
+/**
+ * Applies the layer tar read from `tar` (uncompressed) to the directory `root`, and resolves to
+ * what was done. Rejects with an UnsafeLayerError (an entry that would leave the root), a
+ * BadImageError (an entry that cannot be applied, a truncated or corrupt tar, or whatever error
+ * the `tar` stream fails with, e.g. a digest mismatch), a NoSpaceError or an IoError naming the
+ * entry. After a rejection the directory holds part of the layer: discard it.
+ */
+export async function applyLayer(root: string, tar: Readable | AsyncIterable<Uint8Array>, opts: ApplyOptions = {}): Promise<ApplySummary> {
+  return new LayerApplier(root, opts).run(tar);
+}
+
+class LayerApplier {
+  readonly summary = emptySummary();
+  private readonly scoped: ScopedRoot;
+  /** Components (joined) of every path this layer made or changed, and their ancestors. */
+  private readonly upper = new Set<string>(['']);
+  /** Directories this layer created (implicitly or as entries): their times are not restored. */
+  private readonly created = new Set<string>();
+  private readonly deferred = new Map<string, DeferredDir>();
+  private readonly touched = new Map<string, TouchedDir>();
+  private readonly owners: boolean;
+  private readonly layer: string;
+
+  constructor(readonly root: string, private readonly opts: ApplyOptions) {
+    this.scoped = new ScopedRoot(root, async (dir) => {
+      await this.touch(dir);
+    });
+    this.owners = opts.owners ?? isRoot;
+    this.layer = opts.layer ? ` of layer ${opts.layer}` : '';
+  }
+
+  async run(source: Readable | AsyncIterable<Uint8Array>): Promise<ApplySummary> {
+    const st = await lstat(this.root).catch(() => undefined);
+    if (!st?.isDirectory()) throw new BadImageError(`Cannot apply layer${this.layer}: ${this.root} is not a directory`, { root: this.root });
+    const extract = tarStream().extract();
+    const feeding = feedTar(source, extract);
+    try {
+      for await (const stream of extract as AsyncIterable<Readable & { header: import('tar-stream').Header }>) {
+        this.opts.signal?.throwIfAborted();
+        const entry = decodeEntry(stream.header);
+        try {
+          await this.apply(entry, stream);
+        } catch (err) {
+          throw this.wrap(err, entry.name);
+        }
+        for await (const _ of stream); // what the entry did not read
+      }
+    } catch (err) {
+      extract.destroy(null);
+      (source as Partial<Readable>).destroy?.();
+      await feeding;
+      if (err instanceof ThinpoolError || (err as Error)?.name === 'AbortError') throw err;
+      throw new BadImageError(`Cannot apply layer${this.layer}: ${(err as Error).message}`, {}, { cause: err });
+    }
+    await feeding;
+    await this.finish();
+    return this.summary;
+  }
+
+  private wrap(err: unknown, name: string): unknown {
+    if (err instanceof ThinpoolError || (err as Error)?.name === 'AbortError') return err;
+    const e = err as NodeJS.ErrnoException;
+    const msg = `Cannot apply entry ${JSON.stringify(name)}${this.layer}: ${e.message}`;
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return new NoSpaceError(msg, { entry: name });
+    if (typeof e.code === 'string') return new IoError(msg, { entry: name, errno: e.code }, { cause: err });
+    return err;
+  }
+
+  private async apply(e: TarEntry, stream: Readable): Promise<void> {
+    this.summary.entries++;
+    if (e.type === null) {
+      throw new BadImageError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: tar entries of type ${JSON.stringify(e.typeflag)} are not supported`, { entry: e.name });
+    }
+    if (e.sparse) {
+      throw new BadImageError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: GNU sparse files are not supported in layers`, { entry: e.name });
+    }
+    const comps = entryComponents(e.name, e.name);
+    const base = comps.length > 0 ? comps[comps.length - 1]! : '';
+    if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(e, comps);
+    if (comps.length === 0) return this.rootEntry(e);
+
+    const dir = (await this.scoped.resolveDir(comps.slice(0, -1), e.name, true))!;
+    const path = join(dir.real, base);
+    const rel = [...dir.comps, base].join('/');
+    const existing = await lstat(path, { bigint: true }).catch(() => undefined);
+    if (existing && !(existing.isDirectory() && e.type === 'directory')) {
+      await this.touch(dir);
+      await rm(path, { recursive: true, force: true });
+      if (existing.isDirectory() || existing.isSymbolicLink()) this.scoped.invalidate();
+    } else if (!existing) {
+      await this.touch(dir);
+    }
+
+    switch (e.type) {
+      case 'directory': {
+        if (!existing) {
+          await mkdir(path, 0o700);
+          this.created.add(rel);
+        }
+        await this.owner(path, e);
+        await this.xattrs(path, e);
+        const ino = (await lstat(path, { bigint: true })).ino;
+        this.deferred.set(rel, { real: path, ino, entry: e });
+        this.summary.dirs++;
+        break;
+      }
+      case 'file': {
+        const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+        try {
+          const { size, written } = await writeSparse(fh, stream);
+          this.summary.bytes += size;
+          this.summary.bytesWritten += written;
+          if (this.owners) await fh.chown(e.uid, e.gid);
+          else this.summary.ownersSkipped++;
+          await fh.chmod(e.mode);
+        } finally {
+          await fh.close();
+        }
+        await this.xattrs(path, e);
+        await this.times(path, e);
+        this.summary.files++;
+        break;
+      }
+      case 'symlink':
+        if (e.linkname === '') throw new BadImageError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: a symlink with an empty target`, { entry: e.name });
+        await symlink(e.linkname, path);
+        await this.owner(path, e);
+        await this.xattrs(path, e);
+        await this.times(path, e);
+        this.summary.symlinks++;
+        break;
+      case 'link':
+        await this.hardLink(e, path);
+        this.summary.hardlinks++;
+        break;
+      case 'character-device':
+      case 'block-device':
+      case 'fifo': {
+        if (e.type !== 'fifo' && this.opts.devices === 'skip') {
+          noteSkipped(this.summary, { entry: e.name, what: 'device', reason: `${e.type} ${e.devmajor}:${e.devminor} not created (devices: skip)` });
+          return;
+        }
+        const kind = e.type === 'fifo' ? fsc.S_IFIFO : e.type === 'block-device' ? fsc.S_IFBLK : fsc.S_IFCHR;
+        try {
+          await mknod(path, kind | 0o600, e.devmajor, e.devminor);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EPERM' && e.type !== 'fifo') {
+            throw new IoError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: creating a ${e.type} (${e.devmajor}:${e.devminor}) needs root (CAP_MKNOD); apply with devices: 'skip' to leave device nodes out`, { entry: e.name, errno: 'EPERM' });
+          }
+          throw err;
+        }
+        await this.owner(path, e);
+        await chmod(path, e.mode);
+        await this.xattrs(path, e);
+        await this.times(path, e);
+        if (e.type === 'fifo') this.summary.fifos++;
+        else this.summary.devices++;
+        break;
+      }
+    }
+    this.markUpper(rel);
+  }
+
+  /** The root directory's own entry (`./`): metadata only; it cannot change type. */
+  private async rootEntry(e: TarEntry): Promise<void> {
+    if (e.type !== 'directory') {
+      throw new UnsafeLayerError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: it would replace the layer's root directory with a ${e.type}`, { entry: e.name });
+    }
+    await this.owner(this.root, e);
+    await this.xattrs(this.root, e);
+    const ino = (await lstat(this.root, { bigint: true })).ino;
+    this.deferred.set('', { real: this.root, ino, entry: e });
+    this.summary.dirs++;
+  }
+
+  private async hardLink(e: TarEntry, path: string): Promise<void> {
+    const comps = entryComponents(e.linkname, e.name, 'hard link');
+    if (comps.length === 0) {
+      throw new UnsafeLayerError(`Cannot apply hard link ${JSON.stringify(e.name)}${this.layer}: its target is the layer's root`, { entry: e.name, target: e.linkname });
+    }
+    const dir = await this.scoped.resolveDir(comps.slice(0, -1), e.name, false);
+    const target = dir ? join(dir.real, comps[comps.length - 1]!) : undefined;
+    const st = target ? await lstat(target).catch(() => undefined) : undefined;
+    if (!target || !st) {
+      throw new BadImageError(`Cannot apply hard link ${JSON.stringify(e.name)}${this.layer}: its target ${JSON.stringify(e.linkname)} does not exist`, { entry: e.name, target: e.linkname });
+    }
+    if (st.isDirectory()) {
+      throw new BadImageError(`Cannot apply hard link ${JSON.stringify(e.name)}${this.layer}: its target ${JSON.stringify(e.linkname)} is a directory`, { entry: e.name, target: e.linkname });
+    }
+    // link(2) does not follow a symlink target: the new name is a link to the symlink itself.
+    await link(target, path);
+  }
+
+  private async owner(path: string, e: TarEntry): Promise<void> {
+    if (this.owners) await lchown(path, e.uid, e.gid);
+    else this.summary.ownersSkipped++;
+  }
+
+  private async xattrs(path: string, e: TarEntry): Promise<void> {
+    for (const [name, value] of e.xattrs) {
+      if (IGNORED_XATTRS.has(name)) {
+        noteSkipped(this.summary, { entry: e.name, what: `xattr ${name}`, reason: 'host security label, never copied from a layer' });
+        continue;
+      }
+      try {
+        await lsetxattr(path, name, value);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
+          noteSkipped(this.summary, { entry: e.name, what: `xattr ${name}`, reason: 'the file system does not support it' });
+        } else if (code === 'EPERM' && (!isRoot || e.type === 'symlink' || name.startsWith('user.'))) {
+          noteSkipped(this.summary, { entry: e.name, what: `xattr ${name}`, reason: isRoot ? `not allowed on a ${e.type}` : 'needs root' });
+        } else throw err;
+      }
+    }
+  }
+
+  private async times(path: string, e: TarEntry): Promise<void> {
+    await lutimens(path, e.atimeNs ?? e.mtimeNs, e.mtimeNs);
+  }
+
+  /** Notes `rel` and its ancestors as this layer's. */
+  private markUpper(rel: string): void {
+    for (let p = rel; p !== '' && !this.upper.has(p); p = p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '') this.upper.add(p);
+  }
+
+  /** Records a pre-existing directory's times before this layer changes its content. */
+  private async touch(dir: ResolvedDir): Promise<void> {
+    const key = dir.comps.join('/');
+    if (this.touched.has(key) || this.created.has(key)) return;
+    const st = await lstat(dir.real, { bigint: true });
+    this.touched.set(key, { real: dir.real, ino: st.ino, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
+  }
+
+  private async whiteout(e: TarEntry, comps: string[]): Promise<void> {
+    const base = comps[comps.length - 1]!;
+    const dir = await this.scoped.resolveDir(comps.slice(0, -1), e.name, false);
+    if (base === OPAQUE_MARKER) {
+      if (dir) {
+        await this.prune(dir.real, dir.comps.join('/'), true);
+        this.scoped.invalidate();
+      }
+      this.summary.opaqueDirs++;
+      return;
+    }
+    if (base.startsWith(WHITEOUT_PREFIX + WHITEOUT_PREFIX)) {
+      noteSkipped(this.summary, { entry: e.name, what: 'meta-whiteout', reason: 'aufs metadata entries are not applied' });
+      return;
+    }
+    const name = base.slice(WHITEOUT_PREFIX.length);
+    if (name === '' || name === '.' || name === '..') {
+      throw new UnsafeLayerError(`Cannot apply whiteout ${JSON.stringify(e.name)}${this.layer}: it names no file in its directory`, { entry: e.name });
+    }
+    if (!dir) return;
+    const path = join(dir.real, name);
+    if (!(await lstat(path).catch(() => undefined))) return;
+    await this.touch(dir);
+    await this.prune(path, [...dir.comps, name].join('/'), false);
+    this.scoped.invalidate();
+    this.summary.whiteouts++;
+  }
+
+  /**
+   * Removes `path` (relative `rel`) unless this layer made it or something under it, in which case
+   * only the lower content under it goes; `keepSelf` keeps the directory itself (opaque marker).
+   */
+  private async prune(path: string, rel: string, keepSelf: boolean): Promise<void> {
+    if (!keepSelf && !this.upper.has(rel)) {
+      await rm(path, { recursive: true, force: true });
+      return;
+    }
+    const st = await lstat(path).catch(() => undefined);
+    if (!st?.isDirectory()) return;
+    const names = await readdir(path);
+    if (names.length > 0) await this.touch({ comps: rel === '' ? [] : rel.split('/'), real: path });
+    for (const name of names) await this.prune(join(path, name), rel === '' ? name : `${rel}/${name}`, false);
+  }
+
+  /** Directory modes and times after their contents; restores the times of directories changed but not listed. */
+  private async finish(): Promise<void> {
+    for (const d of this.deferred.values()) {
+      const st = await lstat(d.real, { bigint: true }).catch(() => undefined);
+      if (!st?.isDirectory() || st.ino !== d.ino) continue; // replaced later in the layer
+      await chmod(d.real, d.entry.mode);
+      await lutimens(d.real, d.entry.atimeNs ?? d.entry.mtimeNs, d.entry.mtimeNs);
+    }
+    for (const [key, t] of this.touched) {
+      if (this.deferred.has(key)) continue;
+      const st = await lstat(t.real, { bigint: true }).catch(() => undefined);
+      if (!st?.isDirectory() || st.ino !== t.ino) continue;
+      await lutimens(t.real, t.atimeNs, t.mtimeNs);
+    }
+  }
+}
