@@ -146,7 +146,8 @@ class LayerApplier {
     const path = join(dir.real, base);
     const rel = [...dir.comps, base].join('/');
     const existing = await lstat(path, { bigint: true }).catch(() => undefined);
-    if (existing && !(existing.isDirectory() && e.type === 'directory')) {
+    const merge = existing !== undefined && existing.isDirectory() && e.type === 'directory';
+    if (existing && !merge) {
       await this.touch(dir);
       await rm(path, { recursive: true, force: true });
       if (existing.isDirectory() || existing.isSymbolicLink()) this.scoped.invalidate();
@@ -156,7 +157,7 @@ class LayerApplier {
 
     switch (e.type) {
       case 'directory': {
-        if (!existing) {
+        if (!merge) {
           await mkdir(path, 0o700);
           this.created.add(rel);
         }
