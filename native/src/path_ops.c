@@ -6,6 +6,11 @@
  * libuv thread pool and returns a promise, so a slow or blocked file system (one served by this
  * very process) never stalls the event loop. Errors reject with an Error whose `code` is the
  * errno name ('ENODATA', 'ENOTSUP', 'EPERM', ...), `syscall` the call and `path` the path.
+ *
+ * Two compound calls keep a layer of many small files from paying a thread-pool round trip per
+ * system call: createFile (open O_CREAT|O_EXCL|O_NOFOLLOW, write the bytes, fchown, fchmod,
+ * futimens, close) and setMeta (lchown, chmod, utimensat without following; on a path or, with
+ * a number in place of the path, on an open descriptor). A uid/gid or mode of -1 is left alone.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -27,7 +32,7 @@
 
 #include "path_ops.h"
 
-typedef enum { P_SETXATTR, P_GETXATTR, P_LISTXATTR, P_MKNOD, P_UTIMENS } path_op;
+typedef enum { P_SETXATTR, P_GETXATTR, P_LISTXATTR, P_MKNOD, P_UTIMENS, P_CREATE, P_SETMETA } path_op;
 
 typedef struct {
   path_op op;
@@ -39,6 +44,9 @@ typedef struct {
   unsigned int mode;
   unsigned int major, minor;
   struct timespec times[2];
+  long long uid, gid; /* -1: leave alone */
+  int meta_mode;      /* -1: leave alone */
+  int fd;             /* setMeta on a descriptor when >= 0 */
   int err;
   int missing;      /* getxattr: ENODATA */
   napi_deferred deferred;
@@ -51,6 +59,8 @@ static const char *op_name(path_op op) {
     case P_GETXATTR: return "lgetxattr";
     case P_LISTXATTR: return "llistxattr";
     case P_MKNOD: return "mknod";
+    case P_CREATE: return "createFile";
+    case P_SETMETA: return "setMeta";
     default: return "utimensat";
   }
 }
@@ -82,6 +92,40 @@ static void read_sized(path_request *r) {
   r->err = ERANGE;
 }
 
+/* fchown/fchmod/futimens on an open file, or the path-based equivalents without following. */
+static int apply_meta(path_request *r, int fd) {
+  if (r->uid >= 0 || r->gid >= 0) {
+    int rc = fd >= 0 ? fchown(fd, (uid_t)r->uid, (gid_t)r->gid) : lchown(r->path, (uid_t)r->uid, (gid_t)r->gid);
+    if (rc != 0) return errno;
+  }
+  if (r->meta_mode >= 0) {
+    int rc = fd >= 0 ? fchmod(fd, (mode_t)r->meta_mode) : chmod(r->path, (mode_t)r->meta_mode);
+    if (rc != 0) return errno;
+  }
+  int rc = fd >= 0 ? futimens(fd, r->times) : utimensat(AT_FDCWD, r->path, r->times, AT_SYMLINK_NOFOLLOW);
+  return rc != 0 ? errno : 0;
+}
+
+static void create_file(path_request *r) {
+  int fd = open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    r->err = errno;
+    return;
+  }
+  size_t done = 0;
+  while (done < r->value_len) {
+    ssize_t n = write(fd, r->value + done, r->value_len - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      r->err = errno;
+      break;
+    }
+    done += (size_t)n;
+  }
+  if (r->err == 0) r->err = apply_meta(r, fd);
+  if (close(fd) != 0 && r->err == 0) r->err = errno;
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   path_request *r = data;
@@ -103,6 +147,12 @@ static void execute(napi_env env, void *data) {
       break;
     case P_UTIMENS:
       if (utimensat(AT_FDCWD, r->path, r->times, AT_SYMLINK_NOFOLLOW) != 0) r->err = errno;
+      break;
+    case P_CREATE:
+      create_file(r);
+      break;
+    case P_SETMETA:
+      r->err = apply_meta(r, r->fd);
       break;
   }
 }
@@ -227,9 +277,20 @@ static path_request *parse(napi_env env, napi_callback_info info, path_op op) {
     return NULL;
   }
   r->op = op;
-  r->path = get_string(env, argv, argc, 0, "path");
-  if (r->path == NULL) goto fail;
+  r->fd = -1;
+  napi_valuetype first = napi_undefined;
+  if (argc > 0) napi_typeof(env, argv[0], &first);
   double a, b, c, d;
+  if (op == P_SETMETA && first == napi_number) {
+    if (!get_int(env, argv, argc, 0, "fd", 0, 2147483647.0, &a)) goto fail;
+    r->fd = (int)a;
+    char label[32];
+    snprintf(label, sizeof label, "fd %d", r->fd);
+    r->path = strdup(label);
+  } else {
+    r->path = get_string(env, argv, argc, 0, "path");
+  }
+  if (r->path == NULL) goto fail;
   switch (op) {
     case P_SETXATTR: {
       r->name = get_string(env, argv, argc, 1, "name");
@@ -275,6 +336,51 @@ static path_request *parse(napi_env env, napi_callback_info info, path_op op) {
       r->times[1].tv_sec = (time_t)c;
       r->times[1].tv_nsec = (long)d;
       break;
+    case P_CREATE:
+    case P_SETMETA: {
+      /* createFile(path, data, meta) / setMeta(pathOrFd, meta), meta = [uid, gid, mode, aSec, aNsec, mSec, mNsec] */
+      size_t mi = 1;
+      if (op == P_CREATE) {
+        bool is_buffer = false;
+        if (argc > 1) napi_is_buffer(env, argv[1], &is_buffer);
+        if (!is_buffer) {
+          napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "data must be a Buffer");
+          goto fail;
+        }
+        void *data;
+        size_t len;
+        napi_get_buffer_info(env, argv[1], &data, &len);
+        r->value = malloc(len ? len : 1);
+        if (r->value == NULL) goto fail;
+        memcpy(r->value, data, len);
+        r->value_len = len;
+        mi = 2;
+      }
+      bool is_array = false;
+      if (argc > mi) napi_is_array(env, argv[mi], &is_array);
+      uint32_t n = 0;
+      if (is_array) napi_get_array_length(env, argv[mi], &n);
+      if (n != 7) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "meta must be [uid, gid, mode, atimeSec, atimeNsec, mtimeSec, mtimeNsec]");
+        goto fail;
+      }
+      napi_value m[7];
+      for (uint32_t k = 0; k < 7; k++) napi_get_element(env, argv[mi], k, &m[k]);
+      double v[7];
+      static const char *names[7] = {"uid", "gid", "mode", "atimeSec", "atimeNsec", "mtimeSec", "mtimeNsec"};
+      static const double lo[7] = {-1, -1, -1, -9007199254740991.0, 0, -9007199254740991.0, 0};
+      static const double hi[7] = {4294967294.0, 4294967294.0, 07777, 9007199254740991.0, 999999999, 9007199254740991.0, 999999999};
+      for (int k = 0; k < 7; k++)
+        if (!get_int(env, m, 7, (size_t)k, names[k], lo[k], hi[k], &v[k])) goto fail;
+      r->uid = (long long)v[0];
+      r->gid = (long long)v[1];
+      r->meta_mode = (int)v[2];
+      r->times[0].tv_sec = (time_t)v[3];
+      r->times[0].tv_nsec = (long)v[4];
+      r->times[1].tv_sec = (time_t)v[5];
+      r->times[1].tv_nsec = (long)v[6];
+      break;
+    }
   }
   return r;
 fail:
@@ -292,6 +398,8 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) { return s
 static napi_value js_llistxattr(napi_env env, napi_callback_info info) { return start(env, info, P_LISTXATTR); }
 static napi_value js_mknod(napi_env env, napi_callback_info info) { return start(env, info, P_MKNOD); }
 static napi_value js_lutimens(napi_env env, napi_callback_info info) { return start(env, info, P_UTIMENS); }
+static napi_value js_create_file(napi_env env, napi_callback_info info) { return start(env, info, P_CREATE); }
+static napi_value js_set_meta(napi_env env, napi_callback_info info) { return start(env, info, P_SETMETA); }
 
 void define_path_ops(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -300,6 +408,8 @@ void define_path_ops(napi_env env, napi_value exports) {
     {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
     {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
     {"lutimens", NULL, js_lutimens, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"createFile", NULL, js_create_file, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"setMeta", NULL, js_set_meta, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -2,6 +2,6 @@
 #ifndef THINPOOL_PATH_OPS_H
 #define THINPOOL_PATH_OPS_H
 #include <node_api.h>
-/* Adds lsetxattr, lgetxattr, llistxattr, mknod and lutimens to the addon's exports. */
+/* Adds lsetxattr, lgetxattr, llistxattr, mknod, lutimens, createFile and setMeta to the addon's exports. */
 void define_path_ops(napi_env env, napi_value exports);
 #endif

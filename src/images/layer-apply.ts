@@ -15,11 +15,11 @@
  * caller discards the directory (the active snapshot) rather than this function undoing them.
  */
 import { constants as fsc } from 'node:fs';
-import { link, lchown, chmod, lstat, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
+import { type FileHandle, link, lstat, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { BadImageError, IoError, NoSpaceError, ThinpoolError, UnsafeLayerError } from '../errors.js';
-import { lsetxattr, lutimens, mknod } from '../io/native.js';
+import { type FileMeta, createFile, lsetxattr, lutimens, mknod, setMeta } from '../io/native.js';
 import { type ApplySummary, emptySummary, noteSkipped } from './apply-summary.js';
 import { type ResolvedDir, ScopedRoot, entryComponents } from './scoped-root.js';
 import { writeSparse } from './sparse-writer.js';
@@ -43,12 +43,13 @@ export interface ApplyOptions {
 export const WHITEOUT_PREFIX = '.wh.';
 /** Name of the opaque-directory marker. */
 export const OPAQUE_MARKER = '.wh..wh..opq';
+/** Files up to this size are read whole and created in one native call; larger ones are streamed. */
+const SMALL_FILE = 256 * 1024;
 /** Extended attributes never copied from a layer (host security labels). */
 const IGNORED_XATTRS = new Set(['security.selinux']);
 
 interface DeferredDir {
   real: string;
-  ino: bigint;
   entry: TarEntry;
 }
 
@@ -145,58 +146,76 @@ class LayerApplier {
     const dir = (await this.scoped.resolveDir(comps.slice(0, -1), e.name, true))!;
     const path = join(dir.real, base);
     const rel = [...dir.comps, base].join('/');
-    const existing = await lstat(path, { bigint: true }).catch(() => undefined);
-    const merge = existing !== undefined && existing.isDirectory() && e.type === 'directory';
-    if (existing && !merge) {
-      await this.touch(dir);
-      await rm(path, { recursive: true, force: true });
-      if (existing.isDirectory() || existing.isSymbolicLink()) this.scoped.invalidate();
-    } else if (!existing) {
-      await this.touch(dir);
-    }
+    await this.touch(dir);
+    // Create first; only when something is in the way (EEXIST) look at it and replace it.
+    const create = async (make: () => Promise<void>): Promise<void> => {
+      try {
+        await make();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        await this.remove(path, rel);
+        await make();
+      }
+    };
 
     switch (e.type) {
       case 'directory': {
-        if (!merge) {
+        try {
           await mkdir(path, 0o700);
           this.created.add(rel);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          if (!(await lstat(path)).isDirectory()) {
+            await this.remove(path, rel);
+            await mkdir(path, 0o700);
+            this.created.add(rel);
+          } // else: merge with the existing directory
         }
-        await this.owner(path, e);
         await this.xattrs(path, e);
-        const ino = (await lstat(path, { bigint: true })).ino;
-        this.deferred.set(rel, { real: path, ino, entry: e });
+        this.deferred.set(rel, { real: path, entry: e });
         this.summary.dirs++;
         break;
       }
       case 'file': {
-        const fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-        try {
-          const { size, written } = await writeSparse(fh, stream);
-          this.summary.bytes += size;
-          this.summary.bytesWritten += written;
-          if (this.owners) await fh.chown(e.uid, e.gid);
-          else this.summary.ownersSkipped++;
-          await fh.chmod(e.mode);
-        } finally {
-          await fh.close();
+        if (e.size <= SMALL_FILE) {
+          const chunks: Buffer[] = [];
+          for await (const c of stream) chunks.push(c as Buffer);
+          const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+          await create(() => createFile(path, data, this.meta(e)));
+          this.summary.bytes += data.length;
+          this.summary.bytesWritten += data.length;
+        } else {
+          let fh: FileHandle | undefined;
+          await create(async () => {
+            fh = await open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+          });
+          try {
+            const { size, written } = await writeSparse(fh!, stream);
+            this.summary.bytes += size;
+            this.summary.bytesWritten += written;
+            await setMeta(fh!.fd, this.meta(e));
+          } finally {
+            await fh!.close();
+          }
         }
         await this.xattrs(path, e);
-        await this.times(path, e);
         this.summary.files++;
         break;
       }
       case 'symlink':
         if (e.linkname === '') throw new BadImageError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: a symlink with an empty target`, { entry: e.name });
-        await symlink(e.linkname, path);
-        await this.owner(path, e);
+        await create(() => symlink(e.linkname, path));
+        await setMeta(path, { ...this.meta(e), mode: undefined });
         await this.xattrs(path, e);
-        await this.times(path, e);
         this.summary.symlinks++;
         break;
-      case 'link':
-        await this.hardLink(e, path);
+      case 'link': {
+        const target = await this.linkTarget(e);
+        // link(2) does not follow a symlink target: the new name is a link to the symlink itself.
+        await create(() => link(target, path));
         this.summary.hardlinks++;
         break;
+      }
       case 'character-device':
       case 'block-device':
       case 'fifo': {
@@ -206,17 +225,15 @@ class LayerApplier {
         }
         const kind = e.type === 'fifo' ? fsc.S_IFIFO : e.type === 'block-device' ? fsc.S_IFBLK : fsc.S_IFCHR;
         try {
-          await mknod(path, kind | 0o600, e.devmajor, e.devminor);
+          await create(() => mknod(path, kind | 0o600, e.devmajor, e.devminor));
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'EPERM' && e.type !== 'fifo') {
             throw new IoError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: creating a ${e.type} (${e.devmajor}:${e.devminor}) needs root (CAP_MKNOD); apply with devices: 'skip' to leave device nodes out`, { entry: e.name, errno: 'EPERM' });
           }
           throw err;
         }
-        await this.owner(path, e);
-        await chmod(path, e.mode);
+        await setMeta(path, this.meta(e));
         await this.xattrs(path, e);
-        await this.times(path, e);
         if (e.type === 'fifo') this.summary.fifos++;
         else this.summary.devices++;
         break;
@@ -225,19 +242,40 @@ class LayerApplier {
     this.markUpper(rel);
   }
 
+  /** Owner (when applied), mode and times of an entry, for createFile/setMeta. */
+  private meta(e: TarEntry): FileMeta {
+    const m: FileMeta = { mode: e.mode, atimeNs: e.atimeNs ?? e.mtimeNs, mtimeNs: e.mtimeNs };
+    if (this.owners) {
+      m.uid = e.uid;
+      m.gid = e.gid;
+    } else this.summary.ownersSkipped++;
+    return m;
+  }
+
+  /** Removes what is at `path` (an entry replaces it, or a whiteout deletes it). */
+  private async remove(path: string, rel: string): Promise<void> {
+    const st = await lstat(path).catch(() => undefined);
+    if (!st) return;
+    await rm(path, { recursive: true, force: true });
+    if (st.isDirectory() || st.isSymbolicLink()) this.scoped.invalidate();
+    if (st.isDirectory()) {
+      for (const key of this.deferred.keys()) if (key === rel || key.startsWith(rel + '/')) this.deferred.delete(key);
+      for (const key of this.created) if (key === rel || key.startsWith(rel + '/')) this.created.delete(key);
+    }
+  }
+
   /** The root directory's own entry (`./`): metadata only; it cannot change type. */
   private async rootEntry(e: TarEntry): Promise<void> {
     if (e.type !== 'directory') {
       throw new UnsafeLayerError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: it would replace the layer's root directory with a ${e.type}`, { entry: e.name });
     }
-    await this.owner(this.root, e);
     await this.xattrs(this.root, e);
-    const ino = (await lstat(this.root, { bigint: true })).ino;
-    this.deferred.set('', { real: this.root, ino, entry: e });
+    this.deferred.set('', { real: this.root, entry: e });
     this.summary.dirs++;
   }
 
-  private async hardLink(e: TarEntry, path: string): Promise<void> {
+  /** The real path of a hard link's target, resolved inside the root; it must exist and not be a directory. */
+  private async linkTarget(e: TarEntry): Promise<string> {
     const comps = entryComponents(e.linkname, e.name, 'hard link');
     if (comps.length === 0) {
       throw new UnsafeLayerError(`Cannot apply hard link ${JSON.stringify(e.name)}${this.layer}: its target is the layer's root`, { entry: e.name, target: e.linkname });
@@ -251,13 +289,7 @@ class LayerApplier {
     if (st.isDirectory()) {
       throw new BadImageError(`Cannot apply hard link ${JSON.stringify(e.name)}${this.layer}: its target ${JSON.stringify(e.linkname)} is a directory`, { entry: e.name, target: e.linkname });
     }
-    // link(2) does not follow a symlink target: the new name is a link to the symlink itself.
-    await link(target, path);
-  }
-
-  private async owner(path: string, e: TarEntry): Promise<void> {
-    if (this.owners) await lchown(path, e.uid, e.gid);
-    else this.summary.ownersSkipped++;
+    return target;
   }
 
   private async xattrs(path: string, e: TarEntry): Promise<void> {
@@ -277,10 +309,6 @@ class LayerApplier {
         } else throw err;
       }
     }
-  }
-
-  private async times(path: string, e: TarEntry): Promise<void> {
-    await lutimens(path, e.atimeNs ?? e.mtimeNs, e.mtimeNs);
   }
 
   /** Notes `rel` and its ancestors as this layer's. */
@@ -342,12 +370,7 @@ class LayerApplier {
 
   /** Directory modes and times after their contents; restores the times of directories changed but not listed. */
   private async finish(): Promise<void> {
-    for (const d of this.deferred.values()) {
-      const st = await lstat(d.real, { bigint: true }).catch(() => undefined);
-      if (!st?.isDirectory() || st.ino !== d.ino) continue; // replaced later in the layer
-      await chmod(d.real, d.entry.mode);
-      await lutimens(d.real, d.entry.atimeNs ?? d.entry.mtimeNs, d.entry.mtimeNs);
-    }
+    for (const d of this.deferred.values()) await setMeta(d.real, this.meta(d.entry));
     for (const [key, t] of this.touched) {
       if (this.deferred.has(key)) continue;
       const st = await lstat(t.real, { bigint: true }).catch(() => undefined);

@@ -29,6 +29,8 @@ interface NativeAddon {
   llistxattr(path: string): Promise<Buffer>;
   mknod(path: string, mode: number, major: number, minor: number): Promise<void>;
   lutimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Promise<void>;
+  createFile(path: string, data: Buffer, meta: number[]): Promise<void>;
+  setMeta(pathOrFd: string | number, meta: number[]): Promise<void>;
 }
 
 let addon: NativeAddon | null | undefined;
@@ -196,4 +198,42 @@ function splitNs(ns: bigint): [number, number] {
     sec -= 1n;
   }
   return [Number(sec), Number(nsec)];
+}
+
+/**
+ * Owner, permission bits and times to give a file in one call ({@link createFile},
+ * {@link setMeta}). An omitted owner or mode is left as it is; times are nanoseconds.
+ */
+export interface FileMeta {
+  uid?: number | undefined;
+  gid?: number | undefined;
+  /** Permission bits with setuid/setgid/sticky (07777); applied after the owner (chown clears setuid). */
+  mode?: number | undefined;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+}
+
+function metaArgs(m: FileMeta): number[] {
+  const [as, an] = splitNs(m.atimeNs);
+  const [ms, mn] = splitNs(m.mtimeNs);
+  return [m.uid ?? -1, m.gid ?? -1, m.mode ?? -1, as, an, ms, mn];
+}
+
+/**
+ * Creates the regular file `path` (which must not exist; a final symlink is never followed),
+ * writes `data` and sets owner, mode and times, in one thread-pool job: open(O_CREAT|O_EXCL|
+ * O_NOFOLLOW), write, fchown, fchmod, futimens, close. Rejects with EEXIST when `path` exists.
+ */
+export async function createFile(path: string, data: Uint8Array, meta: FileMeta): Promise<void> {
+  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return required('create file', path).createFile(path, buf, metaArgs(meta));
+}
+
+/**
+ * Sets owner, mode and times of a path (lchown, chmod, utimensat without following a final
+ * symlink; leave `mode` out for a symlink, whose mode Linux cannot change) or, given a
+ * descriptor, of an open file (fchown, fchmod, futimens), in one thread-pool job.
+ */
+export async function setMeta(target: string | number, meta: FileMeta): Promise<void> {
+  return required('set owner, mode and times of', String(target)).setMeta(target, metaArgs(meta));
 }
