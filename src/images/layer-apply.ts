@@ -83,7 +83,10 @@ class LayerApplier {
   private readonly deferred = new Map<string, DeferredDir>();
   private readonly touched = new Map<string, TouchedDir>();
   private readonly owners: boolean;
+  /** ` of layer X` for entry messages. */
   private readonly layer: string;
+  /** `layer X` for layer messages. */
+  private readonly label: string;
 
   constructor(readonly root: string, private readonly opts: ApplyOptions) {
     this.scoped = new ScopedRoot(root, async (dir) => {
@@ -91,12 +94,19 @@ class LayerApplier {
     });
     this.owners = opts.owners ?? isRoot;
     this.layer = opts.layer ? ` of layer ${opts.layer}` : '';
+    this.label = opts.layer ? `layer ${opts.layer}` : 'layer';
   }
 
   async run(source: Readable | AsyncIterable<Uint8Array>): Promise<ApplySummary> {
     const st = await lstat(this.root).catch(() => undefined);
-    if (!st?.isDirectory()) throw new BadImageError(`Cannot apply layer${this.layer}: ${this.root} is not a directory`, { root: this.root });
+    if (!st?.isDirectory()) throw new BadImageError(`Cannot apply ${this.label}: ${this.root} is not a directory`, { root: this.root });
     const extract = tarStream().extract();
+    // The parser's own error (a truncated tar, or the source's error it was destroyed with) is the
+    // cause of whatever an entry's read fails with afterwards.
+    let parseError: unknown;
+    extract.on('error', (err: unknown) => {
+      parseError ??= err;
+    });
     const feeding = feedTar(source, extract);
     try {
       for await (const stream of extract as AsyncIterable<Readable & { header: import('tar-stream').Header }>) {
@@ -105,16 +115,17 @@ class LayerApplier {
         try {
           await this.apply(entry, stream);
         } catch (err) {
-          throw this.wrap(err, entry.name);
+          throw parseError ?? this.wrap(err, entry.name);
         }
         for await (const _ of stream); // what the entry did not read
       }
-    } catch (err) {
+    } catch (caught) {
+      const err = parseError ?? caught;
       extract.destroy(null);
       (source as Partial<Readable>).destroy?.();
       await feeding;
       if (err instanceof ThinpoolError || (err as Error)?.name === 'AbortError') throw err;
-      throw new BadImageError(`Cannot apply layer${this.layer}: ${(err as Error).message}`, {}, { cause: err });
+      throw new BadImageError(`Cannot apply ${this.label}: the tar is damaged or truncated (${(err as Error).message})`, {}, { cause: err });
     }
     await feeding;
     await this.finish();
@@ -347,25 +358,27 @@ class LayerApplier {
     const path = join(dir.real, name);
     if (!(await lstat(path).catch(() => undefined))) return;
     await this.touch(dir);
-    await this.prune(path, [...dir.comps, name].join('/'), false);
+    if (await this.prune(path, [...dir.comps, name].join('/'), false)) this.summary.whiteouts++;
     this.scoped.invalidate();
-    this.summary.whiteouts++;
   }
 
   /**
    * Removes `path` (relative `rel`) unless this layer made it or something under it, in which case
    * only the lower content under it goes; `keepSelf` keeps the directory itself (opaque marker).
+   * True when something was removed.
    */
-  private async prune(path: string, rel: string, keepSelf: boolean): Promise<void> {
+  private async prune(path: string, rel: string, keepSelf: boolean): Promise<boolean> {
     if (!keepSelf && !this.upper.has(rel)) {
       await rm(path, { recursive: true, force: true });
-      return;
+      return true;
     }
     const st = await lstat(path).catch(() => undefined);
-    if (!st?.isDirectory()) return;
+    if (!st?.isDirectory()) return false;
     const names = await readdir(path);
     if (names.length > 0) await this.touch({ comps: rel === '' ? [] : rel.split('/'), real: path });
-    for (const name of names) await this.prune(join(path, name), rel === '' ? name : `${rel}/${name}`, false);
+    let removed = false;
+    for (const name of names) removed = (await this.prune(join(path, name), rel === '' ? name : `${rel}/${name}`, false)) || removed;
+    return removed;
   }
 
   /** Directory modes and times after their contents; restores the times of directories changed but not listed. */
