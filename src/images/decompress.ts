@@ -6,7 +6,7 @@
  * stream fails with a BadImageError naming the blob, and the uncompressed bytes can be checked
  * against the layer's diff id on the way.
  */
-import { PassThrough, Readable, Transform, type TransformCallback } from 'node:stream';
+import { PassThrough, Readable, Transform, type TransformCallback, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { Decompress } from 'fzstd';
@@ -75,6 +75,28 @@ async function* rejoin(head: Buffer[], it: AsyncIterator<Uint8Array>): AsyncGene
 }
 
 /**
+ * A writable end for the pipeline that forwards into `out` with back-pressure. The pipeline
+ * destroys its own streams on an error, so `out` stays alive for the error that names the blob.
+ */
+function forwardTo(out: PassThrough): Writable {
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (out.destroyed) return cb(new Error('the reader went away'));
+      if (out.write(chunk)) cb();
+      else out.once('drain', () => cb());
+    },
+    final(cb) {
+      out.end();
+      cb();
+    },
+  });
+  out.once('close', () => {
+    if (!sink.writableFinished) sink.destroy();
+  });
+  return sink;
+}
+
+/**
  * The uncompressed tar of a layer blob read from `source`. Errors of `source` (e.g. a
  * {@link DigestStream} finding a digest mismatch) come out of the returned stream unchanged;
  * decoding errors come out as BadImageErrors naming the blob.
@@ -100,7 +122,7 @@ export function openUncompressed(source: Readable | AsyncIterable<Uint8Array>, o
       if (c === 'gzip') stages.push(createGunzip({ chunkSize: 64 * 1024 }));
       else if (c === 'zstd') stages.push(new ZstdDecoder());
       if (opts.diffId) stages.push(new DigestStream({ digest: opts.diffId, name: opts.name, digestName: 'diff id' }));
-      await pipeline([Readable.from(rejoin(head, it)), ...stages, out] as NodeJS.ReadWriteStream[]);
+      await pipeline([Readable.from(rejoin(head, it)), ...stages, forwardTo(out)] as NodeJS.ReadWriteStream[]);
     } catch (err) {
       (source as Partial<Readable>).destroy?.();
       if (!out.destroyed) out.destroy(describe(err, opts.name, c) as Error);
