@@ -45,6 +45,8 @@ export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_MARKER = '.wh..wh..opq';
 /** Files up to this size are read whole and created in one native call; larger ones are streamed. */
 const SMALL_FILE = 256 * 1024;
+/** Small files created at once (the thread pool runs 4 at a time; the rest wait queued). */
+const MAX_INFLIGHT = 16;
 /** Extended attributes never copied from a layer (host security labels). */
 const IGNORED_XATTRS = new Set(['security.selinux']);
 
@@ -82,6 +84,10 @@ class LayerApplier {
   private readonly created = new Set<string>();
   private readonly deferred = new Map<string, DeferredDir>();
   private readonly touched = new Map<string, TouchedDir>();
+  /** Small files being created in the background, by path relative to the root. */
+  private readonly inflight = new Map<string, Promise<void>>();
+  /** The first error of a background creation, thrown by the next {@link settle}. */
+  private failure: unknown;
   private readonly owners: boolean;
   /** ` of layer X` for entry messages. */
   private readonly layer: string;
@@ -119,7 +125,9 @@ class LayerApplier {
         }
         for await (const _ of stream); // what the entry did not read
       }
+      await this.settle();
     } catch (caught) {
+      await this.settle().catch(() => undefined);
       const err = parseError ?? caught;
       extract.destroy(null);
       (source as Partial<Readable>).destroy?.();
@@ -143,6 +151,9 @@ class LayerApplier {
 
   private async apply(e: TarEntry, stream: Readable): Promise<void> {
     this.summary.entries++;
+    // Small regular files are created in the background, several at a time; anything else
+    // (which could depend on one of them) waits for them first.
+    if (!(e.type === 'file' && e.size <= SMALL_FILE)) await this.settle();
     if (e.type === null) {
       throw new BadImageError(`Cannot apply entry ${JSON.stringify(e.name)}${this.layer}: tar entries of type ${JSON.stringify(e.typeflag)} are not supported`, { entry: e.name });
     }
@@ -192,9 +203,25 @@ class LayerApplier {
           const chunks: Buffer[] = [];
           for await (const c of stream) chunks.push(c as Buffer);
           const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-          await create(() => createFile(path, data, this.meta(e)));
-          this.summary.bytes += data.length;
-          this.summary.bytesWritten += data.length;
+          if (this.dependsOnInflight(rel)) await this.settle();
+          else if (this.inflight.size >= MAX_INFLIGHT) await this.settle(MAX_INFLIGHT - 1);
+          const meta = this.meta(e);
+          const op = (async () => {
+            await create(() => createFile(path, data, meta));
+            await this.xattrs(path, e);
+            this.summary.bytes += data.length;
+            this.summary.bytesWritten += data.length;
+            this.summary.files++;
+          })().then(
+            () => void this.inflight.delete(rel),
+            (err: unknown) => {
+              this.inflight.delete(rel);
+              this.failure ??= this.wrap(err, e.name);
+            },
+          );
+          this.inflight.set(rel, op);
+          this.markUpper(rel);
+          return;
         } else {
           let fh: FileHandle | undefined;
           await create(async () => {
@@ -251,6 +278,28 @@ class LayerApplier {
       }
     }
     this.markUpper(rel);
+  }
+
+  /** True when a background creation is at `rel`, at one of its ancestors or under it. */
+  private dependsOnInflight(rel: string): boolean {
+    if (this.inflight.size === 0) return false;
+    for (const p of this.inflight.keys()) {
+      if (p === rel || p.startsWith(rel + '/') || rel.startsWith(p + '/')) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Waits until at most `atMost` background file creations are in flight (all, by default), then
+   * throws the first error any of them had.
+   */
+  private async settle(atMost = 0): Promise<void> {
+    while (this.inflight.size > atMost) await Promise.race(this.inflight.values());
+    if (this.failure !== undefined) {
+      const err = this.failure;
+      this.failure = undefined;
+      throw err;
+    }
   }
 
   /** Owner (when applied), mode and times of an entry, for createFile/setMeta. */

@@ -14,6 +14,7 @@
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type FileInfo, fileInfo } from './file-info.js';
+import { mapLimit } from './map-limit.js';
 
 /** Kind of a change, as `docker diff` prints it: added, changed, deleted. */
 export type ChangeKind = 'A' | 'C' | 'D';
@@ -43,6 +44,8 @@ export interface TreeDiff {
 }
 
 const CHUNK = 64 * 1024;
+/** Entries of one directory stat'ed at once. */
+const STATS_IN_FLIGHT = 16;
 
 /** True when two files have the same bytes (same size assumed). */
 async function sameContent(a: string, b: string): Promise<boolean> {
@@ -106,42 +109,40 @@ export async function diffTrees(lower: string, upper: string): Promise<TreeDiff>
 
   /** Every path under an added directory, as additions. */
   async function added(rel: string, out: Change[]): Promise<void> {
-    for (const name of await names(upper, rel)) {
-      const r = join2(rel, name);
-      const info = await fileInfo(upper, r);
+    const infos = await mapLimit(await names(upper, rel), STATS_IN_FLIGHT, (name) => fileInfo(upper, join2(rel, name)));
+    for (const info of infos) {
       note(info);
-      out.push({ kind: 'A', path: '/' + r, info });
-      if (info.type === 'directory') await added(r, out);
+      out.push({ kind: 'A', path: '/' + info.rel, info });
+      if (info.type === 'directory') await added(info.rel, out);
     }
   }
 
   /** Changes under the directory `rel` present (as a directory) in both trees. */
   async function walk(rel: string, out: Change[]): Promise<{ opaque: boolean }> {
-    const ln = await names(lower, rel);
-    const un = await names(upper, rel);
+    const [ln, un] = await Promise.all([names(lower, rel), names(upper, rel)]);
     const upperSet = new Set(un);
-    let i = 0;
-    let j = 0;
-    while (i < ln.length || j < un.length) {
-      const a = ln[i];
-      const b = un[j];
-      if (b === undefined || (a !== undefined && a < b)) {
-        out.push({ kind: 'D', path: '/' + join2(rel, a!) });
-        i++;
+    const lowerSet = new Set(ln);
+    // Stat a directory's entries together; the walk below then goes in name order.
+    const [uInfos, lInfos] = await Promise.all([
+      mapLimit(un, STATS_IN_FLIGHT, (name) => fileInfo(upper, join2(rel, name))),
+      mapLimit(ln, STATS_IN_FLIGHT, (name) => (upperSet.has(name) ? fileInfo(lower, join2(rel, name)) : Promise.resolve(undefined))),
+    ]);
+    const uInfo = new Map(un.map((n, k) => [n, uInfos[k]!]));
+    const lInfo = new Map(ln.map((n, k) => [n, lInfos[k]]));
+    for (const name of [...new Set([...ln, ...un])].sort()) {
+      const r = join2(rel, name);
+      if (!upperSet.has(name)) {
+        out.push({ kind: 'D', path: '/' + r });
         continue;
       }
-      const r = join2(rel, b);
-      const u = await fileInfo(upper, r);
+      const u = uInfo.get(name)!;
       note(u);
-      if (a === undefined || b < a) {
+      if (!lowerSet.has(name)) {
         out.push({ kind: 'A', path: '/' + r, info: u });
         if (u.type === 'directory') await added(r, out);
-        j++;
         continue;
       }
-      i++;
-      j++;
-      const l = await fileInfo(lower, r);
+      const l = lInfo.get(name)!;
       if (l.type === 'directory' && u.type === 'directory') {
         const sub: Change[] = [];
         const { opaque } = await walk(r, sub);
