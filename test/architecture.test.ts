@@ -26,7 +26,7 @@ const ALLOWED: Record<string, string[]> = {
   thin: ['pdata', 'io', 'errors', 'units'],
   nbd: ['errors', 'units'],
   serve: ['thin', 'nbd', 'io', 'errors', 'units'],
-  // The file-system and format half of images; it will import snapshots and thin once they wire it.
+  // The file-system and format half of images; it will import the snapshot layer and the pool once they wire it.
   images: ['io', 'errors', 'units'],
   tools: ['serve', 'thin', 'nbd', 'io', 'pdata', 'images', 'errors', 'units', 'bench'],
   bench: ['serve', 'thin', 'nbd', 'io', 'pdata', 'images', 'errors', 'units'],

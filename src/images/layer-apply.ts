@@ -15,7 +15,7 @@
  * caller discards the directory (the active snapshot) rather than this function undoing them.
  */
 import { constants as fsc } from 'node:fs';
-import { type FileHandle, link, lstat, mkdir, open, readdir, rm, symlink } from 'node:fs/promises';
+import { type FileHandle, link, lstat, mkdir, open, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { BadImageError, IoError, NoSpaceError, ThinpoolError, UnsafeLayerError } from '../errors.js';
@@ -23,9 +23,11 @@ import { type FileMeta, createFile, lsetxattr, lutimens, mknod, setMeta } from '
 import { type ApplySummary, emptySummary, noteSkipped } from './apply-summary.js';
 import { type ResolvedDir, ScopedRoot, entryComponents } from './scoped-root.js';
 import { writeSparse } from './sparse-writer.js';
+import { WHITEOUT_PREFIX, type WhiteoutContext, applyWhiteout } from './whiteouts.js';
 import { type TarEntry, decodeEntry, feedTar, tarStream } from './tar-format.js';
 
 export type { ApplySummary, SkippedItem } from './apply-summary.js';
+export { OPAQUE_MARKER, WHITEOUT_PREFIX } from './whiteouts.js';
 
 /** Options of {@link applyLayer}. */
 export interface ApplyOptions {
@@ -39,10 +41,6 @@ export interface ApplyOptions {
   signal?: AbortSignal;
 }
 
-/** Prefix of whiteout entries. */
-export const WHITEOUT_PREFIX = '.wh.';
-/** Name of the opaque-directory marker. */
-export const OPAQUE_MARKER = '.wh..wh..opq';
 /** Files up to this size are read whole and created in one native call; larger ones are streamed. */
 const SMALL_FILE = 256 * 1024;
 /** Small files created at once (the thread pool runs 4 at a time; the rest wait queued). */
@@ -89,6 +87,7 @@ class LayerApplier {
   /** The first error of a background creation, thrown by the next {@link settle}. */
   private failure: unknown;
   private readonly owners: boolean;
+  private readonly whiteoutContext: WhiteoutContext;
   /** ` of layer X` for entry messages. */
   private readonly layer: string;
   /** `layer X` for layer messages. */
@@ -98,6 +97,13 @@ class LayerApplier {
     this.scoped = new ScopedRoot(root, async (dir) => {
       await this.touch(dir);
     });
+    this.whiteoutContext = {
+      scoped: this.scoped,
+      upper: this.upper,
+      touch: (dir) => this.touch(dir),
+      summary: this.summary,
+      layer: opts.layer ? ` of layer ${opts.layer}` : '',
+    };
     this.owners = opts.owners ?? isRoot;
     this.layer = opts.layer ? ` of layer ${opts.layer}` : '';
     this.label = opts.layer ? `layer ${opts.layer}` : 'layer';
@@ -162,7 +168,7 @@ class LayerApplier {
     }
     const comps = entryComponents(e.name, e.name);
     const base = comps.length > 0 ? comps[comps.length - 1]! : '';
-    if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(e, comps);
+    if (base.startsWith(WHITEOUT_PREFIX)) return applyWhiteout(this.whiteoutContext, e, comps);
     if (comps.length === 0) return this.rootEntry(e);
 
     const dir = (await this.scoped.resolveDir(comps.slice(0, -1), e.name, true))!;
@@ -382,52 +388,6 @@ class LayerApplier {
     if (this.touched.has(key) || this.created.has(key)) return;
     const st = await lstat(dir.real, { bigint: true });
     this.touched.set(key, { real: dir.real, ino: st.ino, atimeNs: st.atimeNs, mtimeNs: st.mtimeNs });
-  }
-
-  private async whiteout(e: TarEntry, comps: string[]): Promise<void> {
-    const base = comps[comps.length - 1]!;
-    const dir = await this.scoped.resolveDir(comps.slice(0, -1), e.name, false);
-    if (base === OPAQUE_MARKER) {
-      if (dir) {
-        await this.prune(dir.real, dir.comps.join('/'), true);
-        this.scoped.invalidate();
-      }
-      this.summary.opaqueDirs++;
-      return;
-    }
-    if (base.startsWith(WHITEOUT_PREFIX + WHITEOUT_PREFIX)) {
-      noteSkipped(this.summary, { entry: e.name, what: 'meta-whiteout', reason: 'aufs metadata entries are not applied' });
-      return;
-    }
-    const name = base.slice(WHITEOUT_PREFIX.length);
-    if (name === '' || name === '.' || name === '..') {
-      throw new UnsafeLayerError(`Cannot apply whiteout ${JSON.stringify(e.name)}${this.layer}: it names no file in its directory`, { entry: e.name });
-    }
-    if (!dir) return;
-    const path = join(dir.real, name);
-    if (!(await lstat(path).catch(() => undefined))) return;
-    await this.touch(dir);
-    if (await this.prune(path, [...dir.comps, name].join('/'), false)) this.summary.whiteouts++;
-    this.scoped.invalidate();
-  }
-
-  /**
-   * Removes `path` (relative `rel`) unless this layer made it or something under it, in which case
-   * only the lower content under it goes; `keepSelf` keeps the directory itself (opaque marker).
-   * True when something was removed.
-   */
-  private async prune(path: string, rel: string, keepSelf: boolean): Promise<boolean> {
-    if (!keepSelf && !this.upper.has(rel)) {
-      await rm(path, { recursive: true, force: true });
-      return true;
-    }
-    const st = await lstat(path).catch(() => undefined);
-    if (!st?.isDirectory()) return false;
-    const names = await readdir(path);
-    if (names.length > 0) await this.touch({ comps: rel === '' ? [] : rel.split('/'), real: path });
-    let removed = false;
-    for (const name of names) removed = (await this.prune(join(path, name), rel === '' ? name : `${rel}/${name}`, false)) || removed;
-    return removed;
   }
 
   /** Directory modes and times after their contents; restores the times of directories changed but not listed. */

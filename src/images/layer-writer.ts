@@ -21,7 +21,7 @@ import type { FileInfo } from './file-info.js';
 import { MEDIA_TYPES } from './media-types.js';
 import { encodeHeader, type EntrySpec, tarStream } from './tar-format.js';
 import type { TreeDiff } from './tree-diff.js';
-import { OPAQUE_MARKER, WHITEOUT_PREFIX } from './layer-apply.js';
+import { OPAQUE_MARKER, WHITEOUT_PREFIX } from './whiteouts.js';
 
 /** The layer {@link writeLayer} wrote. */
 export interface WrittenLayer {
