@@ -4,7 +4,7 @@
  * it (size and digest; the stream fails before it ends when they differ), and each layer's
  * uncompressed tar checked against its diff id.
  */
-import type { Readable } from 'node:stream';
+import { type Readable, pipeline } from 'node:stream';
 import { BadImageError } from '../errors.js';
 import type { ArchiveFiles } from './archive-files.js';
 import type { Digest } from './digest.js';
@@ -61,9 +61,7 @@ export async function readVerified(open: () => Promise<Readable>, d: Descriptor,
   if (d.size > MAX_DOCUMENT) throw new BadImageError(`Cannot read ${name} (${d.digest}): ${d.size} bytes, more than the ${MAX_DOCUMENT} allowed for a document`, { blob: d.digest });
   const chunks: Buffer[] = [];
   const check = new DigestStream({ digest: d.digest, size: d.size, name: `${name} (${d.digest})` });
-  const src = await open();
-  src.on('error', (err) => check.destroy(err));
-  src.pipe(check);
+  pipeline(await open(), check, () => undefined); // errors surface on `check`; both are destroyed
   for await (const c of check) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
 }
@@ -92,8 +90,8 @@ export function makeImageSource(
   const openBlob = async (d: Descriptor, name = 'blob'): Promise<Readable> => {
     const src = await files.open(pathOf(d));
     const check = new DigestStream({ digest: d.digest, size: d.size, name: `${name} (${d.digest})` });
-    src.on('error', (err) => check.destroy(err));
-    return src.pipe(check);
+    // An error of either side destroys both (no descriptor is left open) and surfaces on `check`.
+    return pipeline(src, check, () => undefined);
   };
   return {
     ...base,
