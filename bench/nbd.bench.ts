@@ -35,7 +35,7 @@ import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } fro
 import { NbdServer } from '../src/nbd/server.js';
 import { StaticExportProvider } from '../src/nbd/static-export-provider.js';
 import { Daemon } from '../src/serve/daemon.js';
-import { Pool } from '../src/thin/pool.js';
+import { Pool } from '../src/pool/pool.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, fmt, writeResults, writeSvg } from './harness.js';
 import { benchDir, envNum, now, pairedRatio, printTargets, sourceState, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';

@@ -22,8 +22,8 @@ import { rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockFile } from '../src/io/block-file.js';
-import { Pool } from '../src/thin/pool.js';
-import type { ThinVolume } from '../src/thin/thin-volume.js';
+import { Pool } from '../src/pool/pool.js';
+import type { ThinVolume } from '../src/pool/thin-volume.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, fmt, writeResults, writeSvg } from './harness.js';
 

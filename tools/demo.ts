@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { connectPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { formatReport } from '../src/thin/check.js';
-import { Pool } from '../src/thin/pool.js';
+import { Pool } from '../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { deltaJson, deltaText, devicesTable } from './device.js';
 import { formatDuration, formatSize, print } from './output.js';

@@ -15,9 +15,9 @@ import {
 import type { CheckReport } from '../thin/check.js';
 import type { DeltaRange } from '../thin/delta.js';
 import type { DumpOptions } from '../thin/dump.js';
-import type { DeviceRecord } from '../thin/catalog.js';
-import type { DeviceListing } from '../thin/pool.js';
-import type { VolumeExtent } from '../thin/thin-volume.js';
+import type { DeviceRecord } from '../pool/catalog.js';
+import type { DeviceListing } from '../pool/pool.js';
+import type { VolumeExtent } from '../pool/thin-volume.js';
 import type { PoolService, ServiceStatus } from './pool-service.js';
 
 /** Largest payload one control message carries. */

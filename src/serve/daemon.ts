@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { NbdServer } from '../nbd/server.js';
-import { Pool } from '../thin/pool.js';
+import { Pool } from '../pool/pool.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
 import { LocalPoolService, type ServiceStatus } from './pool-service.js';

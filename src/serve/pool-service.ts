@@ -15,9 +15,9 @@ import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { ThinMetadata } from '../thin/metadata.js';
-import type { DeviceRecord } from '../thin/catalog.js';
-import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
-import type { VolumeExtent } from '../thin/thin-volume.js';
+import type { DeviceRecord } from '../pool/catalog.js';
+import { Pool, type DeviceListing, type PoolStatus } from '../pool/pool.js';
+import type { VolumeExtent } from '../pool/thin-volume.js';
 
 export interface ExportInfo {
   name: string;

@@ -6,7 +6,7 @@
  * snapshot reports as data, though writing it needs a new block.
  */
 import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } from '../nbd/export.js';
-import type { ThinVolume, VolumeSegment } from '../thin/thin-volume.js';
+import type { ThinVolume, VolumeSegment } from '../pool/thin-volume.js';
 
 export class ThinExport implements NbdExport {
   constructor(readonly volume: ThinVolume, readonly name: string, private readonly forceReadOnly = false) {}

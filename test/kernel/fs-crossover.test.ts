@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Daemon } from '../../src/serve/daemon.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { MiB } from '../../src/units.js';
 import { haveTools, isRoot, testIf } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';

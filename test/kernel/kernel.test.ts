@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, statSync, copyFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../../src/units.js';
 import { Rng, testSeed } from '../support/rng.js';
 import { tempDir } from '../support/tmp.js';

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { BusyError } from '../../src/errors.js';
 import { Cmd, CmdFlag, NbdErr, Opt, Rep, TxFlag } from '../../src/nbd/protocol.js';
 import { RemotePoolService } from '../../src/serve/control.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { NbdClient, NbdRequestError, dialUnix } from '../support/nbd-client.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
 import { cli } from '../support/cli.js';

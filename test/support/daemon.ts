@@ -22,7 +22,7 @@ import { Daemon } from '../../src/serve/daemon.js';
 import { RemotePoolService } from '../../src/serve/control.js';
 import { connectPool } from '../../src/serve/connect.js';
 import { dumpFile } from '../../src/serve/pool-service.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { restoreXml } from '../../src/thin/restore.js';
 import { NbdClient, dialUnix, type ConnectOptions } from './nbd-client.js';
 import { tempDir } from './tmp.js';

@@ -19,12 +19,12 @@ import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import { type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
 import { Gate } from './gate.js';
 import { BufferPool } from './buffer-pool.js';
-import { checkMetadata, type CheckReport } from './check.js';
-import { lsDevices } from './ls.js';
-import { ThinMetadata } from './metadata.js';
-import { estimateMetadataBytes } from './metadata-size.js';
+import { checkMetadata, type CheckReport } from '../thin/check.js';
+import { lsDevices } from '../thin/ls.js';
+import { ThinMetadata } from '../thin/metadata.js';
+import { estimateMetadataBytes } from '../thin/metadata-size.js';
 import { PoolLock } from './pool-lock.js';
-import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG } from './superblock.js';
+import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG } from '../thin/superblock.js';
 import { ThinVolume } from './thin-volume.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;

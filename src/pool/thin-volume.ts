@@ -20,7 +20,7 @@ import { NOT_CACHED } from '../pdata/btree.js';
 import { MiB } from '../units.js';
 import { BlockLocks } from './block-locks.js';
 import type { DeviceRecord } from './catalog.js';
-import type { LookupResult } from './metadata.js';
+import type { LookupResult } from '../thin/metadata.js';
 import type { Pool } from './pool.js';
 
 /** A run of a read: `data === null` is unprovisioned (reads as zeros). */

@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { statSync } from 'node:fs';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { GiB, MiB, KiB } from '../../src/units.js';
 import { Rng, testSeed } from '../support/rng.js';
 import { tempDir } from '../support/tmp.js';
