@@ -23,7 +23,7 @@ async function freshPool(dir: string, name: string, nrDataBlocks: number, metaBl
 async function mapSequential(md: ThinMetadata, id: number, n: number): Promise<void> {
   for (let v = 0; v < n; v++) {
     const b = await md.allocDataBlock();
-    await md.insert(id, v, b!);
+    await md.openDevice(id).insert(v, b!);
   }
 }
 
@@ -44,7 +44,7 @@ export async function metadataBench(): Promise<Record<string, unknown>> {
         name: 'cached lookup (200k-mapping device)',
         batch: keys.length,
         fn: async () => {
-          for (let i = 0; i < keys.length; i++) await md.lookup(1, keys[i]!);
+          for (let i = 0; i < keys.length; i++) await md.openDevice(1).lookup(keys[i]!);
         },
       },
       {
@@ -54,7 +54,7 @@ export async function metadataBench(): Promise<Record<string, unknown>> {
           for (let i = 0; i < 1000; i++) {
             const b = await md.allocDataBlock();
             if (b === undefined) throw new Error('bench pool full');
-            await md.insert(2, next++ * 7 % 3_000_000, b);
+            await md.openDevice(2).insert(next++ * 7 % 3_000_000, b);
           }
         },
       },

@@ -290,7 +290,7 @@ export async function poolBench(): Promise<Record<string, unknown>> {
       for (let v = 0; v < n; v += CHUNK) {
         const k = Math.min(CHUNK, n - v);
         const blocks = await spool.md.allocDataBlocks(k);
-        await spool.md.insertMany(rec.id, blocks.map((b, i) => [v + i, b] as const));
+        await spool.md.openDevice(rec.id).insertMany(blocks.map((b, i) => [v + i, b] as const));
       }
       await spool.commit();
     }

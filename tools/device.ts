@@ -10,7 +10,7 @@ import { UsageError } from '../src/errors.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { exportDevice, importDevice, readToStream, writeFromStream } from '../src/serve/transfer.js';
 import type { DeltaRange } from '../src/thin/delta.js';
-import type { DeviceRecord } from '../src/pool/catalog.js';
+import type { DeviceRecord } from '../src/pool/catalog-slots.js';
 import type { DeviceListing } from '../src/pool/pool.js';
 import { parseSize } from '../src/units.js';
 import { formatDuration, formatSize, keyValues, print, printJson, progressBar, table } from './output.js';

@@ -1,152 +1,169 @@
 /**
- * The catalog: what dm-thin does not store (device names, sizes, origins, pool settings), kept
- * in two alternating files `catalog.0` and `catalog.1`.
- *
- * Each slot is a header line `thinpool-catalog 1 <generation> <superblock csum> <body crc32c> <body bytes>`
- * and a JSON body. A commit writes the next generation into the older slot and syncs it before
- * the superblock is written; the superblock checksum in the header ties the slot to that
- * commit. On open the newest valid slot whose tag matches the superblock wins; if none matches,
- * the metadata was changed outside thinpool and the catalog is reconciled with it.
+ * The catalog of an open pool: its device records (names, sizes, origins, read-only flags) and
+ * settings in memory, the lookups by name or `id:N`, the changes thinpool makes to them, and the
+ * write of the next slot at commit (the slot format is in catalog-slots.ts). Every catalog
+ * change of the pool goes through here; the pool decides when (under its gate) and commits.
  */
-import { open, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { crc32c } from '../io/crc32c.js';
+import { ExistsError, NoSpaceError, NotFoundError, UsageError } from '../errors.js';
+import { MAX_DEVICE_ID } from '../thin/superblock.js';
+import {
+  type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, writeSlot,
+} from './catalog-slots.js';
 
-export interface DeviceRecord {
-  id: number;
-  /** null for a device made outside thinpool and not named yet. */
-  name: string | null;
-  /** null when unknown (made elsewhere): the device is as long as its highest mapped block. */
-  sizeBytes: number | null;
-  /** Device id this one was snapshotted from, if any (it may since have been deleted). */
-  origin: number | null;
-  originName: string | null;
-  created: string;
-  /** Read-only devices (image layers later) refuse writes. */
-  readOnly?: boolean;
-}
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$/;
 
-export interface PoolSettings {
-  lowWaterMarkBlocks: number;
-  autoExtend: boolean;
-  autoExtendStepBlocks: number;
-  autoExtendMaxBlocks: number;
-  created: string;
-  /** Lowest device id never used by this pool (ids are not reused). */
-  nextDeviceId?: number;
-}
-
-export interface OutsideChanges {
-  at: string;
-  /** Devices the catalog named that no longer exist in the metadata. */
-  dropped: Array<{ id: number; name: string | null }>;
-  /** Device ids in the metadata that the catalog did not know. */
-  unknown: number[];
-}
-
-export interface CatalogBody {
-  settings: PoolSettings;
-  devices: DeviceRecord[];
-  /** The last reconciliation with changes made outside thinpool, until thinpool changes devices again. */
-  outsideChanges: OutsideChanges | null;
-}
-
-export interface CatalogSlot {
-  slot: number;
-  generation: number;
-  superblockChecksum: number;
-  body: CatalogBody;
-}
-
-const MAGIC = 'thinpool-catalog';
-const VERSION = 1;
-
-export function slotPath(dir: string, slot: number): string {
-  return join(dir, `catalog.${slot}`);
-}
-
-/** Encodes a slot file. */
-export function encodeSlot(generation: number, superblockChecksum: number, body: CatalogBody): Buffer {
-  const json = Buffer.from(JSON.stringify(body));
-  const header = `${MAGIC} ${VERSION} ${generation} ${superblockChecksum >>> 0} ${crc32c(json)} ${json.length}\n`;
-  return Buffer.concat([Buffer.from(header), json]);
-}
-
-/** Decodes a slot file; undefined when it is missing, torn or damaged. */
-export function decodeSlot(slot: number, bytes: Buffer): CatalogSlot | undefined {
-  const nl = bytes.indexOf(10);
-  if (nl < 0) return undefined;
-  const f = bytes.subarray(0, nl).toString('latin1').split(' ');
-  if (f.length !== 6 || f[0] !== MAGIC || Number(f[1]) !== VERSION) return undefined;
-  const [generation, csum, crc, len] = f.slice(2).map(Number) as [number, number, number, number];
-  const json = bytes.subarray(nl + 1);
-  if (json.length !== len || crc32c(json) !== crc) return undefined;
-  try {
-    return { slot, generation, superblockChecksum: csum, body: JSON.parse(json.toString('utf8')) as CatalogBody };
-  } catch {
-    return undefined;
+/** Checks a device name: letters, digits and `._+@-`, at most 128 characters, not `id:N`. */
+export function checkDeviceName(name: string): string {
+  if (!NAME_RE.test(name)) {
+    throw new UsageError(`Cannot use '${name}' as a device name: use 1-128 letters, digits and . _ + @ -, starting with a letter or digit`);
   }
+  return name;
 }
 
-/** Both slots as found on disk (undefined entries for missing or damaged ones). */
-export async function readSlots(dir: string): Promise<Array<CatalogSlot | undefined>> {
-  const out: Array<CatalogSlot | undefined> = [];
-  for (const s of [0, 1]) {
-    try {
-      out.push(decodeSlot(s, await readFile(slotPath(dir, s))));
-    } catch {
-      out.push(undefined);
+export class Catalog {
+  private body: CatalogBody;
+  private generation: number;
+  private slot: number;
+  private stateValue: 'in-sync' | 'reconciled';
+  private dirtyValue = false;
+  /** Sizes of devices made elsewhere (no recorded size): up to their highest mapped block. */
+  private readonly unknownSizes = new Map<number, number>();
+  /** What loading found worth telling the user (changes made outside thinpool). */
+  readonly notices: string[] = [];
+
+  constructor(private readonly dir: string, loaded: LoadedCatalog) {
+    this.body = loaded.body;
+    this.generation = loaded.generation;
+    this.slot = loaded.slot;
+    this.stateValue = loaded.state;
+    if (loaded.state === 'reconciled') {
+      this.dirtyValue = true;
+      const ch = loaded.changes;
+      for (const d of ch?.dropped ?? []) this.notices.push(`the metadata was changed outside thinpool: device ${d.name ?? `id:${d.id}`} (id ${d.id}) no longer exists and was dropped from the catalog`);
+      if (ch?.unknown.length) this.notices.push(`the metadata was changed outside thinpool: new device${ch.unknown.length > 1 ? 's' : ''} ${ch.unknown.map((i) => `id:${i}`).join(', ')} (unnamed; name with thinpool device rename, size with thinpool device resize)`);
     }
   }
-  return out;
-}
 
-/** Writes a slot and syncs it. */
-export async function writeSlot(dir: string, slot: number, bytes: Buffer): Promise<void> {
-  const fh = await open(slotPath(dir, slot), 'w', 0o644);
-  try {
-    await fh.write(bytes, 0, bytes.length, 0);
-    await fh.datasync();
-  } finally {
-    await fh.close();
+  get settings(): PoolSettings {
+    return this.body.settings;
   }
-}
 
-export interface LoadedCatalog {
-  body: CatalogBody;
-  /** Generation and slot of the catalog in use (next write goes to the other slot). */
-  generation: number;
-  slot: number;
-  /** 'in-sync' when the catalog matches the superblock; 'reconciled' when it was rebuilt. */
-  state: 'in-sync' | 'reconciled';
-  /** What the reconciliation found, when it changed anything. */
-  changes: OutsideChanges | null;
-}
-
-/**
- * Picks the catalog for a superblock with checksum `csum` and the device ids the metadata holds;
- * reconciles when no slot matches: records of surviving ids are kept, the rest dropped and
- * reported, unknown ids listed unnamed.
- */
-export async function loadCatalog(dir: string, csum: number, ids: number[], defaults: () => PoolSettings): Promise<LoadedCatalog> {
-  const slots = (await readSlots(dir)).filter((s): s is CatalogSlot => !!s).sort((a, b) => b.generation - a.generation);
-  const match = slots.find((s) => s.superblockChecksum === csum >>> 0);
-  if (match && sameIds(match.body.devices, ids)) {
-    return { body: match.body, generation: match.generation, slot: match.slot, state: 'in-sync', changes: match.body.outsideChanges };
+  /** Every device record, in catalog order. */
+  get devices(): readonly DeviceRecord[] {
+    return this.body.devices;
   }
-  const base = match ?? slots[0];
-  const known = new Map((base?.body.devices ?? []).map((d) => [d.id, d]));
-  const present = new Set(ids);
-  const dropped = [...known.values()].filter((d) => !present.has(d.id)).map((d) => ({ id: d.id, name: d.name }));
-  const unknown = ids.filter((id) => !known.has(id));
-  const devices: DeviceRecord[] = ids.map((id) => known.get(id) ?? { id, name: null, sizeBytes: null, origin: null, originName: null, created: new Date().toISOString() });
-  const changes: OutsideChanges = { at: new Date().toISOString(), dropped, unknown };
-  const body: CatalogBody = { settings: base?.body.settings ?? defaults(), devices, outsideChanges: changes };
-  return { body, generation: base?.generation ?? 0, slot: base?.slot ?? 1, state: 'reconciled', changes };
-}
 
-function sameIds(devices: DeviceRecord[], ids: number[]): boolean {
-  if (devices.length !== ids.length) return false;
-  const s = new Set(ids);
-  return devices.every((d) => s.has(d.id));
+  /** Reconciled until thinpool itself changes the devices: the outside changes stay on show. */
+  get state(): 'in-sync' | 'reconciled' {
+    return this.body.outsideChanges ? 'reconciled' : this.stateValue;
+  }
+
+  get outsideChanges(): OutsideChanges | null {
+    return this.body.outsideChanges;
+  }
+
+  /** True when the next commit must write a slot. */
+  get dirty(): boolean {
+    return this.dirtyValue;
+  }
+
+  /** The record of a device given by name or `id:N`. */
+  record(dev: string): DeviceRecord {
+    const m = /^id:(\d+)$/.exec(dev);
+    const r = m ? this.body.devices.find((d) => d.id === Number(m[1])) : this.body.devices.find((d) => d.name === dev);
+    if (!r) throw new NotFoundError(`no device ${m ? `with id ${m[1]}` : `named ${dev}`}`, { dev });
+    return r;
+  }
+
+  recordById(id: number): DeviceRecord {
+    const r = this.body.devices.find((d) => d.id === id);
+    if (!r) throw new NotFoundError(`no device with id ${id}`, { id });
+    return r;
+  }
+
+  /** `name`, or `id:N` for an unnamed device. */
+  label(id: number): string {
+    const r = this.body.devices.find((d) => d.id === id);
+    return r?.name ?? `id:${id}`;
+  }
+
+  /** Size in bytes of device `id`: its recorded size, or up to its highest mapped block when unknown. */
+  sizeOf(id: number): number {
+    const r = this.recordById(id);
+    return r.sizeBytes ?? this.unknownSizes.get(id) ?? 0;
+  }
+
+  /** Records the size of a device made elsewhere (no recorded size), found from its mappings. */
+  setUnknownSize(id: number, bytes: number): void {
+    this.unknownSizes.set(id, bytes);
+  }
+
+  /**
+   * A new device id: above every id used so far, given the ids the metadata holds (ids are not
+   * reused, so a stale handle never reaches a new device).
+   */
+  nextId(ids: readonly number[]): number {
+    const max = Math.max(ids.length ? ids[ids.length - 1]! : 0, (this.body.settings.nextDeviceId ?? 1) - 1);
+    if (max < MAX_DEVICE_ID) {
+      this.body.settings.nextDeviceId = max + 2;
+      return max + 1;
+    }
+    const used = new Set(ids);
+    for (let i = 1; i <= MAX_DEVICE_ID; i++) if (!used.has(i)) return i;
+    throw new NoSpaceError('Cannot create a device: all 16777215 device ids are in use');
+  }
+
+  /** Checks a name for a new or renamed device (valid, not taken). */
+  checkNewName(name: string, action: string): void {
+    checkDeviceName(name);
+    if (this.body.devices.some((d) => d.name === name)) throw new ExistsError(`Cannot ${action}: a device named ${name} exists`, { name });
+  }
+
+  /** Adds a new device's record. */
+  add(rec: DeviceRecord): void {
+    this.body.devices.push(rec);
+    this.touchDevices();
+  }
+
+  /** Drops device `id`'s record. */
+  remove(id: number): void {
+    this.body.devices = this.body.devices.filter((d) => d.id !== id);
+    this.unknownSizes.delete(id);
+    this.touchDevices();
+  }
+
+  /** Renames a device (and the origin name its snapshots show). */
+  rename(r: DeviceRecord, name: string): void {
+    r.name = name;
+    for (const d of this.body.devices) if (d.origin === r.id) d.originName = name;
+    this.touchDevices();
+  }
+
+  /** Records a device's new size. */
+  resize(r: DeviceRecord, sizeBytes: number): void {
+    r.sizeBytes = sizeBytes;
+    this.unknownSizes.delete(r.id);
+    this.dirtyValue = true;
+  }
+
+  /** A setting changed (e.g. the capacity after an auto-extension): the next commit writes a slot. */
+  markDirty(): void {
+    this.dirtyValue = true;
+  }
+
+  private touchDevices(): void {
+    this.dirtyValue = true;
+    if (this.body.outsideChanges) this.body.outsideChanges = null;
+  }
+
+  /** Writes the next generation into the other slot, tagged with the new superblock's checksum, and syncs it. */
+  async write(superblockChecksum: number): Promise<void> {
+    const slot = 1 - this.slot;
+    const gen = this.generation + 1;
+    await writeSlot(this.dir, slot, encodeSlot(gen, superblockChecksum, this.body));
+    this.slot = slot;
+    this.generation = gen;
+    this.dirtyValue = false;
+    this.stateValue = 'in-sync';
+  }
 }

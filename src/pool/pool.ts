@@ -1,7 +1,14 @@
 /**
  * A thin pool as users meet it: a directory holding `metadata` (dm-thin format), `data` (the
  * data blocks, a sparse file whose apparent size is the pool's capacity), the two catalog slots
- * and `lock`. One process owns an open pool.
+ * and `lock`. One process owns an open pool. The kernel's `dm-thin.c` (pool and thin targets)
+ * over `dm-thin-metadata.c` is the model: the pool owns the metadata, the data file and the
+ * commit; each thin device's byte I/O is a {@link ThinVolume} that reaches the pool only
+ * through {@link VolumeHost}.
+ *
+ * Its parts: the directory's files (pool-lifecycle.ts), the catalog (catalog.ts), the mode and
+ * metadata-full guard (pool-modes.ts), data allocation and auto-extension (data-space.ts), and
+ * when commits and data syncs run (commit-scheduler.ts).
  *
  * @example
  * const pool = await Pool.create({ dir: '/var/lib/thinpool', dataSize: 10 * GiB });
@@ -10,60 +17,27 @@
  * await pool.snapshot('web', 'web-snap');
  * await pool.close();
  */
-import { mkdir, readdir, rm, statfs, stat, symlink } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import { BusyError, ExistsError, NoSpaceError, NotFoundError, ReadOnlyError, UsageError } from '../errors.js';
-import { FileBlockFile } from '../io/block-file.js';
-import { MetadataSpaceError } from '../pdata/transaction-manager.js';
-import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
-import { type CatalogBody, type DeviceRecord, type LoadedCatalog, type OutsideChanges, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog.js';
-import { Gate } from './gate.js';
-import { BufferPool } from './buffer-pool.js';
+import { statfs } from 'node:fs/promises';
+import { BusyError } from '../errors.js';
+import type { FileBlockFile } from '../io/block-file.js';
 import { checkMetadata, type CheckReport } from '../thin/check.js';
 import { lsDevices } from '../thin/ls.js';
-import { ThinMetadata } from '../thin/metadata.js';
-import { estimateMetadataBytes } from '../thin/metadata-size.js';
-import { PoolLock } from './pool-lock.js';
-import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG } from '../thin/superblock.js';
+import type { ThinMetadata } from '../thin/metadata.js';
+import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
+import { METADATA_BLOCK_SIZE } from '../units.js';
+import { BufferPool } from './buffer-pool.js';
+import { Catalog } from './catalog.js';
+import type { DeviceRecord, OutsideChanges } from './catalog-slots.js';
+import { CommitScheduler } from './commit-scheduler.js';
+import { DataSpace } from './data-space.js';
+import { Gate } from './gate.js';
+import {
+  type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
+} from './pool-lifecycle.js';
+import type { PoolLock } from './pool-lock.js';
+import { PoolModes } from './pool-modes.js';
 import { ThinVolume } from './thin-volume.js';
-
-export const MIN_BLOCK_SIZE = 64 * KiB;
-export const MAX_BLOCK_SIZE = GiB;
-
-export interface PoolCreateOptions {
-  dir: string;
-  /** Capacity in bytes (rounded down to whole blocks). */
-  dataSize: number;
-  /** Metadata file size in bytes (default: estimated for the data size and 1000 devices, at least 2 MiB). */
-  metadataSize?: number;
-  /** Data block size in bytes: 64 KiB .. 1 GiB, a multiple of 64 KiB (default 64 KiB). */
-  blockSize?: number;
-  /** Free space (bytes) under which the pool auto-extends (default 10% of the data size). */
-  lowWaterMark?: number;
-  /** Grow the capacity when free space falls under the low-water mark (default true). */
-  autoExtend?: boolean;
-  /** Bytes added per auto-extension (default 20% of the data size, at least one block). */
-  autoExtendStep?: number;
-  /** Largest capacity auto-extension reaches (default 4 x the data size). */
-  autoExtendMax?: number;
-}
-
-/** Points of a commit where a fault-injection hook runs (tests kill the process there). */
-export type CommitPoint = 'metadata-written' | 'catalog-written' | 'superblock-written';
-
-export interface PoolOpenOptions {
-  /**
-   * Fault injection: called at each point of every commit (tests kill the process there to
-   * show the pool reopens consistently whatever the point).
-   */
-  commitHook?: (point: CommitPoint) => void | Promise<void>;
-  /** Commit on a timer when there are changes (milliseconds; 0 = only on flush/close). */
-  commitIntervalMs?: number;
-  /** Metadata blocks cached in memory. */
-  cacheBlocks?: number;
-}
-
-export type PoolMode = 'rw' | 'ro' | 'out-of-data-space' | 'fail';
+import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
 
 export interface PoolStatus {
   dir: string;
@@ -96,97 +70,41 @@ export interface DeviceListing {
   readOnly: boolean;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$/;
-
-/** Checks a device name: letters, digits and `._+@-`, at most 128 characters, not `id:N`. */
-export function checkDeviceName(name: string): string {
-  if (!NAME_RE.test(name)) {
-    throw new UsageError(`Cannot use '${name}' as a device name: use 1-128 letters, digits and . _ + @ -, starting with a letter or digit`);
-  }
-  return name;
-}
-
-function checkBlockSize(bs: number): void {
-  if (!Number.isInteger(bs) || bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || bs % MIN_BLOCK_SIZE !== 0) {
-    throw new RangeError(`Cannot use a block size of ${bs} bytes: it must be a multiple of 64 KiB between 64 KiB and 1 GiB`);
-  }
-}
-
-export class Pool {
+export class Pool implements VolumeHost {
   readonly gate = new Gate();
   /** Read buffers reused across requests (see {@link ThinVolume.releaseSegments}). */
   readonly buffers = new BufferPool();
+  readonly dir: string;
+  readonly md: ThinMetadata;
+  readonly metadataFile: FileBlockFile;
+  readonly dataFile: FileBlockFile;
+  /** The device records and settings (names, sizes, origins). */
+  readonly catalog: Catalog;
+  private readonly lock: PoolLock;
+  private readonly modes: PoolModes;
+  private readonly space: DataSpace;
+  private readonly scheduler: CommitScheduler;
   private readonly volumes = new Map<number, ThinVolume>();
   private readonly inUse = new Map<number, number>();
-  private catalogBody: CatalogBody;
-  private catalogGeneration: number;
-  private catalogSlot: number;
-  private catalogState: 'in-sync' | 'reconciled';
-  private catalogDirty = false;
-  private modeValue: PoolMode = 'rw';
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
-  private readonly unknownSizes = new Map<number, number>();
   private commitHook: PoolOpenOptions['commitHook'];
-  private queuedCommit: Promise<void> | undefined;
-  private syncRunning: Promise<void> | undefined;
-  private syncNext: Promise<void> | undefined;
-  /** What opening found worth telling the user (changes made outside thinpool). */
-  readonly notices: string[] = [];
 
-  private constructor(
-    readonly dir: string,
-    readonly md: ThinMetadata,
-    readonly metadataFile: FileBlockFile,
-    readonly dataFile: FileBlockFile,
-    private readonly lock: PoolLock,
-    loaded: LoadedCatalog,
-  ) {
-    this.catalogBody = loaded.body;
-    this.catalogGeneration = loaded.generation;
-    this.catalogSlot = loaded.slot;
-    this.catalogState = loaded.state;
-    if (loaded.state === 'reconciled') {
-      this.catalogDirty = true;
-      const ch = loaded.changes;
-      for (const d of ch?.dropped ?? []) this.notices.push(`the metadata was changed outside thinpool: device ${d.name ?? `id:${d.id}`} (id ${d.id}) no longer exists and was dropped from the catalog`);
-      if (ch?.unknown.length) this.notices.push(`the metadata was changed outside thinpool: new device${ch.unknown.length > 1 ? 's' : ''} ${ch.unknown.map((i) => `id:${i}`).join(', ')} (unnamed; name with thinpool device rename, size with thinpool device resize)`);
-    }
-    if (md.needsCheck) this.modeValue = 'ro';
+  private constructor(opened: OpenedPool) {
+    this.dir = opened.dir;
+    this.md = opened.md;
+    this.metadataFile = opened.metadataFile;
+    this.dataFile = opened.dataFile;
+    this.lock = opened.lock;
+    this.catalog = new Catalog(opened.dir, opened.catalog);
+    this.modes = new PoolModes(this.md);
+    this.space = new DataSpace(this.dir, this.md, this.dataFile, this.catalog, this.modes);
+    this.scheduler = new CommitScheduler(this.gate, this.dataFile, () => this.commitLocked());
   }
 
   /** Creates a new pool in `dir` (which must be empty or missing) and opens it. */
   static async create(opts: PoolCreateOptions, openOpts: PoolOpenOptions = {}): Promise<Pool> {
-    const bs = opts.blockSize ?? MIN_BLOCK_SIZE;
-    checkBlockSize(bs);
-    const nrDataBlocks = Math.floor(opts.dataSize / bs);
-    if (!(nrDataBlocks >= 1)) throw new RangeError(`Cannot create a pool of ${opts.dataSize} bytes: it must hold at least one ${formatSize(bs)} block`);
-    const metaBytes = opts.metadataSize ?? estimateMetadataBytes(nrDataBlocks);
-    if (metaBytes < 64 * KiB) throw new RangeError(`Cannot create a pool with ${metaBytes} bytes of metadata: at least 64 KiB`);
-    await mkdir(opts.dir, { recursive: true });
-    const existing = (await readdir(opts.dir)).filter((f) => ['metadata', 'data', 'catalog.0', 'catalog.1'].includes(f));
-    if (existing.length) throw new ExistsError(`Cannot create a pool in ${opts.dir}: it already holds one (${existing.join(', ')})`, { dir: opts.dir });
-    const lock = await PoolLock.acquire(opts.dir);
-    try {
-      const data = await FileBlockFile.open(join(opts.dir, 'data'), { create: true });
-      await data.truncate(nrDataBlocks * bs);
-      await data.close();
-      const meta = await FileBlockFile.open(join(opts.dir, 'metadata'), { create: true });
-      const md = await ThinMetadata.format(meta, { dataBlockSize: bs / 512, nrDataBlocks, nrMetadataBlocks: Math.floor(metaBytes / METADATA_BLOCK_SIZE) });
-      const settings: PoolSettings = {
-        lowWaterMarkBlocks: opts.lowWaterMark !== undefined ? Math.floor(opts.lowWaterMark / bs) : Math.max(1, Math.floor(nrDataBlocks / 10)),
-        autoExtend: opts.autoExtend ?? true,
-        autoExtendStepBlocks: Math.max(1, opts.autoExtendStep !== undefined ? Math.floor(opts.autoExtendStep / bs) : Math.ceil(nrDataBlocks / 5)),
-        autoExtendMaxBlocks: opts.autoExtendMax !== undefined ? Math.floor(opts.autoExtendMax / bs) : nrDataBlocks * 4,
-        created: new Date().toISOString(),
-      };
-      const body: CatalogBody = { settings, devices: [], outsideChanges: null };
-      await writeSlot(opts.dir, 0, encodeSlot(1, md.superblockChecksum, body));
-      await md.close();
-      await meta.close();
-    } finally {
-      await lock.release();
-    }
+    await createPoolFiles(opts);
     return Pool.open(opts.dir, openOpts);
   }
 
@@ -195,49 +113,22 @@ export class Pool {
    * thin_restore) is reconciled with the catalog; {@link status} reports it.
    */
   static async open(dir: string, opts: PoolOpenOptions = {}): Promise<Pool> {
+    const opened = await openPoolFiles(dir, opts);
+    const pool = new Pool(opened);
+    pool.commitHook = opts.commitHook;
     try {
-      await stat(join(dir, 'metadata'));
-    } catch {
-      throw new NotFoundError(`Cannot open pool ${dir}: no pool there (no metadata file)`, { dir });
-    }
-    try {
-      await stat(join(dir, 'data'));
-    } catch {
-      throw new NotFoundError(`Cannot open pool ${dir}: its data file is missing`, { dir });
-    }
-    const lock = await PoolLock.acquire(dir);
-    let meta: FileBlockFile | undefined;
-    let data: FileBlockFile | undefined;
-    try {
-      meta = await FileBlockFile.open(join(dir, 'metadata'));
-      data = await FileBlockFile.open(join(dir, 'data'));
-      const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
-      const bs = md.blockBytes;
-      const loaded = await loadCatalog(dir, md.superblockChecksum, md.deviceIds(), () => ({
-        lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
-        autoExtend: true,
-        autoExtendStepBlocks: Math.max(1, Math.ceil(md.nrDataBlocks / 5)),
-        autoExtendMaxBlocks: md.nrDataBlocks * 4,
-        created: new Date().toISOString(),
-      }));
-      const pool = new Pool(dir, md, meta, data, lock, loaded);
-      pool.commitHook = opts.commitHook;
-      // The data file must cover the capacity (the kernel insists on it too).
-      if ((await data.size()) < md.nrDataBlocks * bs) await data.truncate(md.nrDataBlocks * bs);
-      for (const d of loaded.body.devices) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
-      if (opts.commitIntervalMs) {
-        pool.timer = setInterval(() => {
-          if (pool.md.hasChanges || pool.catalogDirty) pool.commit().catch(() => undefined);
-        }, opts.commitIntervalMs);
-        pool.timer.unref();
-      }
-      return pool;
+      for (const d of pool.catalog.devices) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
     } catch (err) {
-      await meta?.close();
-      await data?.close();
-      await lock.release();
+      await opened.abandon();
       throw err;
     }
+    if (opts.commitIntervalMs) {
+      pool.timer = setInterval(() => {
+        if (pool.md.hasChanges || pool.catalog.dirty) pool.commit().catch(() => undefined);
+      }, opts.commitIntervalMs);
+      pool.timer.unref();
+    }
+    return pool;
   }
 
   /**
@@ -246,24 +137,13 @@ export class Pool {
    * are not rewritten until the first change. Devices come in unnamed (`id:N`).
    */
   static async adopt(opts: { dir: string; metadata: string; data: string }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
-    const metadata = resolve(opts.metadata);
-    const data = resolve(opts.data);
-    const probe = await FileBlockFile.open(metadata, { readOnly: true });
-    let need: number;
-    try {
-      const md = await ThinMetadata.open(probe, { readOnly: true });
-      need = md.nrDataBlocks * md.blockBytes;
-    } finally {
-      await probe.close();
-    }
-    const dataSize = (await stat(data)).size;
-    if (dataSize < need) throw new RangeError(`Cannot adopt ${data}: it holds ${dataSize} bytes but the metadata maps ${need} (the kernel would refuse it too)`);
-    await mkdir(opts.dir, { recursive: true });
-    const existing = (await readdir(opts.dir)).filter((f) => ['metadata', 'data', 'catalog.0', 'catalog.1'].includes(f));
-    if (existing.length) throw new ExistsError(`Cannot adopt into ${opts.dir}: it already holds a pool (${existing.join(', ')})`, { dir: opts.dir });
-    await symlink(metadata, join(opts.dir, 'metadata'));
-    await symlink(data, join(opts.dir, 'data'));
+    await adoptPoolFiles(opts);
     return Pool.open(opts.dir, openOpts);
+  }
+
+  /** Deletes a pool directory's files (the pool must not be open). */
+  static destroy(dir: string): Promise<void> {
+    return destroyPoolFiles(dir);
   }
 
   // ---- state ----------------------------------------------------------------------------
@@ -273,17 +153,22 @@ export class Pool {
   }
 
   get mode(): PoolMode {
-    return this.modeValue;
+    return this.modes.mode;
   }
 
-  get catalog(): Readonly<CatalogBody> {
-    return this.catalogBody;
+  get needsCheck(): boolean {
+    return this.md.needsCheck;
+  }
+
+  /** What opening found worth telling the user (changes made outside thinpool). */
+  get notices(): readonly string[] {
+    return this.catalog.notices;
   }
 
   /** Pool status as `thinpool pool status --json` prints it. */
   async status(): Promise<PoolStatus> {
     const u = this.md.usage;
-    const s = this.catalogBody.settings;
+    const s = this.catalog.settings;
     let hostFreeBytes = 0;
     try {
       const fs = await statfs(this.dir);
@@ -298,53 +183,42 @@ export class Pool {
       dataBlocks: u.dataBlocks,
       metadataBlocks: u.metadataBlocks,
       heldRoot: this.md.heldRoot || null,
-      mode: this.modeValue,
+      mode: this.modes.mode,
       needsCheck: this.md.needsCheck,
       lowWaterMark: s.lowWaterMarkBlocks * this.blockSize,
       autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * this.blockSize, max: s.autoExtendMaxBlocks * this.blockSize },
       hostFreeBytes,
-      // Reconciled until thinpool itself changes the devices: the outside changes stay on show.
-      catalog: this.catalogBody.outsideChanges ? 'reconciled' : this.catalogState,
-      outsideChanges: this.catalogBody.outsideChanges,
-      devices: this.catalogBody.devices.length,
+      catalog: this.catalog.state,
+      outsideChanges: this.catalog.outsideChanges,
+      devices: this.catalog.devices.length,
     };
   }
 
   /** The record of a device given by name or `id:N`. */
   record(dev: string): DeviceRecord {
-    const m = /^id:(\d+)$/.exec(dev);
-    const r = m ? this.catalogBody.devices.find((d) => d.id === Number(m[1])) : this.catalogBody.devices.find((d) => d.name === dev);
-    if (!r) throw new NotFoundError(`no device ${m ? `with id ${m[1]}` : `named ${dev}`}`, { dev });
-    return r;
-  }
-
-  private recordById(id: number): DeviceRecord {
-    const r = this.catalogBody.devices.find((d) => d.id === id);
-    if (!r) throw new NotFoundError(`no device with id ${id}`, { id });
-    return r;
+    return this.catalog.record(dev);
   }
 
   /** `name`, or `id:N` for an unnamed device. */
   label(id: number): string {
-    const r = this.catalogBody.devices.find((d) => d.id === id);
-    return r?.name ?? `id:${id}`;
+    return this.catalog.label(id);
   }
 
   /** Size in bytes of device `id`: its recorded size, or up to its highest mapped block when unknown. */
   deviceSize(id: number): number {
-    const r = this.recordById(id);
-    return r.sizeBytes ?? this.unknownSizes.get(id) ?? 0;
+    return this.catalog.sizeOf(id);
   }
 
   private async refreshUnknownSize(id: number): Promise<void> {
-    const hi = await this.md.highestMapped(id);
-    this.unknownSizes.set(id, (Number(hi) + 1) * this.blockSize);
+    const hi = await this.md.openDevice(id).highestMapped();
+    this.catalog.setUnknownSize(id, (Number(hi) + 1) * this.blockSize);
+    this.pushState(id);
   }
 
   /** The listing of every device (with thin_ls's mapped/exclusive/shared counts). */
   async devices(): Promise<DeviceListing[]> {
     const counts = new Map((await lsDevices(this.md)).map((c) => [c.id, c]));
-    return this.catalogBody.devices
+    return this.catalog.devices
       .slice()
       .sort((a, b) => a.id - b.id)
       .map((r) => {
@@ -376,46 +250,19 @@ export class Pool {
 
   private writable(action: string): void {
     if (this.closed) throw new BusyError(`Cannot ${action}: the pool is closed`);
-    if (this.modeValue === 'ro' || this.modeValue === 'fail') {
-      const why = this.md.needsCheck ? 'needs_check is set (run thinpool pool check)' : `the pool is in ${this.modeValue} mode`;
-      throw new ReadOnlyError(`Cannot ${action}: ${why}`, { mode: this.modeValue }, this.md.needsCheck ? 'ENEEDSCHECK' : 'EREADONLY');
-    }
-  }
-
-  /** A new device id: above every id used so far (ids are not reused, so a stale handle never reaches a new device). */
-  private nextId(): number {
-    const ids = this.md.deviceIds();
-    const max = Math.max(ids.length ? ids[ids.length - 1]! : 0, (this.catalogBody.settings.nextDeviceId ?? 1) - 1);
-    if (max < MAX_DEVICE_ID) {
-      this.catalogBody.settings.nextDeviceId = max + 2;
-      return max + 1;
-    }
-    const used = new Set(ids);
-    for (let i = 1; i <= MAX_DEVICE_ID; i++) if (!used.has(i)) return i;
-    throw new NoSpaceError('Cannot create a device: all 16777215 device ids are in use');
-  }
-
-  private checkNewName(name: string, action: string): void {
-    checkDeviceName(name);
-    if (this.catalogBody.devices.some((d) => d.name === name)) throw new ExistsError(`Cannot ${action}: a device named ${name} exists`, { name });
-  }
-
-  private touchDevices(): void {
-    this.catalogDirty = true;
-    if (this.catalogBody.outsideChanges) this.catalogBody.outsideChanges = null;
+    this.modes.refuseChanges(action);
   }
 
   /** Creates a thin device of `sizeBytes` (a multiple of 512). */
   async createDevice(name: string, sizeBytes: number, opts: { readOnly?: boolean } = {}): Promise<DeviceRecord> {
     this.writable(`create device ${name}`);
-    this.checkNewName(name, `create device ${name}`);
+    this.catalog.checkNewName(name, `create device ${name}`);
     checkDeviceSize(sizeBytes);
     return this.gate.exclusively(async () => {
-      const id = this.nextId();
+      const id = this.catalog.nextId(this.md.deviceIds());
       await this.guard(() => this.md.createThin(id));
       const rec: DeviceRecord = { id, name, sizeBytes, origin: null, originName: null, created: new Date().toISOString(), ...(opts.readOnly ? { readOnly: true } : {}) };
-      this.catalogBody.devices.push(rec);
-      this.touchDevices();
+      this.catalog.add(rec);
       await this.commitLocked();
       return rec;
     });
@@ -425,16 +272,15 @@ export class Pool {
   async snapshot(dev: string, name: string, opts: { readOnly?: boolean } = {}): Promise<DeviceRecord> {
     this.writable(`snapshot ${dev}`);
     const origin = this.record(dev);
-    this.checkNewName(name, `snapshot ${dev}`);
+    this.catalog.checkNewName(name, `snapshot ${dev}`);
     return this.gate.exclusively(async () => {
-      const id = this.nextId();
+      const id = this.catalog.nextId(this.md.deviceIds());
       await this.guard(() => this.md.createSnap(id, origin.id));
       const rec: DeviceRecord = {
         id, name, sizeBytes: this.deviceSize(origin.id), origin: origin.id, originName: origin.name, created: new Date().toISOString(),
         ...(opts.readOnly ? { readOnly: true } : {}),
       };
-      this.catalogBody.devices.push(rec);
-      this.touchDevices();
+      this.catalog.add(rec);
       await this.commitLocked();
       return rec;
     });
@@ -467,11 +313,9 @@ export class Pool {
       // An export may have attached while this waited for the gate.
       if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
       await this.guard(() => this.md.deleteDevice(r.id));
-      this.catalogBody.devices = this.catalogBody.devices.filter((d) => d.id !== r.id);
+      this.catalog.remove(r.id);
       this.volumes.get(r.id)?.markRemoved();
       this.volumes.delete(r.id);
-      this.unknownSizes.delete(r.id);
-      this.touchDevices();
       await this.commitLocked();
     });
   }
@@ -480,11 +324,10 @@ export class Pool {
     this.writable(`rename ${dev}`);
     const r = this.record(dev);
     if (r.name === name) return;
-    this.checkNewName(name, `rename ${dev}`);
+    this.catalog.checkNewName(name, `rename ${dev}`);
     await this.gate.exclusively(async () => {
-      r.name = name;
-      for (const d of this.catalogBody.devices) if (d.origin === r.id) d.originName = name;
-      this.touchDevices();
+      this.catalog.rename(r, name);
+      this.pushState(r.id);
       await this.commitLocked();
     });
   }
@@ -501,13 +344,12 @@ export class Pool {
       const tailEnd = Math.min(old, Math.ceil(sizeBytes / bs) * bs);
       if (tailEnd > sizeBytes) await vol.writeZeroes(sizeBytes, tailEnd - sizeBytes, { noHole: false });
       await this.gate.exclusively(async () => {
-        await this.guard(() => this.md.removeRange(r.id, Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
+        await this.guard(() => this.md.openDevice(r.id).removeRange(Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
       });
     }
     await this.gate.exclusively(async () => {
-      r.sizeBytes = sizeBytes;
-      this.unknownSizes.delete(r.id);
-      this.catalogDirty = true;
+      this.catalog.resize(r, sizeBytes);
+      this.pushState(r.id);
       await this.commitLocked();
     });
   }
@@ -517,10 +359,19 @@ export class Pool {
     const r = this.record(dev);
     let v = this.volumes.get(r.id);
     if (!v) {
-      v = new ThinVolume(this, r.id);
+      v = new ThinVolume(this, this.md.openDevice(r.id), this.stateOf(r.id));
       this.volumes.set(r.id, v);
     }
     return v;
+  }
+
+  private stateOf(id: number): VolumeState {
+    return { name: this.catalog.label(id), size: this.catalog.sizeOf(id), readOnly: !!this.catalog.recordById(id).readOnly };
+  }
+
+  /** Tells device `id`'s volume (if it has one) its name, size and read-only flag again. */
+  private pushState(id: number): void {
+    this.volumes.get(id)?.setState(this.stateOf(id));
   }
 
   // ---- pool-wide -------------------------------------------------------------------------
@@ -532,7 +383,7 @@ export class Pool {
       if (opts.dataSize !== undefined) {
         const n = Math.floor(opts.dataSize / this.blockSize);
         if (n < this.md.nrDataBlocks) throw new RangeError(`Cannot shrink the pool's data from ${this.md.nrDataBlocks} to ${n} blocks`);
-        await this.growData(n);
+        await this.space.grow(n);
       }
       if (opts.metadataSize !== undefined) {
         const n = Math.floor(opts.metadataSize / METADATA_BLOCK_SIZE);
@@ -541,13 +392,7 @@ export class Pool {
       }
       await this.commitLocked();
     });
-    if (this.modeValue === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modeValue = 'rw';
-  }
-
-  private async growData(n: number): Promise<void> {
-    if (n <= this.md.nrDataBlocks) return;
-    await this.dataFile.truncate(n * this.blockSize);
-    await this.guard(() => this.md.resizeData(n));
+    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.mode = 'rw';
   }
 
   /** Sets the user's transaction id (dmsetup's `set_transaction_id OLD NEW`). */
@@ -578,44 +423,23 @@ export class Pool {
 
   /**
    * Allocates up to `n` data blocks for a write, auto-extending the pool under its low-water
-   * mark. Fails with {@link NoSpaceError} (and mode out-of-data-space) when none is left.
+   * mark. Fails with a NoSpaceError (and mode out-of-data-space) when none is left.
    */
-  async allocate(n: number): Promise<number[]> {
-    const s = this.catalogBody.settings;
-    if (s.autoExtend && this.md.freeDataBlocks - n < s.lowWaterMarkBlocks && this.md.nrDataBlocks < s.autoExtendMaxBlocks) {
-      await this.growData(Math.min(s.autoExtendMaxBlocks, this.md.nrDataBlocks + Math.max(s.autoExtendStepBlocks, n)));
-      this.catalogDirty = true;
-    }
-    const got = await this.guard(() => this.md.allocDataBlocks(n));
-    if (got.length < n) {
-      if (got.length) await this.guard(() => this.md.releaseDataBlocks(got));
-      this.modeValue = 'out-of-data-space';
-      throw new NoSpaceError(`Cannot allocate ${n} data block${n === 1 ? '' : 's'}: the pool is out of data space (${this.md.nrDataBlocks} blocks of ${formatSize(this.blockSize)} all in use); extend it with thinpool pool extend --data-size`, { pool: this.dir });
-    }
-    return got;
+  allocate(n: number): Promise<number[]> {
+    return this.space.allocate(n);
+  }
+
+  /** Gives back data blocks a failed write did not map. */
+  release(blocks: readonly number[]): Promise<void> {
+    return this.guard(() => this.md.releaseDataBlocks(blocks));
   }
 
   /**
    * Runs a metadata change; when the metadata device fills up the transaction is dropped, the
    * pool turns read-only and needs_check is set (never a half-written transaction).
    */
-  async guard<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof MetadataSpaceError) {
-        await this.failMetadataFull();
-        throw new NoSpaceError(`Cannot change the metadata: the metadata device is full (${this.md.nrMetadataBlocks} blocks); uncommitted changes were dropped, the pool is read-only and needs_check is set (extend the metadata and run thinpool pool check)`, { metadata: true });
-      }
-      if (this.md.hasChanges && (err as { code?: string }).code === 'ECORRUPT') this.modeValue = 'fail';
-      throw err;
-    }
-  }
-
-  private async failMetadataFull(): Promise<void> {
-    this.modeValue = 'ro';
-    await this.md.abort();
-    await this.md.setNeedsCheck();
+  guard<T>(fn: () => Promise<T>): Promise<T> {
+    return this.modes.guard(fn);
   }
 
   /**
@@ -626,7 +450,7 @@ export class Pool {
     return this.gate.exclusively(async () => {
       const report = await checkMetadata(this.metadataFile);
       if (!report.ok) return report;
-      if (this.modeValue === 'ro' || this.modeValue === 'fail') this.modeValue = 'rw';
+      if (this.modes.frozen) this.modes.mode = 'rw';
       if (this.md.needsCheck) {
         await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
         await this.commitLocked();
@@ -637,22 +461,7 @@ export class Pool {
 
   /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */
   commit(): Promise<void> {
-    // Group commit: callers arriving while a commit waits for the gate join it (their writes
-    // completed before it starts, so it covers them), like the kernel batching FUA bios.
-    if (this.queuedCommit) return this.queuedCommit;
-    // Sync the data before taking the gate, so I/O is not stalled behind a long fdatasync; the
-    // sync inside the commit then has little left to do.
-    const p = this.syncData().then(() =>
-      this.gate.exclusively(() => {
-        this.queuedCommit = undefined;
-        return this.commitLocked();
-      }),
-    );
-    this.queuedCommit = p;
-    p.catch(() => undefined).finally(() => {
-      if (this.queuedCommit === p) this.queuedCommit = undefined;
-    });
-    return p;
+    return this.scheduler.commit();
   }
 
   /**
@@ -660,71 +469,34 @@ export class Pool {
    * syncs: one that arrives during a sync waits for the next one, which covers its writes.
    */
   syncData(): Promise<void> {
-    if (!this.syncRunning) {
-      this.syncRunning = this.dataFile.sync().finally(() => {
-        this.syncRunning = undefined;
-      });
-      return this.syncRunning;
-    }
-    this.syncNext ??= this.syncRunning.catch(() => undefined).then(() => {
-      this.syncNext = undefined;
-      return this.syncData();
-    });
-    return this.syncNext;
+    return this.scheduler.syncData();
   }
 
   /** Commit with the gate already held exclusively. */
   async commitLocked(): Promise<void> {
-    if (this.modeValue === 'ro' || this.modeValue === 'fail') return;
+    if (this.modes.frozen) return;
     await this.syncData();
-    if (!this.md.hasChanges && !this.catalogDirty) return;
+    if (!this.md.hasChanges && !this.catalog.dirty) return;
     let written = false;
     try {
       await this.md.commit({
         beforeSuperblock: async (csum) => {
           await this.commitHook?.('metadata-written');
-          await this.writeCatalog(csum);
+          await this.catalog.write(csum);
           written = true;
           await this.commitHook?.('catalog-written');
         },
         afterSuperblock: async (freed) => {
           await this.commitHook?.('superblock-written');
-          await this.punch(freed);
+          await this.space.punch(freed);
         },
       });
     } catch (err) {
-      if (err instanceof MetadataSpaceError) {
-        await this.failMetadataFull();
-        throw new NoSpaceError(`Cannot commit: the metadata device is full (${this.md.nrMetadataBlocks} blocks); the pool is read-only and needs_check is set`, { metadata: true });
-      }
-      this.modeValue = 'fail';
-      throw err;
+      await this.modes.commitFailed(err);
     }
-    if (!written && this.catalogDirty) {
-      await this.writeCatalog(this.md.superblockChecksum);
+    if (!written && this.catalog.dirty) {
+      await this.catalog.write(this.md.superblockChecksum);
       await this.commitHook?.('catalog-written');
-    }
-  }
-
-  private async writeCatalog(csum: number): Promise<void> {
-    const slot = 1 - this.catalogSlot;
-    const gen = this.catalogGeneration + 1;
-    await writeSlot(this.dir, slot, encodeSlot(gen, csum, this.catalogBody));
-    this.catalogSlot = slot;
-    this.catalogGeneration = gen;
-    this.catalogDirty = false;
-    this.catalogState = 'in-sync';
-  }
-
-  private async punch(freed: number[]): Promise<void> {
-    const bs = this.blockSize;
-    freed.sort((a, b) => a - b);
-    let i = 0;
-    while (i < freed.length) {
-      let j = i + 1;
-      while (j < freed.length && freed[j] === freed[j - 1]! + 1) j++;
-      await this.dataFile.punchHole(freed[i]! * bs, (j - i) * bs);
-      i = j;
     }
   }
 
@@ -733,7 +505,7 @@ export class Pool {
     if (this.closed) return;
     if (this.timer) clearInterval(this.timer);
     try {
-      if (this.modeValue === 'rw' || this.modeValue === 'out-of-data-space') await this.commit();
+      if (!this.modes.frozen) await this.commit();
     } finally {
       this.closed = true;
       await this.md.close();
@@ -741,17 +513,6 @@ export class Pool {
       await this.dataFile.close();
       await this.lock.release();
     }
-  }
-
-  /** Deletes a pool directory's files (the pool must not be open). */
-  static async destroy(dir: string): Promise<void> {
-    const lock = await PoolLock.acquire(dir);
-    try {
-      for (const f of ['metadata', 'data', 'catalog.0', 'catalog.1']) await rm(join(dir, f), { force: true });
-    } finally {
-      await lock.release();
-    }
-    await rm(join(dir, 'lock'), { force: true });
   }
 }
 

@@ -15,7 +15,7 @@ import {
 import type { CheckReport } from '../thin/check.js';
 import type { DeltaRange } from '../thin/delta.js';
 import type { DumpOptions } from '../thin/dump.js';
-import type { DeviceRecord } from '../pool/catalog.js';
+import type { DeviceRecord } from '../pool/catalog-slots.js';
 import type { DeviceListing } from '../pool/pool.js';
 import type { VolumeExtent } from '../pool/thin-volume.js';
 import type { PoolService, ServiceStatus } from './pool-service.js';

@@ -15,7 +15,7 @@ import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { ThinMetadata } from '../thin/metadata.js';
-import type { DeviceRecord } from '../pool/catalog.js';
+import type { DeviceRecord } from '../pool/catalog-slots.js';
 import { Pool, type DeviceListing, type PoolStatus } from '../pool/pool.js';
 import type { VolumeExtent } from '../pool/thin-volume.js';
 

@@ -19,6 +19,7 @@ import { BLOCK_SIZE } from '../pdata/block-manager.js';
 import { type Key, joinKey, splitKey } from '../pdata/btree-node.js';
 import { MAX_DATA_BLOCK, TIME_MASK } from './block-time.js';
 import { ThinMetadata } from './metadata.js';
+import type { ThinDevice } from './thin-device.js';
 import { MAX_DEVICE_ID, validDataBlockSize } from './superblock.js';
 
 export interface RestoreOptions {
@@ -97,7 +98,8 @@ class Restorer {
   md: ThinMetadata | undefined;
   private state: 'start' | 'superblock' | 'device' | 'def' | 'done' = 'start';
   private leaf: string | undefined;
-  private dev = -1;
+  /** The `<device>` being read. */
+  private dev: ThinDevice | undefined;
   private def: DefRuns | undefined;
   private readonly defs = new Map<string, DefRuns>();
   private readonly deviceLines = new Map<number, number>();
@@ -220,7 +222,7 @@ class Restorer {
     await md.createThin(id);
     await md.setDeviceDetails(id, { transactionId, creationTime, snapshottedTime });
     this.deviceLines.set(id, line);
-    this.dev = id;
+    this.dev = md.openDevice(id);
     this.state = 'device';
   }
 
@@ -264,18 +266,18 @@ class Restorer {
 
   private async insertRun(v: Key, d: number, len: number, time: number): Promise<void> {
     const md = this.md!;
-    const id = this.dev;
+    const dev = this.dev!;
     if (typeof v === 'number' && v + len - 1 <= Number.MAX_SAFE_INTEGER) {
       for (let i = 0; i < len; i++) {
         await md.incDataBlock(d + i);
-        await md.insert(id, v + i, d + i, time);
+        await dev.insert(v + i, d + i, time);
       }
     } else {
       const b = BigInt(v);
       for (let i = 0; i < len; i++) {
         const k = b + BigInt(i);
         await md.incDataBlock(d + i);
-        await md.insert(id, k <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(k) : k, d + i, time);
+        await dev.insert(k <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(k) : k, d + i, time);
       }
     }
     this.mappings += len;

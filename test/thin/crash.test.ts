@@ -57,17 +57,17 @@ async function randomTransaction(md: ThinMetadata, model: ThinModel, rng: Rng): 
       const v = rng.int(3000);
       const b = await md.allocDataBlock();
       if (b === undefined) continue;
-      await md.insert(id, v, b);
+      await md.openDevice(id).insert(v, b);
       model.insert(id, v, b);
     } else if (r < 0.95) {
       const id = rng.pick(ids);
       const v = rng.int(3000);
-      await md.remove(id, v);
+      await md.openDevice(id).remove(v);
       model.remove(id, v);
     } else {
       const id = rng.pick(ids);
       const v = rng.int(3000);
-      await md.removeRange(id, v, v + 200);
+      await md.openDevice(id).removeRange(v, v + 200);
       model.removeRange(id, v, v + 200);
     }
   }

@@ -63,13 +63,13 @@ test(`${RUNS} random sequences: stored reference counts equal recomputed ones af
         } else if (r < 0.95) {
           const id = rng.pick(ids);
           const v = rng.int(600);
-          await h.md.remove(id, v);
+          await h.md.openDevice(id).remove(v);
           h.model.remove(id, v);
         } else {
           const id = rng.pick(ids);
           const v = rng.int(50_000);
           const n = rng.range(1, 2000);
-          await h.md.removeRange(id, v, v + n);
+          await h.md.openDevice(id).removeRange(v, v + n);
           h.model.removeRange(id, v, v + n);
         }
         if (rng.chance(0.02)) {

@@ -38,9 +38,9 @@ async function takeOver(path: string, rng: Rng): Promise<void> {
       if (rng.chance(0.7)) {
         const b = await md.allocDataBlock();
         if (b === undefined) break;
-        await md.insert(id, v, b);
+        await md.openDevice(id).insert(v, b);
       } else {
-        await md.removeRange(id, v, v + rng.range(1, 50));
+        await md.openDevice(id).removeRange(v, v + rng.range(1, 50));
       }
     }
     if (ids.length > 1) await md.deleteDevice(ids[0]!);
