@@ -10,7 +10,7 @@
  */
 import { NotFoundError } from '../errors.js';
 import type { Key } from '../pdata/btree-node.js';
-import type { TextSink } from './dump.js';
+import type { TextSink } from '../io/text-sink.js';
 import type { MetadataView, ThinMetadata } from './metadata.js';
 
 export interface DeltaOptions {

@@ -27,6 +27,12 @@ export interface RestoreOptions {
   nrDataBlocks?: number;
   /** Metadata size in 4 KiB blocks (default: the file's size). */
   nrMetadataBlocks?: number;
+  /**
+   * Called once with the `<superblock>`'s data block size and `nr_data_blocks`, before anything
+   * is written: the sizes it returns replace the options' (a pool restore sizes its files from
+   * the XML this way; it may also refuse the XML by throwing).
+   */
+  size?(xml: { dataBlockSize: number; nrDataBlocks: number }): { nrDataBlocks?: number; nrMetadataBlocks?: number };
 }
 
 /** What a restore built. */
@@ -183,12 +189,14 @@ class Restorer {
       throw bad(line, `data_block_size ${dataBlockSize} sectors is not a multiple of 128 in 128..2097152 (64 KiB..1 GiB)`);
     }
     let nrData = safe(a.nr_data_blocks!, 'nr_data_blocks', line);
-    if (this.opts.nrDataBlocks !== undefined) nrData = this.opts.nrDataBlocks;
+    const sized = this.opts.size?.({ dataBlockSize, nrDataBlocks: nrData }) ?? {};
+    const wantData = sized.nrDataBlocks ?? this.opts.nrDataBlocks;
+    if (wantData !== undefined) nrData = wantData;
     if (!Number.isSafeInteger(nrData) || nrData < 1 || nrData > MAX_DATA_BLOCK + 1) {
       const hint = nrData === 0 ? ' (a dump of a metadata snapshot has 0: pass nrDataBlocks)' : '';
       throw bad(line, `nr_data_blocks ${nrData} is not in 1..2^40${hint}`);
     }
-    let nrMeta = this.opts.nrMetadataBlocks;
+    let nrMeta = sized.nrMetadataBlocks ?? this.opts.nrMetadataBlocks;
     if (nrMeta === undefined) nrMeta = Math.floor((await this.file.size()) / BLOCK_SIZE);
     if (!(nrMeta >= MIN_METADATA_BLOCKS)) {
       throw bad(line, `the metadata would have ${nrMeta} blocks, at least ${MIN_METADATA_BLOCKS} are needed: give the file a size or pass nrMetadataBlocks`);

@@ -12,7 +12,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusyError } from '../../src/errors.js';
 import { Cmd, CmdFlag, NbdErr, Opt, Rep, TxFlag } from '../../src/nbd/protocol.js';
-import { RemotePoolService } from '../../src/serve/control.js';
+import { RemotePoolService } from '../../src/serve/remote-pool-service.js';
 import { Pool } from '../../src/pool/pool.js';
 import { NbdClient, NbdRequestError, dialUnix } from '../support/nbd-client.js';
 import { haveTools, run, testIf } from '../support/oracles.js';

@@ -12,7 +12,7 @@ import * as assert from 'uvu/assert';
 import { NoSpaceError, UsageError } from '../../src/errors.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
 import { dumpXml } from '../../src/thin/dump.js';
-import { dumpFile } from '../../src/serve/pool-service.js';
+import { dumpFile } from '../../src/thin/dump.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { restoreXml, type RestoreOptions, type XmlInput } from '../../src/thin/restore.js';
 import { haveTools, run, testIf, tool09, tool1x } from '../support/oracles.js';

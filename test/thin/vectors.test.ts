@@ -4,7 +4,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { dumpFile } from '../../src/serve/pool-service.js';
+import { dumpFile } from '../../src/thin/dump.js';
 import { fixtureCopy, kernelVectors, readFixture, topVectors } from '../support/vectors.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
 

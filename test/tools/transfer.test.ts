@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { LocalPoolService } from '../../src/serve/pool-service.js';
+import { LocalPoolService } from '../../src/serve/local-pool-service.js';
 import { importDevice } from '../../src/serve/transfer.js';
 import { cli, cliJson, cliOk, CLI } from '../support/cli.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
