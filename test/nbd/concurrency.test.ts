@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, CmdFlag } from '../../src/nbd/protocol.js';
-import { MAX_IN_FLIGHT } from '../../src/nbd/connection.js';
+import { MAX_IN_FLIGHT } from '../../src/nbd/transmission.js';
 import { MemoryExport } from '../../src/nbd/memory-export.js';
 import { GatedExport } from '../support/nbd-gated-export.js';
 import { startNbd, waitFor } from '../support/nbd-harness.js';
