@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { connectPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
-import { formatReport } from '../src/thin/check.js';
+import { formatReport } from '../src/thin/check-report.js';
 import { Pool } from '../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { deltaJson, deltaText, devicesTable } from './device.js';

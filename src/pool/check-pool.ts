@@ -9,7 +9,8 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotFoundError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
-import { checkMetadata, type CheckReport } from '../thin/check.js';
+import { checkMetadata } from '../thin/check.js';
+import type { CheckReport } from '../thin/check-issues.js';
 import { PoolLock } from './pool-lock.js';
 
 /** Checks a pool's metadata file without opening the pool (no lock): for a pool nobody owns or a damaged one. */

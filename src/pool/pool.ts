@@ -20,7 +20,8 @@
 import { statfs } from 'node:fs/promises';
 import { BusyError } from '../errors.js';
 import type { FileBlockFile } from '../io/block-file.js';
-import { checkMetadata, type CheckReport } from '../thin/check.js';
+import { checkMetadata } from '../thin/check.js';
+import type { CheckReport } from '../thin/check-issues.js';
 import { lsDevices } from '../thin/ls.js';
 import type { ThinMetadata } from '../thin/metadata.js';
 import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { withFileSink } from '../io/text-sink.js';
 import { checkPoolDir } from '../pool/check-pool.js';
-import type { CheckReport } from '../thin/check.js';
+import type { CheckReport } from '../thin/check-issues.js';
 import { type DumpOptions, dumpFileTo } from '../thin/dump.js';
 import { LocalPoolService } from './local-pool-service.js';
 import type { PoolService } from './pool-service.js';

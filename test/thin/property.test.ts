@@ -8,7 +8,8 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { checkMetadata, formatReport } from '../../src/thin/check.js';
+import { checkMetadata } from '../../src/thin/check.js';
+import { formatReport } from '../../src/thin/check-report.js';
 import { dumpXml } from '../../src/thin/dump.js';
 import type { ThinMetadata } from '../../src/thin/metadata.js';
 import { Rng, testSeed } from '../support/rng.js';
