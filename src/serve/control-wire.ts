@@ -8,7 +8,8 @@
  * Errors cross as their class, code and data, so exit codes and `instanceof` hold on the client.
  */
 import {
-  BusyError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, ReadOnlyError, type ThinpoolError, UsageError,
+  BusyError, CanceledError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, ReadOnlyError, type ThinpoolError,
+  UnsupportedError, UsageError,
 } from '../errors.js';
 
 /** Largest payload one control message carries. */
@@ -119,6 +120,10 @@ export function deserializeError(e: NonNullable<Message['error']>): Error {
       return new CorruptionError(e.message, data);
     case 'ReadOnlyError':
       return new ReadOnlyError(e.message, data, e.code === 'ENEEDSCHECK' ? 'ENEEDSCHECK' : 'EREADONLY');
+    case 'UnsupportedError':
+      return new UnsupportedError(e.message, data);
+    case 'CanceledError':
+      return new CanceledError(e.message, data);
     default:
       return new IoError(e.message, data);
   }

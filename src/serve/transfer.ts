@@ -20,7 +20,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import { ThinpoolError, UsageError } from '../errors.js';
+import { CanceledError, UsageError } from '../errors.js';
 import { seekData, seekHole } from '../io/native.js';
 import { ZEROES, isZero } from '../io/zeroes.js';
 import { GiB, KiB, MiB, formatSize } from '../units.js';
@@ -80,14 +80,8 @@ export type ImportSource = string | Readable | NodeJS.ReadableStream;
 /** A target: a path, or a writable stream such as `process.stdout`. */
 export type ExportTarget = string | Writable | NodeJS.WritableStream;
 
-class CanceledError extends ThinpoolError {
-  constructor(action: string) {
-    super('ECANCELED', `Cannot ${action}: interrupted`, 130);
-  }
-}
-
 function checkSignal(signal: AbortSignal | undefined, action: string): void {
-  if (signal?.aborted) throw new CanceledError(action);
+  if (signal?.aborted) throw new CanceledError(`Cannot ${action}: interrupted`);
 }
 
 /** Marks a read-ahead promise as handled (its error is seen when awaited, or dropped if the copy stopped first). */

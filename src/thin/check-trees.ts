@@ -4,8 +4,8 @@
  * data blocks counted and checked against the pool size and time; then details against trees
  * (a device in one and not the other, mapped_blocks against the mappings found).
  */
-import { readU64, type Block } from '../pdata/block-manager.js';
-import { keyAt, keyHi, keyLo, valueOffset } from '../pdata/btree-node.js';
+import { readU64 } from '../pdata/block-manager.js';
+import { keyAt, valueOffset } from '../pdata/btree-node.js';
 import { TIME_MASK } from './block-time.js';
 import { BAD, type CheckContext, Claim, type TreeSpec } from './check-walk.js';
 import { MAX_DEVICE_ID, type Superblock } from './superblock.js';
@@ -44,7 +44,7 @@ export async function walkView(c: CheckContext, label: string, sb: Superblock): 
   await w.leaves(sb.deviceDetailsRoot, Claim.details, (node, n) => {
       for (let i = 0; i < n; i++) {
         const off = valueOffset(node, i);
-        view.details.set(devKey(node, i), {
+        view.details.set(keyAt(node, i), {
           mappedBlocks: readU64(node.view, off),
           creationTime: node.view.getUint32(off + 16, true),
           snapshottedTime: node.view.getUint32(off + 20, true),
@@ -58,7 +58,7 @@ export async function walkView(c: CheckContext, label: string, sb: Superblock): 
   const topSpec: TreeSpec = {
     claim: Claim.topLevel, name: `${label}top-level mapping tree`, valueSize: 8, carriesData: true,
     leaf: (node, n) => {
-      for (let i = 0; i < n; i++) pending.push({ id: devKey(node, i), root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
+      for (let i = 0; i < n; i++) pending.push({ id: keyAt(node, i), root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
     },
   };
   view.topOk = (await w.walk(sb.dataMappingRoot, topSpec, `${label}superblock`, sb.blocknr)) !== BAD && !w.entriesOf(sb.dataMappingRoot)!.partial;
@@ -69,7 +69,7 @@ export async function walkView(c: CheckContext, label: string, sb: Superblock): 
     await w.walk(root, bottomSpec(c, `${label}mapping tree of device ${id}`, sb), `${label}top-level mapping tree leaf ${leaf}, device ${id}`, leaf);
   }
   await w.leaves(sb.dataMappingRoot, Claim.topLevel, (node, n) => {
-    for (let i = 0; i < n; i++) view.devices.set(devKey(node, i), { root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
+    for (let i = 0; i < n; i++) view.devices.set(keyAt(node, i), { root: readU64(node.view, valueOffset(node, i)), leaf: node.nr });
   });
   return view;
 }
@@ -133,9 +133,4 @@ export function compareView(c: CheckContext, v: View): void {
       c.issues.warning('details-time', `Thin device ${id} has creation time ${d.creationTime} and snapshot time ${d.snapshottedTime}, expected at most the pool time ${poolTime}`, d.leaf, `${where}, device ${id}`);
     }
   }
-}
-
-function devKey(node: Block, i: number): number | bigint {
-  const hi = keyHi(node, i);
-  return hi < 0x200000 ? hi * 4294967296 + keyLo(node, i) : keyAt(node, i);
 }

@@ -5,7 +5,7 @@
  */
 import { FileBlockFile } from '../io/block-file.js';
 import type { TextSink } from '../io/text-sink.js';
-import type { Key } from '../pdata/btree-node.js';
+import { type Key, addKey, sameKey } from '../pdata/btree-node.js';
 import { type MetadataView, ThinMetadata } from './metadata.js';
 
 export interface DumpOptions {
@@ -15,15 +15,6 @@ export interface DumpOptions {
   skipMappings?: boolean;
   /** Only this device (`--dev-id`). */
   devId?: number;
-}
-
-function sameKey(a: Key, b: Key): boolean {
-  return typeof a === typeof b ? a === b : BigInt(a) === BigInt(b);
-}
-
-function addKey(k: Key, n: number): Key {
-  if (typeof k === 'bigint') return k + BigInt(n);
-  return k + n > Number.MAX_SAFE_INTEGER ? BigInt(k) + BigInt(n) : k + n;
 }
 
 /**

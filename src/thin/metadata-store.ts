@@ -7,7 +7,7 @@
  */
 import { CorruptionError, NotFoundError, ReadOnlyError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
-import { BLOCK_SIZE, BlockManager, newBlock } from '../pdata/block-manager.js';
+import { BLOCK_SIZE, BlockManager, newBlock, readU64, writeU64 } from '../pdata/block-manager.js';
 import { BTree, type ValueType } from '../pdata/btree.js';
 import { DataSpaceMap } from '../pdata/data-space-map.js';
 import { MetadataSpaceMap } from '../pdata/metadata-space-map.js';
@@ -140,11 +140,8 @@ export class MetadataStore {
     const tm = this.tm;
     const subtreeValue: ValueType<number> = {
       size: 8,
-      unpack: (v, o) => v.getUint32(o + 4, true) * 4294967296 + v.getUint32(o, true),
-      pack: (v, o, x) => {
-        v.setUint32(o, x >>> 0, true);
-        v.setUint32(o + 4, Math.floor(x / 4294967296), true);
-      },
+      unpack: (v, o) => readU64(v, o),
+      pack: (v, o, x) => writeU64(v, o, x),
       inc: (root) => tm.inc(root),
       dec: (root) => bottom.del(root),
       equal: (a, b) => a === b,

@@ -16,7 +16,7 @@ import { SaxesParser, type SaxesTagPlain } from 'saxes';
 import { NoSpaceError, ThinpoolError, UsageError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import { BLOCK_SIZE } from '../pdata/block-manager.js';
-import { type Key, joinKey, splitKey } from '../pdata/btree-node.js';
+import { type Key, MAX_KEY, addKey, joinKey, splitKey } from '../pdata/btree-node.js';
 import { MAX_DATA_BLOCK, TIME_MASK } from './block-time.js';
 import { ThinMetadata } from './metadata.js';
 import type { ThinDevice } from './thin-device.js';
@@ -53,7 +53,6 @@ export interface RestoreSummary {
 export type XmlInput = AsyncIterable<string | Uint8Array> | NodeJS.ReadableStream;
 
 const SLICE = 1 << 16;
-const U64_MAX = (1n << 64n) - 1n;
 const U32_MAX = 0xffffffff;
 /** ThinMetadata.format's minimum. */
 const MIN_METADATA_BLOCKS = 16;
@@ -267,7 +266,7 @@ class Restorer {
       const what = len === 1 ? `data block ${d}` : `data blocks ${d}..${d + len - 1}`;
       throw bad(line, `${what} past the end of the data device (nr_data_blocks ${this.nrData})`);
     }
-    if (BigInt(v) + BigInt(len) - 1n > U64_MAX) throw bad(line, `virtual blocks ${v}+${len} pass 2^64`);
+    if (BigInt(v) + BigInt(len) - 1n > MAX_KEY) throw bad(line, `virtual blocks ${v}+${len} pass 2^64`);
     if (this.state === 'def') this.def!.push(v, d, len, time);
     else await this.insertRun(v, d, len, time);
   }
@@ -281,11 +280,9 @@ class Restorer {
         await dev.insert(v + i, d + i, time);
       }
     } else {
-      const b = BigInt(v);
       for (let i = 0; i < len; i++) {
-        const k = b + BigInt(i);
         await md.incDataBlock(d + i);
-        await dev.insert(k <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(k) : k, d + i, time);
+        await dev.insert(addKey(v, i), d + i, time);
       }
     }
     this.mappings += len;
@@ -317,7 +314,7 @@ function u64(s: string, what: string, line: number): Key {
   }
   if (!/^[0-9]{1,20}$/.test(s)) throw bad(line, `${what}="${s}" is not a decimal number`);
   const n = BigInt(s);
-  if (n > U64_MAX) throw bad(line, `${what}="${s}" is larger than 2^64-1`);
+  if (n > MAX_KEY) throw bad(line, `${what}="${s}" is larger than 2^64-1`);
   return n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n;
 }
 
