@@ -8,7 +8,7 @@
  * In the kernel's terms: what `thin_c` reaches through `tc->pool` (pool mode, allocation, the
  * deferred flush/commit) in `dm-thin.c`.
  */
-import type { FileBlockFile } from '../io/block-file.js';
+import type { BlockFile, FileBlockFile } from '../io/block-file.js';
 import type { BufferPool } from './buffer-pool.js';
 import type { Gate } from './gate.js';
 
@@ -18,8 +18,8 @@ export type PoolMode = 'rw' | 'ro' | 'out-of-data-space' | 'fail';
 export interface VolumeHost {
   /** Held shared by every read, write and discard; exclusively by commits and device changes. */
   readonly gate: Gate;
-  /** The pool's data blocks. */
-  readonly dataFile: FileBlockFile;
+  /** The pool's data blocks (small reads may first try the page cache: `readCached`). */
+  readonly dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
   /** Read buffers reused across requests. */
   readonly buffers: BufferPool;
   /** Data block size in bytes. */

@@ -1,3 +1,9 @@
+/**
+ * The native addon and its fallbacks: hole punching frees blocks and reads zeros, SEEK_DATA /
+ * SEEK_HOLE find data islands in a sparse file, non-blocking cached reads return at once or say
+ * they would block, errors name the errno and the call; without the addon (THINPOOL_NO_NATIVE=1)
+ * hole punching goes through util-linux fallocate and every byte counts as data.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync } from 'node:fs';

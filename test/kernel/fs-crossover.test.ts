@@ -1,5 +1,5 @@
 /**
- * Issue 5, Must show 3: a file system crosses over. thinpool serves a device that gets ext4 and
+ * A file system crosses over. thinpool serves a device that gets ext4 and
  * files (nbdfuse + loop); the kernel in the VM mounts the same thin device through dm-thin, reads
  * the files and writes one more; thinpool mounts it again and reads it.
  */

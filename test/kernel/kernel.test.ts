@@ -1,5 +1,5 @@
 /**
- * Issue 5: the real Linux kernel as a peer. Pools the kernel wrote open in thinpool; pools
+ * The real Linux kernel as a peer. Pools the kernel wrote open in thinpool; pools
  * thinpool writes activate in the kernel's dm-thin-pool target (booted under qemu by
  * scripts/kernel-dm-thin.sh) and come back with the kernel's changes.
  */

@@ -1,3 +1,8 @@
+/**
+ * Many requests in flight on one NBD connection: replies out of order matched by cookie, reading
+ * stops at the in-flight and payload budgets and when the client does not read its replies, and
+ * two connections to one export see each other's writes (CAN_MULTI_CONN).
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, CmdFlag } from '../../src/nbd/protocol.js';

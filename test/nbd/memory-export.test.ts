@@ -1,3 +1,8 @@
+/**
+ * The in-memory reference export: reads as ordered hole and data segments, copies that later
+ * writes do not change, trim and write-zeroes on whole pages, argument checks and refusals with
+ * their codes, and random operations equal to a flat byte model.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryExport } from '../../src/nbd/memory-export.js';

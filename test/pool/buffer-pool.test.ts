@@ -1,3 +1,4 @@
+/** The read-buffer pool: buffers of a size come back for reuse; small, foreign-shaped and excess ones are dropped. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { BufferPool } from '../../src/pool/buffer-pool.js';

@@ -1,5 +1,5 @@
 /**
- * Issue 3, Must show 5: out of data space (pool and host), metadata full, lock contention
+ * Out of data space (pool and host), metadata full, lock contention
  * between processes, takeover of a dead holder's lock, and catalog consistency after a crash at
  * every step of a commit.
  */

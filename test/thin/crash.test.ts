@@ -1,5 +1,5 @@
 /**
- * Must show 5 of issue 2: a power cut at the metadata level. The metadata file drops every write
+ * A power cut at the metadata level. The metadata file drops every write
  * since the last completed sync (or tears one of them at a 512-byte boundary) at a random point
  * of a random transaction; reopening gives exactly the last committed state (or the one being
  * committed, if its superblock reached the disk), and thin_check passes.

@@ -1,5 +1,5 @@
 /**
- * Issue 2, Must show 4 at the pool-metadata level: seeded random operation sequences (devices,
+ * At the pool-metadata level: seeded random operation sequences (devices,
  * snapshots, deletes, mappings, range removes, held metadata snapshots, transaction ids) against
  * a model, committing and reopening at random points. After each commit our checker recomputes
  * every metadata and data reference count from what is reachable and finds them equal to the

@@ -1,5 +1,5 @@
 /**
- * Issue 2, Must show 3: we take over metadata others wrote. thin_restore's output (the vectors,
+ * We take over metadata others wrote. thin_restore's output (the vectors,
  * and the real thin_restore run now on their XML) and the kernel's metadata open read-write,
  * change (devices, snapshots, mappings, removals), commit, and thin_check stays clean.
  */

@@ -1,5 +1,5 @@
 /**
- * Must show 1 of issue 2: every vector opens, and its devices, details and mappings equal the
+ * Every vector opens, and its devices, details and mappings equal the
  * real thin_dump of it (stored outputs for 01-11, the installed thin_dump for kernel/).
  */
 import { test } from 'uvu';
