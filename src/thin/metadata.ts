@@ -24,7 +24,7 @@ import { type BlockTime, MAX_DATA_BLOCK } from './block-time.js';
 import type { DeviceDetails } from './device-details.js';
 import { type CommitHooks, type FormatOptions, MetadataStore, type OpenOptions } from './metadata-store.js';
 import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG, type Superblock, packSuperblock, superblockValidator } from './superblock.js';
-import { ThinDevice } from './thin-device.js';
+import { type ChangeRunner, ThinDevice } from './thin-device.js';
 
 /** A device as the metadata knows it. */
 export interface DeviceInfo extends DeviceDetails {
@@ -51,11 +51,10 @@ export class ThinMetadata {
   readonly lock = new Mutex();
   /** Device handles by id (see {@link openDevice}). */
   private readonly handles = new Map<number, ThinDevice>();
-  private readonly change: <T>(action: string, fn: () => Promise<T>) => Promise<T>;
+  /** {@link change} for the device handles. */
+  private readonly changeRunner: ChangeRunner = (action, fn) => this.change(action, fn);
 
-  private constructor(private readonly s: MetadataStore) {
-    this.change = (action, fn) => this.run(action, fn);
-  }
+  private constructor(private readonly s: MetadataStore) {}
 
   /**
    * Writes a new empty pool's metadata to `file` (resized to the metadata size) and opens it.
@@ -143,7 +142,7 @@ export class ThinMetadata {
   }
 
   /** Runs a change; a failure part-way marks the transaction broken until {@link abort}. */
-  private run<T>(action: string, fn: () => Promise<T>): Promise<T> {
+  private change<T>(action: string, fn: () => Promise<T>): Promise<T> {
     return this.lock.run(async () => {
       const s = this.s;
       s.generation++;
@@ -186,7 +185,7 @@ export class ThinMetadata {
     let h = this.handles.get(id);
     if (!h) {
       if (!this.s.devices.has(id)) throw new NotFoundError(`Cannot open thin device ${id}: no such device id`, { id });
-      h = new ThinDevice(this.s, this.lock, this.change, id);
+      h = new ThinDevice(this.s, this.lock, this.changeRunner, id);
       this.handles.set(id, h);
     }
     return h;

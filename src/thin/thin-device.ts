@@ -105,12 +105,6 @@ export class ThinDevice {
     });
   }
 
-  /** Replaces the device's bottom-tree root by what `fn` makes of it. */
-  private async updateSubtree(fn: (root: number) => Promise<number>): Promise<void> {
-    const s = this.store;
-    s.mappingRoot = (await s.top.update(s.mappingRoot, this.id, (sub) => fn(sub!))).root;
-  }
-
   /**
    * Maps `vblock` to `dataBlock` at `time` (default the pool time). A previous mapping of that
    * block is dropped (its data block loses a reference). `dataBlock` must already hold a
@@ -124,12 +118,12 @@ export class ThinDevice {
       s.checkDataBlock(dataBlock, `map block ${vblock} of thin device ${this.id}`);
       let added = false;
       let same = false;
-      await this.updateSubtree(async (sub) => {
-        const r = await s.bottom.insert(sub, vblock, { block: dataBlock, time: t });
+      s.mappingRoot = (await s.top.update(s.mappingRoot, this.id, async (sub) => {
+        const r = await s.bottom.insert(sub!, vblock, { block: dataBlock, time: t });
         added = r.added;
         same = !!r.old && r.old.block === dataBlock && r.old.time === t;
         return r.root;
-      });
+      })).root;
       // The caller's reference for an identical mapping is not needed twice.
       if (same) await s.dsm.dec(dataBlock);
       e.changed = true;
@@ -148,8 +142,8 @@ export class ThinDevice {
       for (const [, b] of entries) s.checkDataBlock(b, `map blocks of thin device ${this.id}`);
       let added = 0;
       const time = s.time & TIME_MASK;
-      await this.updateSubtree(async (sub) => {
-        let root = sub;
+      s.mappingRoot = (await s.top.update(s.mappingRoot, this.id, async (sub) => {
+        let root = sub!;
         for (const [v, b] of entries) {
           const r = await s.bottom.insert(root, v, { block: b, time });
           root = r.root;
@@ -157,7 +151,7 @@ export class ThinDevice {
           else if (r.old && r.old.block === b && r.old.time === time) await s.dsm.dec(b);
         }
         return root;
-      });
+      })).root;
       if (added) {
         e.details.mappedBlocks += added;
         e.dirty = true;
@@ -173,11 +167,11 @@ export class ThinDevice {
       const e = s.entry(this.id, `unmap block ${vblock}`);
       if ((await s.bottom.lookup(await s.subtree(this.id), vblock)) === undefined) return undefined;
       let removed: BlockTime | undefined;
-      await this.updateSubtree(async (sub) => {
-        const r = await s.bottom.remove(sub, vblock);
+      s.mappingRoot = (await s.top.update(s.mappingRoot, this.id, async (sub) => {
+        const r = await s.bottom.remove(sub!, vblock);
         removed = r.value;
         return r.root;
-      });
+      })).root;
       if (removed) {
         e.details.mappedBlocks--;
         e.dirty = true;
@@ -194,11 +188,11 @@ export class ThinDevice {
       const e = s.entry(this.id, 'unmap blocks');
       if (!(await s.bottom.lowerBound(await s.subtree(this.id), from))) return 0;
       let n = 0;
-      await this.updateSubtree(async (sub) => {
-        const r = await s.bottom.removeRange(sub, from, to);
+      s.mappingRoot = (await s.top.update(s.mappingRoot, this.id, async (sub) => {
+        const r = await s.bottom.removeRange(sub!, from, to);
         n = r.removed;
         return r.root;
-      });
+      })).root;
       if (n) {
         e.details.mappedBlocks -= n;
         e.dirty = true;
