@@ -6,10 +6,11 @@
  */
 import { join } from 'node:path';
 import { NbdServer } from '../nbd/server.js';
-import { Pool } from '../thin/pool.js';
+import { Pool } from '../pool/pool.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
-import { LocalPoolService, type ServiceStatus } from './pool-service.js';
+import { LocalPoolService } from './local-pool-service.js';
+import type { ServiceStatus } from './pool-service.js';
 
 export interface ServeOptions {
   dir: string;
@@ -33,9 +34,7 @@ class DaemonService extends LocalPoolService {
   constructor(pool: Pool, private readonly exportsOf: PoolExports) {
     super(pool);
   }
-  override async status(): Promise<ServiceStatus> {
-    return { ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid };
-  }
+  override status = async (): Promise<ServiceStatus> => ({ ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid });
   /** The daemon reports its notices when it starts, not to every client. */
   override get notices(): readonly string[] {
     return [];
