@@ -1,7 +1,7 @@
 /**
  * The npm package: `npm pack` ships the CLI (dist/src, dist/tools), the native addon's sources
  * and the README, and nothing of the tests, fixtures, benchmarks or source maps; installed
- * globally from the tarball into an empty prefix (dependencies from npm's cache), `thinpool`
+ * globally from the tarball into an empty prefix (dependencies from npm's cache where it has them, else the registry), `thinpool`
  * runs: a pool is created, a device written and read back, the check is clean, and the native
  * addon is either built by the install script or its fallback is named once.
  */
@@ -42,7 +42,7 @@ npmTest('npm install -g of the tarball into an empty prefix gives a working thin
   const tgz = readdirSync(dir).find((f) => f.endsWith('.tgz'));
   assert.ok(tgz, 'a tarball');
   const prefix = join(dir, 'prefix');
-  const inst = await run('npm', ['install', '-g', '--prefix', prefix, '--offline', '--no-audit', '--no-fund', join(dir, tgz!)], { env, timeoutMs: 300_000 });
+  const inst = await run('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(dir, tgz!)], { env, timeoutMs: 300_000 });
   assert.is(inst.code, 0, inst.stdout + inst.stderr);
   const pkg = join(prefix, 'lib', 'node_modules', 'thinpool');
   assert.not.ok(existsSync(join(pkg, 'dist', 'test')), 'no tests installed');
