@@ -13,6 +13,7 @@ import { connectPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { formatReport } from '../src/thin/check-report.js';
 import { Pool } from '../src/pool/pool.js';
+import { POOL_FILES } from '../src/pool/pool-lifecycle.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { deltaJson, deltaText, devicesTable } from './device.js';
 import { formatDuration, formatSize, print } from './output.js';
@@ -178,7 +179,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<string> {
     if (svc) await svc.close().catch(() => undefined);
     if (!opts.keep) {
       if (madeDir) await rm(dir, { recursive: true, force: true });
-      else if (created) for (const f of ['metadata', 'data', 'catalog.0', 'catalog.1', 'lock']) await rm(join(dir, f), { force: true });
+      else if (created) for (const f of [...POOL_FILES, 'lock']) await rm(join(dir, f), { force: true });
     }
   }
 }

@@ -3,6 +3,8 @@
  * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), seekData / seekHole (lseek SEEK_DATA /
  * SEEK_HOLE), tryLockExclusive (flock LOCK_EX|LOCK_NB: 1 when taken, 0 when another open file holds
  * it; the kernel drops the lock when the holder's file is closed or its process dies). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
+ * writeRuns writes several runs of buffers (pwritev each) and optionally fdatasyncs, all in one
+ * thread-pool job (a commit's "write these blocks, then sync" costs one round trip).
  * The path-based calls for layer unpacking (xattrs, mknod, nanosecond lutimes) are in path_ops.c.
  */
 #ifndef _GNU_SOURCE
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/file.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -221,6 +224,212 @@ static napi_value read_now(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---- writeRuns ------------------------------------------------------------------------ */
+
+typedef struct {
+  int fd;
+  int sync;
+  size_t nruns;
+  int64_t *positions;     /* nruns */
+  size_t *run_iovs;       /* nruns: how many iovecs each run has */
+  struct iovec *iov;      /* all runs' iovecs back to back */
+  size_t niov;
+  napi_ref *refs;         /* one per buffer, kept alive until the job completes */
+  int err;
+  const char *failed;     /* "pwritev" or "fdatasync" */
+  int64_t failed_at;
+  napi_deferred deferred;
+  napi_async_work work;
+} runs_request;
+
+/* pwritev of one run, finishing short writes and splitting at IOV_MAX. */
+static int write_run(int fd, struct iovec *iov, size_t n, off_t pos) {
+  while (n > 0) {
+    size_t k = n > IOV_MAX ? IOV_MAX : n;
+    ssize_t w = pwritev(fd, iov, (int)k, pos);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    pos += w;
+    while (n > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0 && w > 0) {
+      iov->iov_base = (char *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
+  }
+  return 0;
+}
+
+static void runs_execute(napi_env env, void *data) {
+  (void)env;
+  runs_request *r = data;
+  struct iovec *iov = r->iov;
+  for (size_t i = 0; i < r->nruns && r->err == 0; i++) {
+    int e = write_run(r->fd, iov, r->run_iovs[i], (off_t)r->positions[i]);
+    if (e != 0) {
+      r->err = e;
+      r->failed = "pwritev";
+      r->failed_at = r->positions[i];
+    }
+    iov += r->run_iovs[i];
+  }
+  if (r->err == 0 && r->sync) {
+    int rc;
+    do {
+      rc = fdatasync(r->fd);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      r->err = errno;
+      r->failed = "fdatasync";
+    }
+  }
+}
+
+static void runs_free(napi_env env, runs_request *r) {
+  for (size_t i = 0; i < r->niov; i++)
+    if (r->refs[i] != NULL) napi_delete_reference(env, r->refs[i]);
+  free(r->positions);
+  free(r->run_iovs);
+  free(r->iov);
+  free(r->refs);
+  free(r);
+}
+
+static void runs_complete(napi_env env, napi_status status, void *data) {
+  runs_request *r = data;
+  if (status == napi_cancelled) r->err = ECANCELED;
+  if (r->err != 0) {
+    char msg[200];
+    if (r->failed != NULL && strcmp(r->failed, "pwritev") == 0)
+      snprintf(msg, sizeof msg, "pwritev at offset %" PRId64 " on fd %d failed: %s", r->failed_at, r->fd, strerror(r->err));
+    else
+      snprintf(msg, sizeof msg, "fdatasync on fd %d failed: %s", r->fd, strerror(r->err));
+    napi_value code, text, error, syscall;
+    napi_create_string_utf8(env, uv_err_name(-r->err), NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+    napi_create_error(env, code, text, &error);
+    napi_create_string_utf8(env, r->failed ? r->failed : "writeRuns", NAPI_AUTO_LENGTH, &syscall);
+    napi_set_named_property(env, error, "syscall", syscall);
+    napi_reject_deferred(env, r->deferred, error);
+  } else {
+    napi_value u;
+    napi_get_undefined(env, &u);
+    napi_resolve_deferred(env, r->deferred, u);
+  }
+  napi_delete_async_work(env, r->work);
+  runs_free(env, r);
+}
+
+/*
+ * writeRuns(fd, positions, runs, sync): runs[i] is an array of Uint8Arrays written back to back
+ * at positions[i]; then, when sync is true, fdatasync. Resolves when everything is done.
+ */
+static napi_value write_runs(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t fd;
+  if (!get_integer(env, argv, argc, 0, "fd", 0, &fd)) return NULL;
+  bool is_arr = false;
+  if (argc > 2) napi_is_array(env, argv[1], &is_arr);
+  bool is_arr2 = false;
+  if (argc > 2) napi_is_array(env, argv[2], &is_arr2);
+  if (!is_arr || !is_arr2) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "positions and runs must be arrays");
+    return NULL;
+  }
+  uint32_t nruns, npos;
+  napi_get_array_length(env, argv[1], &npos);
+  napi_get_array_length(env, argv[2], &nruns);
+  if (npos != nruns) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "positions and runs must have the same length");
+    return NULL;
+  }
+  bool sync = false;
+  if (argc > 3) napi_get_value_bool(env, argv[3], &sync);
+  runs_request *r = calloc(1, sizeof *r);
+  if (r == NULL) goto oom;
+  r->fd = (int)fd;
+  r->sync = sync;
+  r->nruns = nruns;
+  r->positions = calloc(nruns ? nruns : 1, sizeof *r->positions);
+  r->run_iovs = calloc(nruns ? nruns : 1, sizeof *r->run_iovs);
+  if (r->positions == NULL || r->run_iovs == NULL) goto oom;
+  size_t total = 0;
+  for (uint32_t i = 0; i < nruns; i++) {
+    napi_value run;
+    napi_get_element(env, argv[2], i, &run);
+    bool ok = false;
+    napi_is_array(env, run, &ok);
+    if (!ok) {
+      runs_free(env, r);
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "each run must be an array of Uint8Arrays");
+      return NULL;
+    }
+    uint32_t n;
+    napi_get_array_length(env, run, &n);
+    r->run_iovs[i] = n;
+    total += n;
+    napi_value pos;
+    napi_get_element(env, argv[1], i, &pos);
+    if (!get_integer(env, &pos, 1, 0, "position", 0, &r->positions[i])) {
+      runs_free(env, r);
+      return NULL;
+    }
+  }
+  r->iov = calloc(total ? total : 1, sizeof *r->iov);
+  r->refs = calloc(total ? total : 1, sizeof *r->refs);
+  if (r->iov == NULL || r->refs == NULL) goto oom;
+  size_t k = 0;
+  for (uint32_t i = 0; i < nruns; i++) {
+    napi_value run;
+    napi_get_element(env, argv[2], i, &run);
+    for (uint32_t j = 0; j < r->run_iovs[i]; j++, k++) {
+      napi_value b;
+      napi_get_element(env, run, j, &b);
+      bool typed = false;
+      napi_is_typedarray(env, b, &typed);
+      if (!typed) {
+        r->niov = k;
+        runs_free(env, r);
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "each buffer must be a Uint8Array");
+        return NULL;
+      }
+      napi_typedarray_type tt;
+      size_t len;
+      void *p;
+      napi_get_typedarray_info(env, b, &tt, &len, &p, NULL, NULL);
+      r->iov[k].iov_base = p;
+      r->iov[k].iov_len = len;
+      napi_create_reference(env, b, 1, &r->refs[k]);
+    }
+  }
+  r->niov = total;
+  napi_value promise, name;
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, "thinpool_native_writeRuns", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, runs_execute, runs_complete, r, &r->work) != napi_ok ||
+      napi_queue_async_work(env, r->work) != napi_ok) {
+    napi_value code, text, error;
+    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "thinpool_native: cannot queue work", NAPI_AUTO_LENGTH, &text);
+    napi_create_error(env, code, text, &error);
+    napi_reject_deferred(env, r->deferred, error);
+    if (r->work != NULL) napi_delete_async_work(env, r->work);
+    runs_free(env, r);
+  }
+  return promise;
+oom:
+  if (r != NULL) runs_free(env, r);
+  napi_throw_error(env, "ENOMEM", "thinpool_native: out of memory");
+  return NULL;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_PUNCH_HOLE); }
 static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
@@ -233,6 +442,7 @@ NAPI_MODULE_INIT() {
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tryLockExclusive", NULL, try_lock, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readNow", NULL, read_now, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"writeRuns", NULL, write_runs, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   define_path_ops(env, exports);

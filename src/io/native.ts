@@ -22,6 +22,8 @@ interface NativeAddon {
   tryLockExclusive(fd: number): Promise<number>;
   /** Synchronous preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 when it would block. */
   readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /** pwritev of each run at its position, then fdatasync when `sync`, in one thread-pool job. */
+  writeRuns(fd: number, positions: number[], runs: Uint8Array[][], sync: boolean): Promise<void>;
   lsetxattr(path: string, name: string, value: Buffer, flags: number): Promise<void>;
   /** null on ENODATA (no such attribute). */
   lgetxattr(path: string, name: string): Promise<Buffer | null>;
@@ -120,6 +122,17 @@ export async function tryLockExclusive(fd: number): Promise<boolean | null> {
 export function readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number {
   const a = load();
   return a ? a.readNow(fd, buf, offset, length, position) : -1;
+}
+
+/**
+ * Writes each run of buffers back to back at its position and then, with `sync`, fdatasyncs the
+ * file, all in one thread-pool job (one round trip for a commit's "write these blocks and make
+ * them durable"). Null when the addon is missing: the caller writes and syncs itself.
+ * Failures reject with the errno name as `code`.
+ */
+export function writeRuns(fd: number, positions: number[], runs: Uint8Array[][], sync: boolean): Promise<void> | null {
+  const a = load();
+  return a ? a.writeRuns(fd, positions, runs, sync) : null;
 }
 
 /**

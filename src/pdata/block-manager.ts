@@ -7,7 +7,7 @@
  * writes them; only clean blocks are evicted, so a writer's handle never goes stale.
  */
 import { CorruptionError } from '../errors.js';
-import type { BlockFile } from '../io/block-file.js';
+import type { BlockFile, WriteRun } from '../io/block-file.js';
 import { dmChecksum } from '../io/crc32c.js';
 import { METADATA_BLOCK_SIZE } from '../units.js';
 
@@ -310,8 +310,21 @@ export class BlockManager {
    */
   async flush(): Promise<void> {
     const nrs = [...this.dirty.keys()].sort((a, b) => a - b);
-    await this.writeOut(nrs);
-    await this.file.sync();
+    for (const nr of nrs) {
+      const e = this.dirty.get(nr)!;
+      e.validator.prepare(e.block);
+    }
+    // Every run and the sync in one call (one thread-pool job with the native addon).
+    const runs: WriteRun[] = [];
+    let i = 0;
+    while (i < nrs.length) {
+      let j = i + 1;
+      while (j < nrs.length && nrs[j] === nrs[j - 1]! + 1 && j - i < 256) j++;
+      runs.push({ position: nrs[i]! * BLOCK_SIZE, bufs: nrs.slice(i, j).map((nr) => this.dirty.get(nr)!.block.data) });
+      this.stats.writes += j - i;
+      i = j;
+    }
+    await this.file.writeDurable(runs);
     for (const nr of nrs) {
       const e = this.dirty.get(nr)!;
       e.dirty = false;
@@ -357,9 +370,8 @@ export class BlockManager {
   /** Writes block 0 (prepared by `v`) and syncs: the commit point. */
   async writeSuperblock(block: Block, v: Validator): Promise<void> {
     v.prepare(block);
-    await this.file.write(block.data, 0);
     this.stats.writes++;
-    await this.file.sync();
+    await this.file.writeDurable([{ position: 0, bufs: [block.data] }]);
     this.clean.set(0, { block, validator: v, dirty: false, ref: true });
   }
 

@@ -1,33 +1,45 @@
 /**
  * When a pool commits and syncs its data: group commit (callers arriving while a commit waits
  * for the gate join it, like the kernel batching FUA bios into one metadata commit) and shared
- * data syncs (a caller arriving during an fdatasync waits for the next one, which covers its
- * writes). The commit itself (data sync, metadata, catalog, superblock) is the pool's.
+ * data syncs (a caller arriving during an fdatasync that does not cover its writes waits for the
+ * next one). Data syncs are skipped when no data write completed since the last one (the data
+ * file counts its completed writes), so a commit syncs the data file at most once, in its first
+ * round. The commit itself (data sync, metadata, catalog, superblock) is the pool's.
  */
 import type { BlockFile } from '../io/block-file.js';
 import type { Gate } from './gate.js';
 
+const RESOLVED: Promise<void> = Promise.resolve();
+
 export class CommitScheduler {
   private queuedCommit: Promise<void> | undefined;
-  private syncRunning: Promise<void> | undefined;
+  private running: { promise: Promise<void>; at: number | undefined } | undefined;
   private syncNext: Promise<void> | undefined;
+  /** The data file's completed-write count the last finished sync covered. */
+  private syncedThrough: number;
 
   /** `commitLocked` commits with the gate already held exclusively. */
-  constructor(private readonly gate: Gate, private readonly dataFile: BlockFile, private readonly commitLocked: () => Promise<void>) {}
+  constructor(private readonly gate: Gate, private readonly dataFile: BlockFile, private readonly commitLocked: () => Promise<void>) {
+    // Nothing written through this file yet needs a sync of ours.
+    this.syncedThrough = dataFile.completedWrites ?? -1;
+  }
 
-  /** Commits: data synced, then the gate taken exclusively for the metadata commit. */
+  /**
+   * Commits. While I/O holds the gate, the data is synced first, outside the gate, so reads and
+   * writes are not stalled behind a long fdatasync (the commit's own round then syncs only what
+   * completed since); on an idle gate the commit starts at once and syncs the data in its first
+   * round, beside the metadata blocks and the catalog.
+   */
   commit(): Promise<void> {
     // Group commit: callers arriving while a commit waits for the gate join it (their writes
     // completed before it starts, so it covers them).
     if (this.queuedCommit) return this.queuedCommit;
-    // Sync the data before taking the gate, so I/O is not stalled behind a long fdatasync; the
-    // sync inside the commit then has little left to do.
-    const p = this.syncData().then(() =>
+    const run = () =>
       this.gate.exclusively(() => {
         this.queuedCommit = undefined;
         return this.commitLocked();
-      }),
-    );
+      });
+    const p = this.gate.busy ? this.syncData().then(run) : run();
     this.queuedCommit = p;
     p.catch(() => undefined).finally(() => {
       if (this.queuedCommit === p) this.queuedCommit = undefined;
@@ -35,18 +47,34 @@ export class CommitScheduler {
     return p;
   }
 
+  /** True when every data write completed so far is durable (false when the file does not count its writes). */
+  dataClean(): boolean {
+    const n = this.dataFile.completedWrites;
+    return n !== undefined && n === this.syncedThrough;
+  }
+
   /**
    * Makes completed data writes durable (fdatasync of the data file). Concurrent callers share
-   * syncs: one that arrives during a sync waits for the next one, which covers its writes.
+   * syncs: a running sync that covers every completed write is joined, otherwise the caller waits
+   * for the next one; nothing is synced when every completed write already is.
    */
   syncData(): Promise<void> {
-    if (!this.syncRunning) {
-      this.syncRunning = this.dataFile.sync().finally(() => {
-        this.syncRunning = undefined;
+    const now = this.dataFile.completedWrites;
+    if (now !== undefined && now === this.syncedThrough) return RESOLVED;
+    if (!this.running) {
+      const at = now;
+      const promise = this.dataFile.sync().then(
+        () => {
+          if (at !== undefined && at > this.syncedThrough) this.syncedThrough = at;
+        },
+      ).finally(() => {
+        this.running = undefined;
       });
-      return this.syncRunning;
+      this.running = { promise, at };
+      return promise;
     }
-    this.syncNext ??= this.syncRunning.catch(() => undefined).then(() => {
+    if (now !== undefined && this.running.at === now) return this.running.promise;
+    this.syncNext ??= this.running.promise.catch(() => undefined).then(() => {
       this.syncNext = undefined;
       return this.syncData();
     });

@@ -4,7 +4,7 @@
  * blocks' space to the host (hole punching after the commit that freed them).
  */
 import { NoSpaceError } from '../errors.js';
-import type { FileBlockFile } from '../io/block-file.js';
+import type { BlockFile } from '../io/block-file.js';
 import type { ThinMetadata } from '../thin/metadata.js';
 import { formatSize } from '../units.js';
 import type { Catalog } from './catalog.js';
@@ -14,7 +14,7 @@ export class DataSpace {
   constructor(
     private readonly dir: string,
     private readonly md: ThinMetadata,
-    private readonly dataFile: FileBlockFile,
+    private readonly dataFile: BlockFile,
     private readonly catalog: Catalog,
     private readonly modes: PoolModes,
   ) {}

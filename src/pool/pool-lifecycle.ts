@@ -7,18 +7,19 @@
 import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ExistsError, NotFoundError } from '../errors.js';
-import { FileBlockFile } from '../io/block-file.js';
+import { type BlockFile, FileBlockFile } from '../io/block-file.js';
 import { ThinMetadata } from '../thin/metadata.js';
 import { estimateMetadataBytes } from '../thin/metadata-size.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
-import { type CatalogBody, type LoadedCatalog, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog-slots.js';
+import type { CatalogBody, PoolSettings } from './catalog-slots.js';
+import { CATALOG_FILES, type CatalogFiles, CatalogStore, type LoadedCatalog, directoryFiles, syncDirectory } from './catalog-store.js';
 import { PoolLock } from './pool-lock.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;
 export const MAX_BLOCK_SIZE = GiB;
 
 /** The files a pool directory holds (besides `lock` and, while served, the sockets). */
-export const POOL_FILES = ['metadata', 'data', 'catalog.0', 'catalog.1'] as const;
+export const POOL_FILES = ['metadata', 'data', ...CATALOG_FILES] as const;
 
 export interface PoolCreateOptions {
   dir: string;
@@ -38,8 +39,21 @@ export interface PoolCreateOptions {
   autoExtendMax?: number;
 }
 
-/** Points of a commit where a fault-injection hook runs (tests kill the process there). */
-export type CommitPoint = 'metadata-written' | 'catalog-written' | 'superblock-written';
+/**
+ * Points of a commit where a fault-injection hook runs (tests kill the process or cut the power
+ * there). Round 1 runs the first three at once, in any order: `data-synced` (the data file's
+ * fdatasync, when writes completed since the last one), `metadata-written` (the metadata blocks
+ * written and synced), `catalog-written` (the catalog's log entry or checkpoint written and
+ * synced; the only point of a commit that changed the catalog alone). Round 2:
+ * `superblock-written` (the commit point), then the freed blocks are punched.
+ */
+export type CommitPoint = 'data-synced' | 'metadata-written' | 'catalog-written' | 'superblock-written';
+
+/** How a pool reaches its files (the directory; fault-injection tests put in-memory faulty files there). */
+export interface PoolFiles extends CatalogFiles {
+  /** Opens `metadata` or `data` (read-write; `create` makes it, mode 0600). */
+  open(name: string, opts?: { create?: boolean }): Promise<BlockFile & Pick<FileBlockFile, 'readCached'>>;
+}
 
 export interface PoolOpenOptions {
   /**
@@ -51,16 +65,19 @@ export interface PoolOpenOptions {
   commitIntervalMs?: number;
   /** Metadata blocks cached in memory. */
   cacheBlocks?: number;
+  /** Where the pool's files are opened (fault injection; default the pool directory). */
+  files?: PoolFiles;
 }
 
 /** What opening a pool directory gives: its lock, both files, the metadata and the catalog. */
 export interface OpenedPool {
   dir: string;
   lock: PoolLock;
-  metadataFile: FileBlockFile;
-  dataFile: FileBlockFile;
+  metadataFile: BlockFile;
+  dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
   md: ThinMetadata;
   catalog: LoadedCatalog;
+  catalogStore: CatalogStore;
   /** Closes the files and releases the lock (for a failure before the pool takes them over). */
   abandon(): Promise<void>;
 }
@@ -102,9 +119,10 @@ export async function createPoolFiles(opts: PoolCreateOptions): Promise<void> {
       created: new Date().toISOString(),
     };
     const body: CatalogBody = { settings, devices: [], outsideChanges: null };
-    await writeSlot(opts.dir, 0, encodeSlot(1, md.superblockChecksum, body));
+    await CatalogStore.create(directoryFiles(opts.dir), body, md.superblockChecksum);
     await md.close();
     await meta.close();
+    await syncDirectory(opts.dir);
   } finally {
     await lock.release();
   }
@@ -116,42 +134,57 @@ export async function createPoolFiles(opts: PoolCreateOptions): Promise<void> {
  * is shorter (the kernel insists on that too).
  */
 export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Promise<OpenedPool> {
-  try {
-    await stat(join(dir, 'metadata'));
-  } catch {
-    throw new NotFoundError(`Cannot open pool ${dir}: no pool there (no metadata file)`, { dir });
-  }
-  try {
-    await stat(join(dir, 'data'));
-  } catch {
-    throw new NotFoundError(`Cannot open pool ${dir}: its data file is missing`, { dir });
+  if (!opts.files) {
+    try {
+      await stat(join(dir, 'metadata'));
+    } catch {
+      throw new NotFoundError(`Cannot open pool ${dir}: no pool there (no metadata file)`, { dir });
+    }
+    try {
+      await stat(join(dir, 'data'));
+    } catch {
+      throw new NotFoundError(`Cannot open pool ${dir}: its data file is missing`, { dir });
+    }
   }
   const lock = await PoolLock.acquire(dir);
-  let meta: FileBlockFile | undefined;
-  let data: FileBlockFile | undefined;
+  const files = opts.files ?? poolDirectoryFiles(dir);
+  let meta: BlockFile | undefined;
+  let data: (BlockFile & Pick<FileBlockFile, 'readCached'>) | undefined;
+  let store: CatalogStore | undefined;
   const abandon = async () => {
     await meta?.close();
     await data?.close();
+    await store?.close();
     await lock.release();
   };
   try {
-    meta = await FileBlockFile.open(join(dir, 'metadata'));
-    data = await FileBlockFile.open(join(dir, 'data'));
+    meta = await files.open('metadata');
+    data = await files.open('data');
     const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
-    const catalog = await loadCatalog(dir, md.superblockChecksum, md.deviceIds(), () => ({
+    const opened = await CatalogStore.open(files, md.superblockChecksum, md.deviceIds(), () => ({
       lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
       autoExtend: true,
       autoExtendStepBlocks: Math.max(1, Math.ceil(md.nrDataBlocks / 5)),
       autoExtendMaxBlocks: md.nrDataBlocks * 4,
       created: new Date().toISOString(),
     }));
+    store = opened.store;
     const want = md.nrDataBlocks * md.blockBytes;
     if ((await data.size()) < want) await data.truncate(want);
-    return { dir, lock, metadataFile: meta, dataFile: data, md, catalog, abandon };
+    return { dir, lock, metadataFile: meta, dataFile: data, md, catalog: opened.loaded, catalogStore: opened.store, abandon };
   } catch (err) {
     await abandon();
     throw err;
   }
+}
+
+/** The files of the pool directory `dir`. */
+export function poolDirectoryFiles(dir: string): PoolFiles {
+  const catalog = directoryFiles(dir);
+  return {
+    open: (name, opts) => FileBlockFile.open(join(dir, name), name === 'metadata' || name === 'data' ? (opts?.create ? { create: true } : {}) : { create: true }),
+    syncDirectory: catalog.syncDirectory,
+  };
 }
 
 /**

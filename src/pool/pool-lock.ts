@@ -43,7 +43,7 @@ export class PoolLock {
    */
   static async acquire(dir: string): Promise<PoolLock> {
     const path = join(dir, 'lock');
-    const fh = await open(path, 'a+', 0o644);
+    const fh = await open(path, 'a+', 0o600);
     const me: LockHolder = { pid: process.pid, host: hostname(), since: new Date().toISOString() };
     try {
       const locked = await tryLockExclusive(fh.fd);

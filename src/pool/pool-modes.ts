@@ -13,7 +13,8 @@ import type { PoolMode } from './volume-host.js';
 export class PoolModes {
   private value: PoolMode;
 
-  constructor(private readonly md: ThinMetadata) {
+  /** `onAbort` runs after a dropped transaction (metadata full) set needs_check: the layers above put their state back. */
+  constructor(private readonly md: ThinMetadata, private readonly onAbort?: () => Promise<void>) {
     this.value = md.needsCheck ? 'ro' : 'rw';
   }
 
@@ -68,5 +69,6 @@ export class PoolModes {
     this.value = 'ro';
     await this.md.abort();
     await this.md.setNeedsCheck();
+    await this.onAbort?.().catch(() => undefined);
   }
 }

@@ -19,7 +19,7 @@
  */
 import { statfs } from 'node:fs/promises';
 import { BusyError } from '../errors.js';
-import type { FileBlockFile } from '../io/block-file.js';
+import type { BlockFile, FileBlockFile } from '../io/block-file.js';
 import { checkMetadata } from '../thin/check.js';
 import type { CheckReport } from '../thin/check-issues.js';
 import { lsDevices } from '../thin/ls.js';
@@ -77,8 +77,8 @@ export class Pool implements VolumeHost {
   readonly buffers = new BufferPool();
   readonly dir: string;
   readonly md: ThinMetadata;
-  readonly metadataFile: FileBlockFile;
-  readonly dataFile: FileBlockFile;
+  readonly metadataFile: BlockFile;
+  readonly dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
   /** The device records and settings (names, sizes, origins). */
   readonly catalog: Catalog;
   private readonly lock: PoolLock;
@@ -97,8 +97,16 @@ export class Pool implements VolumeHost {
     this.metadataFile = opened.metadataFile;
     this.dataFile = opened.dataFile;
     this.lock = opened.lock;
-    this.catalog = new Catalog(opened.dir, opened.catalog);
-    this.modes = new PoolModes(this.md);
+    this.catalog = new Catalog(opened.catalogStore, opened.catalog);
+    // Ids are never reused: the next one is above every id the metadata holds.
+    const ids = this.md.deviceIds();
+    if (ids.length) this.catalog.reserveIdsThrough(ids[ids.length - 1]!);
+    this.modes = new PoolModes(this.md, async () => {
+      // The transaction was dropped and the superblock rewritten (needs_check): the catalog goes
+      // back to its last commit and is tagged with the rewritten superblock.
+      this.catalog.rollback();
+      await this.catalog.commit(this.md.superblockChecksum);
+    });
     this.space = new DataSpace(this.dir, this.md, this.dataFile, this.catalog, this.modes);
     this.scheduler = new CommitScheduler(this.gate, this.dataFile, () => this.commitLocked());
   }
@@ -118,7 +126,7 @@ export class Pool implements VolumeHost {
     const pool = new Pool(opened);
     pool.commitHook = opts.commitHook;
     try {
-      for (const d of pool.catalog.devices) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
+      for (const d of pool.catalog.records()) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
     } catch (err) {
       await opened.abandon();
       throw err;
@@ -191,7 +199,7 @@ export class Pool implements VolumeHost {
       hostFreeBytes,
       catalog: this.catalog.state,
       outsideChanges: this.catalog.outsideChanges,
-      devices: this.catalog.devices.length,
+      devices: this.catalog.count,
     };
   }
 
@@ -219,8 +227,7 @@ export class Pool implements VolumeHost {
   /** The listing of every device (with thin_ls's mapped/exclusive/shared counts). */
   async devices(): Promise<DeviceListing[]> {
     const counts = new Map((await lsDevices(this.md)).map((c) => [c.id, c]));
-    return this.catalog.devices
-      .slice()
+    return [...this.catalog.records()]
       .sort((a, b) => a.id - b.id)
       .map((r) => {
         const c = counts.get(r.id);
@@ -247,6 +254,11 @@ export class Pool implements VolumeHost {
     return (await this.devices()).find((d) => d.id === r.id)!;
   }
 
+  /** Device ids in ascending order (the catalog's; it matches the metadata's). */
+  deviceIds(): number[] {
+    return [...this.catalog.records()].map((r) => r.id).sort((a, b) => a - b);
+  }
+
   // ---- devices ---------------------------------------------------------------------------
 
   private writable(action: string): void {
@@ -260,10 +272,10 @@ export class Pool implements VolumeHost {
     this.catalog.checkNewName(name, `create device ${name}`);
     checkDeviceSize(sizeBytes);
     return this.gate.exclusively(async () => {
-      const id = this.catalog.nextId(this.md.deviceIds());
+      const id = this.catalog.nextId((i) => this.md.hasDevice(i));
       await this.guard(() => this.md.createThin(id));
       const rec: DeviceRecord = { id, name, sizeBytes, origin: null, originName: null, created: new Date().toISOString(), ...(opts.readOnly ? { readOnly: true } : {}) };
-      this.catalog.add(rec);
+      this.catalog.put(rec);
       await this.commitLocked();
       return rec;
     });
@@ -275,13 +287,13 @@ export class Pool implements VolumeHost {
     const origin = this.record(dev);
     this.catalog.checkNewName(name, `snapshot ${dev}`);
     return this.gate.exclusively(async () => {
-      const id = this.catalog.nextId(this.md.deviceIds());
+      const id = this.catalog.nextId((i) => this.md.hasDevice(i));
       await this.guard(() => this.md.createSnap(id, origin.id));
       const rec: DeviceRecord = {
         id, name, sizeBytes: this.deviceSize(origin.id), origin: origin.id, originName: origin.name, created: new Date().toISOString(),
         ...(opts.readOnly ? { readOnly: true } : {}),
       };
-      this.catalog.add(rec);
+      this.catalog.put(rec);
       await this.commitLocked();
       return rec;
     });
@@ -473,31 +485,46 @@ export class Pool implements VolumeHost {
     return this.scheduler.syncData();
   }
 
-  /** Commit with the gate already held exclusively. */
+  /**
+   * Commit with the gate already held exclusively. Round 1, in flight together: the data file's
+   * fdatasync (when writes completed since the last), the metadata blocks written and synced,
+   * the catalog's change (a log entry, or a checkpoint) written and synced. Round 2: the
+   * superblock written and synced. Then the freed data blocks are punched. A commit that changed
+   * only the catalog is its log entry (beside the data sync).
+   */
   async commitLocked(): Promise<void> {
     if (this.modes.frozen) return;
-    await this.syncData();
-    if (!this.md.hasChanges && !this.catalog.dirty) return;
-    let written = false;
+    const hook = this.commitHook;
+    const dataDirty = !this.scheduler.dataClean();
+    let dataDone = !dataDirty;
+    const syncData = async () => {
+      if (dataDone) return;
+      dataDone = true;
+      await this.syncData();
+      await hook?.('data-synced');
+    };
+    const catalogDue = () => this.catalog.dirty || this.catalog.tag !== this.md.superblockChecksum >>> 0;
+    let catalogDone = false;
+    const writeCatalog = async (csum: number) => {
+      catalogDone = true;
+      await this.catalog.commit(csum);
+      await hook?.('catalog-written');
+    };
     try {
-      await this.md.commit({
-        beforeSuperblock: async (csum) => {
-          await this.commitHook?.('metadata-written');
-          await this.catalog.write(csum);
-          written = true;
-          await this.commitHook?.('catalog-written');
-        },
-        afterSuperblock: async (freed) => {
-          await this.commitHook?.('superblock-written');
-          await this.space.punch(freed);
-        },
-      });
+      if (this.md.hasChanges) {
+        await this.md.commit({
+          alongsideBlocks: (csum) => settleAll([syncData(), writeCatalog(csum)]),
+          blocksWritten: () => hook?.('metadata-written'),
+          afterSuperblock: async (freed) => {
+            await hook?.('superblock-written');
+            await this.space.punch(freed);
+          },
+        });
+      }
+      // Nothing in the metadata to write: the catalog's entry (if any) is the commit.
+      await settleAll([syncData(), !catalogDone && catalogDue() ? writeCatalog(this.md.superblockChecksum) : undefined]);
     } catch (err) {
       await this.modes.commitFailed(err);
-    }
-    if (!written && this.catalog.dirty) {
-      await this.catalog.write(this.md.superblockChecksum);
-      await this.commitHook?.('catalog-written');
     }
   }
 
@@ -512,9 +539,16 @@ export class Pool implements VolumeHost {
       await this.md.close();
       await this.metadataFile.close();
       await this.dataFile.close();
+      await this.catalog.close();
       await this.lock.release();
     }
   }
+}
+
+/** Waits for every promise to settle, then rethrows the first failure (no step is left running behind an error). */
+async function settleAll(ps: ReadonlyArray<Promise<void> | undefined>): Promise<void> {
+  const rs = await Promise.allSettled(ps);
+  for (const r of rs) if (r.status === 'rejected') throw r.reason;
 }
 
 function checkDeviceSize(sizeBytes: number): void {

@@ -25,7 +25,7 @@ export class PoolExports implements NbdExportProvider {
   }
 
   list(): string[] {
-    return this.pool.catalog.devices.slice().sort((a, b) => a.id - b.id).map((d) => d.name ?? `id:${d.id}`);
+    return [...this.pool.catalog.records()].sort((a, b) => a.id - b.id).map((d) => d.name ?? `id:${d.id}`);
   }
 
   get(name: string): NbdExport | undefined {
@@ -49,7 +49,7 @@ export class PoolExports implements NbdExportProvider {
     return this.pool.users().map(([id, connections]) => ({
       name: this.pool.label(id),
       connections,
-      readOnly: this.forcedReadOnly(id) || !!this.pool.catalog.devices.find((d) => d.id === id)?.readOnly,
+      readOnly: this.forcedReadOnly(id) || !!this.pool.catalog.find(id)?.readOnly,
     }));
   }
 

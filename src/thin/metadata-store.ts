@@ -38,10 +38,20 @@ export interface OpenOptions {
   dirtyBlocks?: number;
 }
 
-/** Hooks of a commit, for the layers above (catalog, hole punching). */
+/**
+ * Hooks of a commit, for the layers above (data sync, catalog, hole punching). A commit that
+ * writes anything is two rounds: the metadata blocks written and synced while
+ * {@link alongsideBlocks} runs, then, once both are done, the superblock written and synced.
+ */
 export interface CommitHooks {
-  /** After every other block is durable, before the superblock is written: `checksum` identifies the new superblock. */
-  beforeSuperblock?(checksum: number): Promise<void>;
+  /**
+   * Runs while the metadata blocks are written and synced (round 1): what must be durable
+   * before the superblock (the data file, the catalog). `checksum` identifies the new
+   * superblock. The superblock waits for it; a rejection fails the commit before the superblock.
+   */
+  alongsideBlocks?(checksum: number): Promise<void>;
+  /** The metadata blocks are durable (a point for fault injection; round 1 may still be running). */
+  blocksWritten?(): void | Promise<void>;
   /** After the superblock is durable; `freed` data blocks are unreferenced and not reused until this returns. */
   afterSuperblock?(freed: number[]): Promise<void>;
 }
@@ -78,6 +88,8 @@ export class MetadataStore {
   /** Metadata blocks to grow the space map to at the next commit that changes something. */
   growTo = 0;
   devices = new Map<number, DeviceEntry>();
+  /** Devices whose details or mappings changed in the open transaction (so a commit never visits every device). */
+  readonly touched = new Map<number, DeviceEntry>();
   removedDevices = new Set<number>();
   readonly readOnly: boolean;
   /** Set when a change failed part-way: the transaction must be aborted. */
@@ -191,6 +203,7 @@ export class MetadataStore {
     this.heldRoot = sb.heldRoot;
     this.flags = sb.flags;
     this.devices = new Map();
+    this.touched.clear();
     this.removedDevices = new Set();
     await this.details.walk(this.detailsRoot, (k, d) => {
       this.devices.set(Number(k), { details: d, dirty: false });
@@ -209,8 +222,23 @@ export class MetadataStore {
 
   /** Records a new device's details (created in the open transaction). */
   setDetails(id: number, d: DeviceDetails): void {
-    this.devices.set(id, { details: d, dirty: true });
+    const e: DeviceEntry = { details: d, dirty: true };
+    this.devices.set(id, e);
+    this.touched.set(id, e);
     this.removedDevices.delete(id);
+  }
+
+  /** Device `id`'s details changed in the open transaction: the commit writes them. */
+  touchDetails(id: number, e: DeviceEntry): void {
+    e.dirty = true;
+    this.touched.set(id, e);
+  }
+
+  /** Device `id`'s mappings changed in the open transaction (and its details too, when `details`). */
+  touch(id: number, e: DeviceEntry, details: boolean): void {
+    e.changed = true;
+    if (details) e.dirty = true;
+    this.touched.set(id, e);
   }
 
   /** Root of device `id`'s bottom tree in the open transaction. */
@@ -230,7 +258,9 @@ export class MetadataStore {
 
   /** True when the open transaction has changes to commit. */
   get hasChanges(): boolean {
-    return this.bm.dirtyCount > 0 || this.dsm.dirty || this.msm.changed || [...this.devices.values()].some((e) => e.dirty) || this.removedDevices.size > 0 || this.superblockChanged();
+    if (this.bm.dirtyCount > 0 || this.dsm.dirty || this.msm.changed || this.removedDevices.size > 0 || this.superblockChanged()) return true;
+    for (const e of this.touched.values()) if (e.dirty) return true;
+    return false;
   }
 
   private superblockChanged(): boolean {
@@ -257,7 +287,7 @@ export class MetadataStore {
       this.msm.extend(this.growTo);
       this.growTo = 0;
     }
-    for (const [id, e] of this.devices) {
+    for (const [id, e] of this.touched) {
       if (!e.dirty) continue;
       this.detailsRoot = (await this.details.insert(this.detailsRoot, id, e.details)).root;
     }
@@ -279,8 +309,14 @@ export class MetadataStore {
     if (!force && this.bm.dirtyCount === 0 && sameSuperblock(sb, this.sb)) return this.finish(undefined, hooks);
     const block = packed(sb);
     superblockValidator.prepare(block);
-    await this.bm.flush();
-    await hooks.beforeSuperblock?.(block.view.getUint32(0, true));
+    // Round 1: the metadata blocks and whatever the layers above make durable, in flight together.
+    // Both settle before anything else happens, so a failure of one never races the other.
+    const round1 = await Promise.allSettled([
+      this.bm.flush().then(() => hooks.blocksWritten?.()),
+      hooks.alongsideBlocks?.(block.view.getUint32(0, true)),
+    ]);
+    for (const r of round1) if (r.status === 'rejected') throw r.reason;
+    // Round 2: the superblock, the commit point.
     await this.bm.writeSuperblock(block, superblockValidator);
     this.sb = sb;
     this.sbChecksum = block.view.getUint32(0, true);
@@ -289,10 +325,11 @@ export class MetadataStore {
 
   /** Ends a commit; `freed` is undefined when nothing was written. */
   private async finish(freed: number[] | undefined, hooks: CommitHooks): Promise<void> {
-    for (const e of this.devices.values()) {
+    for (const e of this.touched.values()) {
       e.dirty = false;
       e.changed = false;
     }
+    this.touched.clear();
     this.removedDevices.clear();
     if (freed) await hooks.afterSuperblock?.(freed);
     this.dsm.postCommit();

@@ -220,7 +220,7 @@ export class ThinMetadata {
       s.mappingRoot = (await s.top.insert(s.mappingRoot, id, root)).root;
       s.time++;
       o.details.snapshottedTime = s.time;
-      o.dirty = true;
+      s.touchDetails(origin, o);
       s.setDetails(id, { mappedBlocks: o.details.mappedBlocks, transactionId: s.transactionId, creationTime: s.time, snapshottedTime: s.time });
     });
   }
@@ -232,6 +232,7 @@ export class ThinMetadata {
       if (!s.devices.has(id)) throw new NotFoundError(`Cannot delete thin device ${id}: no such device id`, { id });
       s.mappingRoot = (await s.top.remove(s.mappingRoot, id)).root;
       s.devices.delete(id);
+      s.touched.delete(id);
       s.removedDevices.add(id);
       this.handles.delete(id);
     });
@@ -309,7 +310,7 @@ export class ThinMetadata {
     return this.change(`set details of thin device ${id}`, async () => {
       const e = this.s.entry(id, 'set details');
       Object.assign(e.details, d);
-      e.dirty = true;
+      this.s.touchDetails(id, e);
     });
   }
 

@@ -126,11 +126,8 @@ export class ThinDevice {
       })).root;
       // The caller's reference for an identical mapping is not needed twice.
       if (same) await s.dsm.dec(dataBlock);
-      e.changed = true;
-      if (added) {
-        e.details.mappedBlocks++;
-        e.dirty = true;
-      }
+      if (added) e.details.mappedBlocks++;
+      s.touch(this.id, e, added);
     });
   }
 
@@ -152,11 +149,8 @@ export class ThinDevice {
         }
         return root;
       })).root;
-      if (added) {
-        e.details.mappedBlocks += added;
-        e.dirty = true;
-      }
-      e.changed = true;
+      e.details.mappedBlocks += added;
+      s.touch(this.id, e, added > 0);
     });
   }
 
@@ -174,8 +168,7 @@ export class ThinDevice {
       })).root;
       if (removed) {
         e.details.mappedBlocks--;
-        e.dirty = true;
-        e.changed = true;
+        s.touch(this.id, e, true);
       }
       return removed?.block;
     });
@@ -195,8 +188,7 @@ export class ThinDevice {
       })).root;
       if (n) {
         e.details.mappedBlocks -= n;
-        e.dirty = true;
-        e.changed = true;
+        s.touch(this.id, e, true);
       }
       return n;
     });

@@ -46,6 +46,7 @@ class TestHost implements VolumeHost {
       write: (b, p) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.write(b, p)),
       writev: (bs, p) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.writev(bs, p)),
       sync: () => file.sync(),
+      writeDurable: (runs) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.writeDurable(runs)),
       size: () => file.size(),
       truncate: (n) => file.truncate(n),
       punchHole: (o, n) => file.punchHole(o, n),

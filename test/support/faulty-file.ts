@@ -4,7 +4,7 @@
  * fails, like a process that lost power), and produces the image a disk would hold after the cut:
  * the durable bytes, optionally with one unsynced write torn at a 512-byte boundary.
  */
-import type { BlockFile } from '../../src/io/block-file.js';
+import type { BlockFile, WriteRun } from '../../src/io/block-file.js';
 import { IoError } from '../../src/errors.js';
 import type { Rng } from './rng.js';
 
@@ -29,6 +29,10 @@ export class FaultyBlockFile implements BlockFile {
   private dead = false;
   /** Operations (writes and syncs) done so far. */
   ops = 0;
+  /** Writes completed so far (see BlockFile.completedWrites). */
+  completedWrites = 0;
+  /** Syncs completed so far (writeDurable counts one). */
+  syncs = 0;
 
   constructor(readonly path: string, image: Uint8Array = new Uint8Array(0)) {
     this.current = image.slice();
@@ -68,8 +72,18 @@ export class FaultyBlockFile implements BlockFile {
     if (end > position) buf.set(this.current.subarray(position, end));
   }
 
+  /** Reads what the file holds now (an in-memory file is always "cached"). */
+  readCached(buf: Uint8Array, position: number): boolean {
+    if (this.dead) return false;
+    buf.fill(0);
+    const end = Math.min(this.sizeValue, position + buf.length);
+    if (end > position) buf.set(this.current.subarray(position, end));
+    return true;
+  }
+
   async write(buf: Uint8Array, position: number): Promise<void> {
     this.step();
+    this.completedWrites++;
     this.current = FaultyBlockFile.grow(this.current, position + buf.length);
     this.current.set(buf, position);
     this.sizeValue = Math.max(this.sizeValue, position + buf.length);
@@ -84,8 +98,15 @@ export class FaultyBlockFile implements BlockFile {
     }
   }
 
+  /** The writes, then the sync: a power cut can fall between any two of them. */
+  async writeDurable(runs: readonly WriteRun[]): Promise<void> {
+    for (const r of runs) await this.writev(r.bufs, r.position);
+    await this.sync();
+  }
+
   async sync(): Promise<void> {
     this.step();
+    this.syncs++;
     this.durable = FaultyBlockFile.grow(this.durable, this.current.length);
     for (const w of this.pending) this.durable.set(w.data, w.pos);
     this.pending = [];
@@ -98,6 +119,7 @@ export class FaultyBlockFile implements BlockFile {
 
   async truncate(size: number): Promise<void> {
     this.step();
+    this.completedWrites++;
     this.current = FaultyBlockFile.grow(this.current, size);
     if (size < this.sizeValue) this.current.fill(0, size);
     this.sizeValue = size;

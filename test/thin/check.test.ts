@@ -55,6 +55,9 @@ class ImageFile implements BlockFile {
   async sync(): Promise<void> {
     this.refuse('sync');
   }
+  async writeDurable(): Promise<void> {
+    this.refuse('write');
+  }
   async size(): Promise<number> {
     return this.image.length;
   }

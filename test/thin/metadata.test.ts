@@ -1,8 +1,9 @@
 /**
  * ThinMetadata on its own (an in-memory metadata file): format and reopen keep the geometry;
  * device creation, snapshots and deletion keep the kernel's details and times and refuse bad or
- * duplicate ids; a commit with no change writes nothing; the commit hooks run in order with the
- * new superblock's checksum and the freed data blocks; a failed change leaves the transaction
+ * duplicate ids; a commit with no change writes nothing; the commit's round-1 hook runs beside
+ * the metadata blocks with the new superblock's checksum and the superblock waits for it (a
+ * failure there leaves the old superblock), then the freed data blocks; a failed change leaves the transaction
  * unusable until abort, which returns to the committed state; the held metadata snapshot;
  * set_transaction_id's check; read-only opens refuse changes; NEEDS_CHECK is written at once.
  */
@@ -86,8 +87,8 @@ test('a commit with no change writes nothing; a change commits once', async () =
   assert.not.equal(file.image(), before);
 });
 
-test('commit hooks: catalog hook sees the new superblock checksum before it is written; freed blocks after', async () => {
-  const { md } = await fresh();
+test('commit hooks: round 1 runs beside the metadata blocks with the new checksum, the superblock waits for it; freed blocks after', async () => {
+  const { md, file } = await fresh();
   await md.createThin(1);
   const blocks = await map(md, 1, [0, 1, 2, 3]);
   await md.commit();
@@ -95,19 +96,44 @@ test('commit hooks: catalog hook sees the new superblock checksum before it is w
   const seen: string[] = [];
   let csum = 0;
   let freed: number[] = [];
-  await md.commit({
-    beforeSuperblock: async (c) => {
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const commit = md.commit({
+    alongsideBlocks: async (c) => {
       csum = c;
-      seen.push(`before, committed ${md.superblockChecksum === c ? 'new' : 'old'}`);
+      seen.push(`alongside, committed ${md.superblockChecksum === c ? 'new' : 'old'}`);
+      await held;
+      seen.push('alongside done');
+    },
+    blocksWritten: () => {
+      seen.push(`blocks written, ${file.unsynced} unsynced`);
     },
     afterSuperblock: async (f) => {
       freed = f.slice().sort((a, b) => a - b);
       seen.push('after');
     },
   });
-  assert.equal(seen, ['before, committed old', 'after']);
+  // The metadata blocks go out and are synced while the hook is still busy; the superblock waits.
+  for (let i = 0; i < 20 && !seen.some((x) => x.startsWith('blocks written')); i++) await new Promise((r) => setImmediate(r));
+  assert.equal(seen, ['alongside, committed old', 'blocks written, 0 unsynced']);
+  assert.is.not(md.superblockChecksum, csum, 'the superblock is not written before round 1 ends');
+  release();
+  await commit;
+  assert.equal(seen, ['alongside, committed old', 'blocks written, 0 unsynced', 'alongside done', 'after']);
   assert.is(md.superblockChecksum, csum, 'the checksum handed to the hook is the one committed');
   assert.equal(freed, blocks.slice().sort((a, b) => a - b));
+});
+
+test('a failure in round 1 fails the commit before the superblock', async () => {
+  const { md } = await fresh();
+  await md.createThin(1);
+  await md.commit();
+  const before = md.superblockChecksum;
+  await md.createThin(2);
+  let err: unknown;
+  await md.commit({ alongsideBlocks: async () => Promise.reject(new Error('catalog write failed')) }).catch((e) => (err = e));
+  assert.match(String(err), /catalog write failed/);
+  assert.is(md.superblockChecksum, before, 'the superblock was not written');
 });
 
 test('a failed change makes the transaction unusable until abort, which returns to the committed state', async () => {
