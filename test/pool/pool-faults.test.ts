@@ -1,7 +1,8 @@
 /**
  * Out of data space (pool and host), metadata full, lock contention
- * between processes, takeover of a dead holder's lock, and catalog consistency after a crash at
- * every step of a commit.
+ * between processes, takeover of a dead holder's lock, catalog consistency after the process is
+ * killed at every point of a commit (log entry and checkpoint commits), torn catalog entries and
+ * checkpoints, and the catalog files' and lock's 0600 mode.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -179,79 +180,114 @@ test('lock contention between processes, and takeover of a dead holder at once',
   }
 });
 
-for (const point of ['metadata-written', 'catalog-written', 'superblock-written'] as const) {
-  test(`a crash at '${point}' of a commit leaves metadata and catalog consistent`, async () => {
+for (const point of ['data-synced', 'metadata-written', 'catalog-written', 'superblock-written'] as const) {
+  test(`a crash (SIGKILL) at '${point}' of a commit leaves metadata and catalog consistent`, async () => {
     const dir = tempDir();
     const pool = await Pool.create({ dir, dataSize: 64 * MiB });
     await pool.createDevice('keep', 4 * MiB);
     await pool.volume('keep').write(0, Buffer.from('kept'));
     await pool.close();
-    // create (metadata + catalog), then rename (catalog only) and delete; die at the point
-    for (const op of ['create', 'rename', 'delete']) {
-      const script = `
-        let armed = false;
-        const p = await Pool.open(dir, { commitHook: (pt) => { if (armed && pt === ${JSON.stringify(point)}) process.kill(process.pid, 'SIGKILL'); } });
-        armed = true;
-        if (${JSON.stringify(op)} === 'create') await p.createDevice('new', 4 * 1024 * 1024);
-        if (${JSON.stringify(op)} === 'rename') await p.rename('keep', 'renamed');
-        if (${JSON.stringify(op)} === 'delete') await p.remove('keep');
-        console.log('survived');
-      `;
-      const c = child(dir, script);
-      let out = '';
-      c.stdout!.on('data', (d) => (out += d));
-      c.stderr!.on('data', (d) => (out += d));
-      await exited(c);
-      const reopened = await Pool.open(dir);
-      try {
-        const s = await reopened.status();
-        assert.is(s.catalog, 'in-sync', `${op} at ${point}: ${out}`);
-        const names = (await reopened.devices()).map((d) => d.name).sort();
-        const ids = reopened.md.deviceIds();
-        assert.is(names.length, ids.length);
-        if (op === 'create') assert.ok(names.includes('new') === (point === 'superblock-written'), `${op} at ${point}: ${names}`);
-        if (op === 'rename') {
-          // a catalog-only commit writes no metadata: only 'catalog-written' is reached, after the new slot is durable
-          assert.ok(names.includes('renamed'), `${op} at ${point}: ${names}`);
-          await reopened.rename('renamed', 'keep');
-          names[names.indexOf('renamed')] = 'keep';
+    // create (metadata + catalog), write (data, a new mapping, a tag-only catalog entry), rename
+    // (catalog only), delete; each once with its catalog change as a log entry, once as a
+    // checkpoint; die at the point (round 1 points come in any order, so the others may or may
+    // not have completed: every mix must reopen consistently)
+    for (const checkpoint of [false, true]) {
+      for (const op of ['create', 'write', 'rename', 'delete']) {
+        const script = `
+          let armed = false;
+          const p = await Pool.open(dir, { commitHook: (pt) => { if (armed && pt === ${JSON.stringify(point)}) process.kill(process.pid, 'SIGKILL'); } });
+          if (${checkpoint}) p.catalog.requestCheckpoint();
+          armed = true;
+          if (${JSON.stringify(op)} === 'create') await p.createDevice('new', 4 * 1024 * 1024);
+          if (${JSON.stringify(op)} === 'write') { await p.volume('keep').write(3 << 16, Buffer.from('new!')); await p.volume('keep').flush(); }
+          if (${JSON.stringify(op)} === 'rename') await p.rename('keep', 'renamed');
+          if (${JSON.stringify(op)} === 'delete') { await p.volume('keep').write(1 << 16, Buffer.from('x')); await p.remove('keep'); }
+          console.log('survived');
+        `;
+        const c = child(dir, script);
+        let out = '';
+        c.stdout!.on('data', (d) => (out += d));
+        c.stderr!.on('data', (d) => (out += d));
+        await exited(c);
+        const where = `${op}${checkpoint ? ' (checkpoint)' : ''} at ${point}`;
+        // Points a commit does not reach: create syncs no data; a rename is its catalog entry alone.
+        const reached = op === 'rename' ? point === 'catalog-written' : !(op === 'create' && point === 'data-synced');
+        assert.is(out.includes('survived'), !reached, `${where}: ${out}`);
+        const reopened = await Pool.open(dir);
+        try {
+          const s = await reopened.status();
+          assert.is(s.catalog, 'in-sync', `${where}: ${out}`);
+          const names = (await reopened.devices()).map((d) => d.name).sort();
+          const ids = reopened.md.deviceIds();
+          assert.equal(reopened.deviceIds(), ids, `${where}: catalog and metadata hold the same devices`);
+          const done = point === 'superblock-written' || !reached;
+          if (op === 'create') assert.ok(names.includes('new') === done, `${where}: ${names}`);
+          if (op === 'write') assert.is((await reopened.volume('keep').read(3 << 16, 4)).toString(), done ? 'new!' : '\0\0\0\0', where);
+          if (op === 'rename') {
+            // a catalog-only commit writes no metadata: only 'catalog-written' is reached, after its entry is durable
+            assert.ok(names.includes('renamed'), `${where}: ${names}`);
+            await reopened.rename('renamed', 'keep');
+            names[names.indexOf('renamed')] = 'keep';
+          }
+          if (op === 'delete') assert.ok(names.includes('keep') === !done, `${where}: ${names}`);
+          if (names.includes('keep')) assert.is((await reopened.volume('keep').read(0, 4)).toString(), 'kept');
+          if (names.includes('new')) await reopened.remove('new');
+          if (op === 'write' && done) await reopened.volume('keep').discard(3 << 16, 1 << 16);
+          if (!names.includes('keep')) {
+            await reopened.createDevice('keep', 4 * MiB);
+            await reopened.volume('keep').write(0, Buffer.from('kept'));
+          }
+        } finally {
+          await reopened.close();
         }
-        if (op === 'delete') assert.ok(names.includes('keep') === (point !== 'superblock-written'), `${op} at ${point}: ${names}`);
-        if (names.includes('keep')) assert.is((await reopened.volume('keep').read(0, 4)).toString(), 'kept');
-        if (names.includes('new')) await reopened.remove('new');
-        if (!names.includes('keep')) {
-          await reopened.createDevice('keep', 4 * MiB);
-          await reopened.volume('keep').write(0, Buffer.from('kept'));
-        }
-      } finally {
-        await reopened.close();
+        if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
       }
-      if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
     }
   });
 }
 
-test('a torn catalog write falls back to the other slot', async () => {
+test('a torn catalog entry falls back to the last whole one; a torn checkpoint to the other slot and its log', async () => {
   const dir = tempDir();
   const pool = await Pool.create({ dir, dataSize: 64 * MiB });
   await pool.createDevice('a', MiB);
   await pool.close();
+  // A rename is one log entry: tear its bytes (a crash in the middle of its write) after the fact.
   const c = child(dir, `
     const p = await Pool.open(dir, { commitHook: (pt) => { if (pt === 'catalog-written') process.kill(process.pid, 'SIGKILL'); } });
-    await p.createDevice('b', 1024 * 1024);
+    await p.rename('a', 'b');
   `);
   await exited(c);
-  // tear the newest slot as a crash in the middle of its write would
-  const slots = [0, 1].map((i) => ({ i, gen: Number(readFileSync(join(dir, `catalog.${i}`), 'latin1').split(' ')[2]) }));
-  const newest = slots.sort((x, y) => y.gen - x.gen)[0]!.i;
-  const bytes = readFileSync(join(dir, `catalog.${newest}`));
-  writeFileSync(join(dir, `catalog.${newest}`), bytes.subarray(0, bytes.length >> 1));
+  const log = readFileSync(join(dir, 'catalog.log'));
+  let end = 0;
+  while (end < log.length && log.readUInt32LE(end) === 0x454c5054) end += 28 + log.readUInt32LE(end + 4);
+  assert.ok(end > 0, 'entries in the log');
+  // the last entry's last bytes never reached the disk
+  writeFileSync(join(dir, 'catalog.log'), Buffer.concat([log.subarray(0, end - 3), Buffer.alloc(log.length - end + 3)]));
   const again = await Pool.open(dir);
   try {
     assert.equal((await again.devices()).map((d) => d.name), ['a']);
     assert.is((await again.status()).catalog, 'in-sync');
+    assert.equal(statSync(join(dir, 'catalog.log')).mode & 0o777, 0o600, 'catalog files are 0600');
+    assert.equal(statSync(join(dir, 'lock')).mode & 0o777, 0o600, 'the lock is 0600');
+    // A checkpoint torn the same way: the other slot and the log behind it still hold the pool.
+    again.catalog.requestCheckpoint();
+    await again.rename('a', 'c');
   } finally {
     await again.close();
+  }
+  const slots = [0, 1].map((i) => ({ i, gen: Number(readFileSync(join(dir, `catalog.${i}`), 'latin1').split(' ')[2]) || 0 }));
+  const newest = slots.sort((x, y) => y.gen - x.gen)[0]!.i;
+  const bytes = readFileSync(join(dir, `catalog.${newest}`));
+  const nl = bytes.indexOf(10);
+  writeFileSync(join(dir, `catalog.${newest}`), Buffer.concat([bytes.subarray(0, nl + 5), Buffer.alloc(bytes.length - nl - 5)]));
+  const third = await Pool.open(dir);
+  try {
+    // The rename to c lived only in the torn checkpoint (a catalog-only commit, tagged with the
+    // unchanged superblock): the older slot and its log entries give the state before it.
+    assert.equal((await third.devices()).map((d) => d.name), ['a']);
+    assert.is((await third.status()).catalog, 'in-sync');
+  } finally {
+    await third.close();
   }
 });
 

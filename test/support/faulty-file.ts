@@ -19,42 +19,76 @@ export class PowerCut extends IoError {
   }
 }
 
+/**
+ * The power supply of one or more faulty files: a cut (now, or after N more operations on any
+ * of them) kills them all at once, as a machine losing power would.
+ */
+export class Power {
+  /** Operations (writes and syncs) done so far on every file of this supply. */
+  ops = 0;
+  private budget = Infinity;
+  private deadValue = false;
+
+  /** After `n` more writes or syncs on any file, every call fails with {@link PowerCut}. */
+  failAfter(n: number): void {
+    this.budget = this.ops + n;
+  }
+
+  /** Cuts the power now. */
+  cut(): void {
+    this.deadValue = true;
+  }
+
+  get dead(): boolean {
+    return this.deadValue;
+  }
+
+  step(): void {
+    if (this.deadValue || this.ops >= this.budget) {
+      this.deadValue = true;
+      throw new PowerCut();
+    }
+    this.ops++;
+  }
+}
+
 export class FaultyBlockFile implements BlockFile {
   private current: Uint8Array;
   private durable: Uint8Array;
   private pending: PendingWrite[] = [];
   private sizeValue = 0;
   private durableSize = 0;
-  private budget = Infinity;
-  private dead = false;
-  /** Operations (writes and syncs) done so far. */
+  /** Operations (writes and syncs) done so far on this file. */
   ops = 0;
   /** Writes completed so far (see BlockFile.completedWrites). */
   completedWrites = 0;
   /** Syncs completed so far (writeDurable counts one). */
   syncs = 0;
 
-  constructor(readonly path: string, image: Uint8Array = new Uint8Array(0)) {
-    this.current = image.slice();
-    this.durable = image.slice();
+  /** `power` is shared by files that lose power together (each file has its own by default). */
+  constructor(readonly path: string, image: Uint8Array = new Uint8Array(0), readonly power: Power = new Power()) {
+    // Copies (a Buffer's slice() would share the bytes).
+    this.current = new Uint8Array(image);
+    this.durable = new Uint8Array(image);
     this.sizeValue = image.length;
     this.durableSize = image.length;
   }
 
-  /** After `n` more writes or syncs, every call fails with {@link PowerCut}. */
+  /** After `n` more writes or syncs (on any file of this file's supply), every call fails with {@link PowerCut}. */
   failAfter(n: number): void {
-    this.budget = this.ops + n;
+    this.power.failAfter(n);
   }
 
   get isDead(): boolean {
-    return this.dead;
+    return this.power.dead;
+  }
+
+  private get dead(): boolean {
+    return this.power.dead;
   }
 
   private step(): void {
-    if (this.dead || this.ops >= this.budget) {
-      this.dead = true;
-      throw new PowerCut();
-    }
+    this.power.step();
     this.ops++;
   }
 
@@ -87,7 +121,7 @@ export class FaultyBlockFile implements BlockFile {
     this.current = FaultyBlockFile.grow(this.current, position + buf.length);
     this.current.set(buf, position);
     this.sizeValue = Math.max(this.sizeValue, position + buf.length);
-    this.pending.push({ pos: position, data: buf.slice() });
+    this.pending.push({ pos: position, data: new Uint8Array(buf) });
   }
 
   async writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
@@ -147,7 +181,7 @@ export class FaultyBlockFile implements BlockFile {
    * writes are lost).
    */
   crashImage(rng?: Rng, tear = false): Uint8Array {
-    const img = this.durable.slice(0, Math.max(this.durableSize, 0));
+    const img = new Uint8Array(this.durable.subarray(0, Math.max(this.durableSize, 0)));
     if (tear && rng && this.pending.length) {
       const w = this.pending[rng.int(this.pending.length)]!;
       const sectors = Math.floor(w.data.length / 512);
@@ -162,5 +196,51 @@ export class FaultyBlockFile implements BlockFile {
   /** The current contents (as a process that did not crash would read them). */
   image(): Uint8Array {
     return this.current.slice(0, this.sizeValue);
+  }
+}
+
+/**
+ * A directory of faulty files on one power supply, for code that opens files by name (a pool's
+ * `files` option, the catalog's files). Opening a name twice gives the same file; {@link crashed}
+ * gives the directory a power cut now would leave.
+ */
+export class FaultyFiles {
+  readonly power: Power;
+  readonly files = new Map<string, FaultyBlockFile>();
+
+  constructor(images: ReadonlyMap<string, Uint8Array> = new Map(), power = new Power()) {
+    this.power = power;
+    for (const [name, img] of images) this.files.set(name, new FaultyBlockFile(name, img, power));
+  }
+
+  async open(name: string): Promise<FaultyBlockFile> {
+    let f = this.files.get(name);
+    if (!f) {
+      if (this.power.dead) throw new PowerCut();
+      f = new FaultyBlockFile(name, new Uint8Array(0), this.power);
+      this.files.set(name, f);
+    }
+    return f;
+  }
+
+  /** New files here are durable once created (the model keeps directory entries durable). */
+  async syncDirectory(): Promise<void> {}
+
+  get(name: string): FaultyBlockFile {
+    const f = this.files.get(name);
+    if (!f) throw new Error(`no faulty file ${name}`);
+    return f;
+  }
+
+  /**
+   * The files after a power cut now, on a fresh supply: each keeps its synced writes; with
+   * `tear`, one unsynced write (of one file, picked by `rng`) survives in part.
+   */
+  crashed(rng?: Rng, tear = false): FaultyFiles {
+    const names = [...this.files.keys()];
+    const torn = tear && rng ? names.filter((n) => this.files.get(n)!.unsynced > 0) : [];
+    const tearIn = torn.length ? torn[rng!.int(torn.length)] : undefined;
+    const images = new Map(names.map((n) => [n, this.files.get(n)!.crashImage(rng, n === tearIn)] as const));
+    return new FaultyFiles(images);
   }
 }
