@@ -108,7 +108,8 @@ if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) 
 
 // ---- process helpers ----------------------------------------------------------------------
 
-interface Server {
+/** A server child process. */
+export interface Server {
   proc: ChildProcess;
   exited: Promise<void>;
 }
@@ -122,7 +123,7 @@ function track(proc: ChildProcess): Server {
 }
 
 /** SIGTERM to the server's PID, then wait for it (SIGKILL after 20 s). */
-async function stopServer(s: Server | undefined): Promise<void> {
+export async function stopServer(s: Server | undefined): Promise<void> {
   if (!s || s.proc.exitCode !== null || s.proc.signalCode !== null) return;
   process.kill(s.proc.pid!, 'SIGTERM');
   const timer = setTimeout(() => {
@@ -133,7 +134,7 @@ async function stopServer(s: Server | undefined): Promise<void> {
 }
 
 /** Runs a command, resolves with its stdout; rejects with its stderr on a non-zero exit. */
-function run(cmd: string, args: string[]): Promise<string> {
+export function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -233,16 +234,13 @@ function nodeFilePeer(dir: string, bytes: number): Peer {
   return filePeer('node nbd, plain file', dir, 'node-raw', (f) => run('truncate', ['-s', String(bytes), f]), (sock, f) => [process.execPath, [SELF, '--serve-child-file', f, sock]]);
 }
 
-async function thinPeer(dir: string, bytes: number, devices: number): Promise<Peer> {
-  const poolDir = join(dir, 'pool');
-  const pool = await Pool.create({ dir: poolDir, dataSize: devices * bytes + 256 * MiB, blockSize: 64 * KiB, autoExtend: false });
-  try {
-    for (let i = 0; i < devices; i++) await pool.createDevice(`copy-${i}`, bytes);
-  } finally {
-    await pool.close();
-  }
-  const nodeArgs = (process.env.BENCH_NBD_SERVER_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-  const proc = spawn(process.execPath, [...nodeArgs, SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * Starts `thinpool serve`'s daemon on the pool in `poolDir` in a child node process (with
+ * `nodeArgs`, and `env` added to the environment); resolves once it serves, with the process
+ * and its NBD socket. Stop it with {@link stopServer}.
+ */
+export async function spawnThinServer(poolDir: string, nodeArgs: string[] = [], env: Record<string, string> = {}): Promise<{ server: Server; sock: string }> {
+  const proc = spawn(process.execPath, [...nodeArgs, SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   const server = track(proc);
   let sock = '';
   await new Promise<void>((resolve, reject) => {
@@ -257,6 +255,19 @@ async function thinPeer(dir: string, bytes: number, devices: number): Promise<Pe
     });
     proc.once('exit', (code) => reject(new Error(`thinpool server exited with ${code} before it was ready`)));
   });
+  return { server, sock };
+}
+
+async function thinPeer(dir: string, bytes: number, devices: number): Promise<Peer> {
+  const poolDir = join(dir, 'pool');
+  const pool = await Pool.create({ dir: poolDir, dataSize: devices * bytes + 256 * MiB, blockSize: 64 * KiB, autoExtend: false });
+  try {
+    for (let i = 0; i < devices; i++) await pool.createDevice(`copy-${i}`, bytes);
+  } finally {
+    await pool.close();
+  }
+  const nodeArgs = (process.env.BENCH_NBD_SERVER_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const { server, sock } = await spawnThinServer(poolDir, nodeArgs);
   const uri = (i: number) => `nbd+unix:///copy-${i}?socket=${sock}`;
   return {
     name: 'thinpool',

@@ -1,6 +1,6 @@
 /**
  * Runs the benchmark suites named on the command line (all when none):
- * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images`. Each suite prints its figures and writes
+ * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images|writepath`. Each suite prints its figures and writes
  * JSON + SVG (and, for copyup and snapshots, a markdown table) into images/, or into $BENCH_OUT.
  * BENCH_TINY=1 runs the smallest configuration of copyup and snapshots (what the tests run).
  * `node dist/bench/run.js render FILE.json` redraws the charts and table of a copyup or snapshots
@@ -15,6 +15,7 @@ import { metadataBench, metadataCharts } from './metadata.bench.js';
 import { nbdBench, nbdCharts } from './nbd.bench.js';
 import { poolBench, poolCharts } from './pool.bench.js';
 import { snapshotsBench, writeSnapshotsOutputs, type SnapshotsResult } from './snapshots.bench.js';
+import { writepathBench, writepathCharts, type WritepathResult } from './writepath.bench.js';
 
 const suites: Record<string, () => Promise<unknown>> = {
   metadata: metadataBench,
@@ -23,6 +24,7 @@ const suites: Record<string, () => Promise<unknown>> = {
   copyup: copyupBench,
   snapshots: snapshotsBench,
   images: imagesBench,
+  writepath: writepathBench,
 };
 
 const wanted = process.argv.slice(2);
@@ -38,6 +40,7 @@ if (wanted[0] === 'render') {
     else if (suite === 'metadata') await writeCharts(name, metadataCharts(json));
     else if (suite === 'pool') await writeCharts(name, poolCharts(json));
     else if (suite === 'nbd') await writeCharts(name, nbdCharts(json));
+    else if (suite === 'writepath') await writeCharts(name, writepathCharts(json as WritepathResult));
     else {
       console.error(`${file}: cannot render suite '${suite}'; render knows ${Object.keys(suites).join(', ')}`);
       process.exit(2);

@@ -6,7 +6,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { IoError } from '../errors.js';
-import { punchHole as nativePunchHole, readNow, writeRuns } from './native.js';
+import { hasNativeAddon, punchHole as nativePunchHole, readNow, writeRuns } from './native.js';
 
 const RESOLVED: Promise<void> = Promise.resolve();
 
@@ -69,6 +69,9 @@ export interface OpenOptions {
 export class FileBlockFile implements BlockFile {
   /** See {@link BlockFile.completedWrites}. */
   completedWrites = 0;
+  private batch: Array<{ bufs: readonly Uint8Array[]; position: number; resolve: () => void; reject: (e: unknown) => void }> | undefined;
+  /** Whether writes are batched per event-loop turn ({@link batchWrites}). */
+  private readonly batching = batchWrites();
 
   private constructor(readonly path: string, private readonly fh: FileHandle, readonly readOnly: boolean) {}
 
@@ -133,7 +136,50 @@ export class FileBlockFile implements BlockFile {
     }
   }
 
-  async write(buf: Uint8Array, position: number): Promise<void> {
+  /**
+   * Writes issued in the same turn of the event loop go to the thread pool as one job (see
+   * {@link batchWrites}); a lone write goes as it is.
+   */
+  write(buf: Uint8Array, position: number): Promise<void> {
+    return this.batching ? this.enqueue([buf], position) : this.writeOne(buf, position);
+  }
+
+  writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    return this.batching ? this.enqueue(bufs, position) : this.writevOne(bufs, position);
+  }
+
+  private enqueue(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (!this.batch) {
+        this.batch = [];
+        queueMicrotask(() => this.flushBatch());
+      }
+      this.batch.push({ bufs, position, resolve, reject });
+    });
+  }
+
+  private flushBatch(): void {
+    const batch = this.batch!;
+    this.batch = undefined;
+    if (batch.length === 1) {
+      const w = batch[0]!;
+      this.writevOne(w.bufs, w.position).then(w.resolve, w.reject);
+      return;
+    }
+    const job = writeRuns(this.fh.fd, batch.map((w) => w.position), batch.map((w) => w.bufs as Uint8Array[]), false)!;
+    job.then(
+      () => {
+        this.completedWrites += batch.length;
+        for (const w of batch) w.resolve();
+      },
+      // Which write failed is not known: each is retried on its own, so each caller gets its own result.
+      () => {
+        for (const w of batch) this.writevOne(w.bufs, w.position).then(w.resolve, w.reject);
+      },
+    );
+  }
+
+  private async writeOne(buf: Uint8Array, position: number): Promise<void> {
     const fd = this.fh.fd;
     let done = 0;
     try {
@@ -151,8 +197,8 @@ export class FileBlockFile implements BlockFile {
     }
   }
 
-  async writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
-    if (bufs.length === 1) return this.write(bufs[0]!, position);
+  private async writevOne(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    if (bufs.length === 1) return this.writeOne(bufs[0]!, position);
     let total = 0;
     for (const b of bufs) total += b.length;
     let n: number;
@@ -171,7 +217,7 @@ export class FileBlockFile implements BlockFile {
       if (n >= b.length) {
         n -= b.length;
       } else {
-        await this.write(b.subarray(n), pos + n);
+        await this.writeOne(b.subarray(n), pos + n);
         n = 0;
       }
       pos += b.length;
@@ -200,7 +246,7 @@ export class FileBlockFile implements BlockFile {
       return;
     }
     // Without the addon: the writes (16 at a time), then the sync.
-    for (let i = 0; i < runs.length; i += 16) await Promise.all(runs.slice(i, i + 16).map((r) => this.writev(r.bufs, r.position)));
+    for (let i = 0; i < runs.length; i += 16) await Promise.all(runs.slice(i, i + 16).map((r) => this.writevOne(r.bufs, r.position)));
     await this.sync();
   }
 
@@ -237,6 +283,15 @@ export class FileBlockFile implements BlockFile {
   async close(): Promise<void> {
     await this.fh.close();
   }
+}
+
+/**
+ * True when writes issued in the same turn of the event loop are handed to the thread pool as
+ * one job (the native addon's writeRuns): a burst of NBD requests costs one round trip, not
+ * one per request. Off without the addon, or with `THINPOOL_WRITE_BATCH=0`.
+ */
+export function batchWrites(): boolean {
+  return process.env.THINPOOL_WRITE_BATCH !== '0' && hasNativeAddon();
 }
 
 function wrap(err: unknown, action: string): Error {

@@ -140,6 +140,7 @@ test('metadata full: the transaction is dropped, the pool turns read-only with n
     const s = await again.status();
     assert.ok(s.needsCheck, 'needs_check is on disk');
     assert.is(s.mode, 'ro');
+    assert.is(s.catalog, 'in-sync', 'the catalog was tagged with the superblock that carries needs_check');
     assert.is((await again.volume('v').read(0, 9)).toString(), 'committed');
     if (haveThinTools()) await assertThinCheckClean(join(dir, 'metadata'));
     // the way back: a clean check clears needs_check, then the metadata can grow
