@@ -24,10 +24,11 @@ const ALLOWED: Record<string, string[]> = {
   io: ['errors', 'units'],
   pdata: ['io', 'errors', 'units'],
   thin: ['pdata', 'io', 'errors', 'units'],
+  snapshots: ['thin', 'pdata', 'io', 'errors', 'units'],
   nbd: ['errors', 'units'],
-  serve: ['thin', 'nbd', 'io', 'errors', 'units'],
-  tools: ['serve', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'bench'],
-  bench: ['serve', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units'],
+  serve: ['snapshots', 'thin', 'nbd', 'io', 'errors', 'units'],
+  tools: ['serve', 'snapshots', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'bench'],
+  bench: ['serve', 'snapshots', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units'],
 };
 
 function files(dir: string): string[] {

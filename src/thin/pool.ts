@@ -26,6 +26,7 @@ import { estimateMetadataBytes } from './metadata-size.js';
 import { PoolLock } from './pool-lock.js';
 import { MAX_DEVICE_ID, NEEDS_CHECK_FLAG } from './superblock.js';
 import { ThinVolume } from './thin-volume.js';
+import { type DeviceChange, applyPatch } from './device-changes.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;
 export const MAX_BLOCK_SIZE = GiB;
@@ -511,6 +512,122 @@ export class Pool {
       await this.commitLocked();
     });
   }
+
+  // ---- batches of device changes (container snapshots keep their records this way) -------
+
+  /**
+   * Applies `changes` in order as one commit (see `device-changes.ts`): every step is checked
+   * first against the devices as the earlier steps leave them (names free, devices present,
+   * none removed while in use), then the metadata and the catalog records change together, then
+   * one commit. Returns one record per step (for `remove`, the record as it was).
+   */
+  async change(changes: readonly DeviceChange[]): Promise<DeviceRecord[]> {
+    this.writable('change devices');
+    return this.gate.exclusively(async () => {
+      type Planned = { c: DeviceChange; rec: DeviceRecord; originId?: number; isNew: boolean };
+      const work = new Map(this.catalogBody.devices.map((d) => [d.id, d]));
+      const fresh = new Set<number>();
+      const plan: Planned[] = [];
+      const ids = this.md.deviceIds();
+      const used = new Set(ids);
+      let next = Math.max(ids.length ? ids[ids.length - 1]! : 0, (this.catalogBody.settings.nextDeviceId ?? 1) - 1) + 1;
+      const allocId = (): number => {
+        while (next <= MAX_DEVICE_ID && (used.has(next) || work.has(next))) next++;
+        if (next > MAX_DEVICE_ID) {
+          for (let i = 1; i <= MAX_DEVICE_ID; i++) if (!used.has(i) && !work.has(i)) return i;
+          throw new NoSpaceError('Cannot create a device: all 16777215 device ids are in use');
+        }
+        return next++;
+      };
+      const find = (dev: string | number, action: string): DeviceRecord => {
+        const m = typeof dev === 'number' ? [dev] : /^id:(\d+)$/.exec(dev)?.slice(1).map(Number);
+        const r = m ? work.get(m[0]!) : [...work.values()].find((d) => d.name === dev);
+        if (!r) throw new NotFoundError(`Cannot ${action}: no device ${m ? `with id ${m[0]}` : `named ${dev}`}`, { dev });
+        return r;
+      };
+      const named = (naming: string | ((id: number) => string), id: number, action: string): string => {
+        const name = typeof naming === 'function' ? naming(id) : naming;
+        checkDeviceName(name);
+        for (const d of work.values()) if (d.name === name) throw new ExistsError(`Cannot ${action}: a device named ${name} exists`, { name });
+        return name;
+      };
+      const now = new Date().toISOString();
+      for (const c of changes) {
+        if (c.op === 'create') {
+          checkDeviceSize(c.sizeBytes);
+          const id = allocId();
+          const rec: DeviceRecord = { id, name: named(c.name, id, 'create a device'), sizeBytes: c.sizeBytes, origin: null, originName: null, created: now };
+          applyPatch(rec, c.set);
+          work.set(id, rec);
+          fresh.add(id);
+          plan.push({ c, rec, isNew: true });
+        } else if (c.op === 'snapshot') {
+          const origin = find(c.origin, `snapshot ${c.origin}`);
+          const id = allocId();
+          const size = fresh.has(origin.id) ? origin.sizeBytes! : this.deviceSize(origin.id);
+          const rec: DeviceRecord = { id, name: named(c.name, id, `snapshot ${origin.name ?? `id:${origin.id}`}`), sizeBytes: size, origin: origin.id, originName: origin.name, created: now };
+          applyPatch(rec, c.set);
+          work.set(id, rec);
+          fresh.add(id);
+          plan.push({ c, rec, originId: origin.id, isNew: true });
+        } else if (c.op === 'update') {
+          const cur = find(c.dev, `change device ${c.dev}`);
+          const rec = { ...cur };
+          applyPatch(rec, c.set);
+          work.set(rec.id, rec);
+          plan.push({ c, rec, isNew: false });
+        } else {
+          const cur = find(c.dev, `remove ${c.dev}`);
+          if (this.inUse.get(cur.id)) throw new BusyError(`Cannot remove ${cur.name ?? `id:${cur.id}`}: it is in use (exported)`, { id: cur.id });
+          work.delete(cur.id);
+          plan.push({ c, rec: cur, isNew: false });
+        }
+      }
+      // Every step is valid: change the metadata, then the records, then commit once.
+      for (const p of plan) {
+        if (p.c.op === 'create') await this.guard(() => this.md.createThin(p.rec.id));
+        else if (p.c.op === 'snapshot') await this.guard(() => this.md.createSnap(p.rec.id, p.originId!));
+        else if (p.c.op === 'remove') await this.guard(() => this.md.deleteDevice(p.rec.id));
+      }
+      const out: DeviceRecord[] = [];
+      for (const p of plan) {
+        const existing = this.catalogBody.devices.find((d) => d.id === p.rec.id);
+        if (p.c.op === 'remove') {
+          this.catalogBody.devices = this.catalogBody.devices.filter((d) => d.id !== p.rec.id);
+          this.volumes.get(p.rec.id)?.markRemoved();
+          this.volumes.delete(p.rec.id);
+          this.unknownSizes.delete(p.rec.id);
+          out.push(p.rec);
+        } else if (p.isNew && !existing) {
+          this.catalogBody.devices.push(p.rec);
+          out.push(p.rec);
+        } else {
+          // Records change in place: volumes hold on to them.
+          const target = existing!;
+          for (const k of Object.keys(target)) if (!(k in p.rec)) delete (target as unknown as Record<string, unknown>)[k];
+          Object.assign(target, p.rec);
+          out.push(target);
+        }
+      }
+      const maxNew = plan.reduce((m, p) => (p.isNew ? Math.max(m, p.rec.id) : m), 0);
+      if (maxNew >= (this.catalogBody.settings.nextDeviceId ?? 1)) this.catalogBody.settings.nextDeviceId = maxNew + 1;
+      this.touchDevices();
+      await this.commitLocked();
+      return out;
+    });
+  }
+
+  /** Records whose removal waits for the device to be released (see {@link DeviceRecord.pendingRemoval}). */
+  pendingRemovals(): DeviceRecord[] {
+    return this.catalogBody.devices.filter((d) => d.pendingRemoval !== undefined);
+  }
+
+  /** True while something (an export, an attachment) uses the device. */
+  inUseById(id: number): boolean {
+    return (this.inUse.get(id) ?? 0) > 0;
+  }
+
+  // ---- end of batches ----------------------------------------------------------------------
 
   /** The volume (byte-level I/O) of a device. */
   volume(dev: string): ThinVolume {
