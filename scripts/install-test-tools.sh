@@ -22,11 +22,27 @@ tools=(
   zstd:zstd
   umoci:umoci
   skopeo:skopeo
+  setfattr:attr
+  getfattr:attr
+  fuse2fs:fuse2fs
+  mkfs.xfs:xfsprogs
+  containerd:containerd
+  ctr:containerd
+  containerd-shim-runc-v2:containerd
+  runc:runc
+  go:golang-go
+)
+# path -> Debian package, for packages without a program of their own
+paths=(
+  /usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite:golang-github-containerd-containerd-dev
 )
 have() { command -v "$1" > /dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 missing=()
 for t in "${tools[@]}"; do
   have "${t%%:*}" || missing+=("${t#*:}")
+done
+for p in "${paths[@]}"; do
+  [ -e "${p%%:*}" ] || missing+=("${p#*:}")
 done
 # The kernel VM's initramfs needs a statically linked busybox (the dynamic one lacks its libraries there).
 dpkg-query -W -f='${Status}' busybox-static 2> /dev/null | grep -q 'install ok installed' || missing+=(busybox-static)
