@@ -16,6 +16,7 @@ import { registerDevice } from './device.js';
 import { EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, errorLine, exitCodeFor, printError } from './output.js';
 import { registerPool } from './pool.js';
 import { registerServe } from './serve.js';
+import { registerSnapshotter } from './snapshotter.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -104,6 +105,10 @@ async function main(argv: string[]): Promise<number> {
   registerDevice(program, ctx);
   registerServe(program, () => ctx.poolDir(program), async (fn) => {
     ctx.doing(`serve ${ctx.poolDir(program)}`);
+    await fn();
+  });
+  registerSnapshotter(program, () => ctx.poolDir(program), async (fn) => {
+    ctx.doing(`serve snapshots from ${ctx.poolDir(program)}`);
     await fn();
   });
   registerDemo(program, ctx);

@@ -9,6 +9,8 @@ import { NbdServer } from '../nbd/server.js';
 import { Pool } from '../thin/pool.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
+import { AttachManager, cleanupStaleAttachments, type CleanupReport } from './attach/attach-manager.js';
+import type { AttachMethod } from './attach/attach-records.js';
 import { LocalPoolService, type ServiceStatus } from './pool-service.js';
 
 export interface ServeOptions {
@@ -24,6 +26,8 @@ export interface ServeOptions {
   readOnly?: string[];
   commitIntervalMs?: number;
   log?: (msg: string) => void;
+  /** How devices are attached as block devices (default: chosen for the host). */
+  attachMethod?: 'auto' | AttachMethod;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -54,6 +58,10 @@ export class Daemon {
     readonly exports: PoolExports,
     readonly nbdSocket: string,
     readonly tcpPorts: number[],
+    /** Devices attached as block devices through this daemon's NBD socket. */
+    readonly attacher: AttachManager,
+    /** What the start found left by an earlier daemon and released. */
+    readonly staleCleanup: CleanupReport,
   ) {}
 
   /** Opens the pool and starts serving. */
@@ -76,8 +84,15 @@ export class Daemon {
         await nbd.listenUnix(nbdSocket, 0o600);
         const ports: number[] = [];
         for (const l of opts.listen ?? []) ports.push(await nbd.listenTcp(l.host, l.port));
+        // Attachments an earlier daemon left (it died) are released before anything new is attached,
+        // then the devices whose removal waited for their release are deleted.
+        const stale = await cleanupStaleAttachments(opts.dir, { log });
+        for (const l of stale.leftovers) log(`attach: ${l}`);
+        const pending = pool.pendingRemovals().filter((d) => !pool.inUseById(d.id));
+        if (pending.length) await pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+        const attacher = new AttachManager(pool, { nbdSocket, method: opts.attachMethod ?? 'auto', log: (m) => log(`attach: ${m}`) });
         await control.listen(join(opts.dir, 'control.sock'));
-        return new Daemon(pool, nbd, control, exports, nbdSocket, ports);
+        return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale);
       } catch (err) {
         await control.close();
         await nbd.close();
@@ -94,6 +109,8 @@ export class Daemon {
     this.stopping ??= (async () => {
       try {
         await this.control.close();
+        // Attachments talk to the NBD server: release them (busy ones too) before it closes.
+        await this.attacher.releaseAll({ force: true });
         await this.nbd.close();
       } finally {
         await this.pool.close();
