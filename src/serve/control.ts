@@ -10,8 +10,10 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { chmod, unlink } from 'node:fs/promises';
 import {
-  BusyError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, ReadOnlyError, ThinpoolError, UsageError,
+  BusyError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, PreconditionError, ReadOnlyError, ThinpoolError, UsageError,
 } from '../errors.js';
+import type { AttachMount, AttachRecord } from './attach/attach-records.js';
+import type { CleanupResult } from './pool-service.js';
 import type { CheckReport } from '../thin/check.js';
 import type { DeltaRange } from '../thin/delta.js';
 import type { DumpOptions } from '../thin/dump.js';
@@ -115,6 +117,8 @@ function deserializeError(e: NonNullable<Message['error']>): Error {
       return new NotFoundError(e.message, data);
     case 'ExistsError':
       return new ExistsError(e.message, data);
+    case 'PreconditionError':
+      return new PreconditionError(e.message, data);
     case 'NoSpaceError':
     case 'MetadataSpaceError':
       return new NoSpaceError(e.message, data);
@@ -133,6 +137,7 @@ function deserializeError(e: NonNullable<Message['error']>): Error {
 const OPS = new Set([
   'status', 'devices', 'device', 'createDevice', 'snapshot', 'remove', 'rename', 'resize', 'geometry', 'read', 'write', 'discard',
   'extents', 'flush', 'extend', 'setTransactionId', 'metadataSnap', 'dumpTo', 'check', 'clearNeedsCheck', 'delta',
+  'attach', 'addMount', 'removeMount', 'attachments', 'cleanup',
 ]);
 
 /** Serves a {@link PoolService} on a unix socket. */
@@ -329,6 +334,22 @@ export class RemotePoolService implements PoolService {
   }
   delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }> {
     return this.call('delta', [a, b]);
+  }
+  // ---- attachments and mounts --------------------------------------------------------------
+  attach(dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> {
+    return this.call('attach', [dev, opts]);
+  }
+  addMount(dev: string, mount: AttachMount): Promise<void> {
+    return this.call('addMount', [dev, mount]);
+  }
+  removeMount(dev: string, dir: string): Promise<boolean> {
+    return this.call('removeMount', [dev, dir]);
+  }
+  attachments(): Promise<AttachRecord[]> {
+    return this.call('attachments', []);
+  }
+  cleanup(): Promise<CleanupResult> {
+    return this.call('cleanup', []);
   }
 
   /** Commits what this session wrote (the daemon keeps the pool open), then disconnects. */

@@ -11,7 +11,9 @@ import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
 import { AttachManager, cleanupStaleAttachments, type CleanupReport } from './attach/attach-manager.js';
 import type { AttachMethod } from './attach/attach-records.js';
-import { LocalPoolService, type ServiceStatus } from './pool-service.js';
+import { type CleanupResult, LocalPoolService, type ServiceStatus } from './pool-service.js';
+import type { AttachMount, AttachRecord } from './attach/attach-records.js';
+import { BusyError } from '../errors.js';
 
 export interface ServeOptions {
   dir: string;
@@ -34,8 +36,39 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
 /** The service the control socket offers: the daemon's pool, plus its exports in `status`. */
 class DaemonService extends LocalPoolService {
+  /** Set once the daemon is up: its attachments. */
+  attacher: AttachManager | undefined;
+  /** Replaces the default cleanup (the snapshotter finishes its own deferred removals). */
+  cleanupHook: (() => Promise<CleanupResult>) | undefined;
+
   constructor(pool: Pool, private readonly exportsOf: PoolExports) {
     super(pool);
+  }
+  private get att(): AttachManager {
+    if (!this.attacher) throw new BusyError('Cannot attach a device: the daemon is starting');
+    return this.attacher;
+  }
+  override async attach(dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> {
+    const r = this.pool.record(dev);
+    await this.att.attach({ deviceId: r.id, device: r.name ?? `id:${r.id}`, readOnly: opts.readOnly || !!r.readOnly, holder: opts.holder });
+    return this.att.get(r.id)!;
+  }
+  override async addMount(dev: string, mount: AttachMount): Promise<void> {
+    await this.att.addMount(this.pool.record(dev).id, mount);
+  }
+  override async removeMount(dev: string, dir: string): Promise<boolean> {
+    return this.att.removeMount(this.pool.record(dev).id, dir);
+  }
+  override async attachments(): Promise<AttachRecord[]> {
+    return this.att.list();
+  }
+  /** Finishes teardowns the kernel held up, then deletes the deferred removals nothing holds. */
+  override async cleanup(): Promise<CleanupResult> {
+    if (this.cleanupHook) return this.cleanupHook();
+    const released = (await this.att.reap()).map((id) => `id ${id}: released`);
+    const pending = this.pool.pendingRemovals().filter((d) => !this.att.held(d.id) && !this.pool.inUseById(d.id));
+    if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+    return { released, removed: pending.map((d) => d.name ?? `id:${d.id}`), leftovers: [] };
   }
   override async status(): Promise<ServiceStatus> {
     return { ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid };
@@ -62,7 +95,13 @@ export class Daemon {
     readonly attacher: AttachManager,
     /** What the start found left by an earlier daemon and released. */
     readonly staleCleanup: CleanupReport,
+    private readonly service: DaemonService,
   ) {}
+
+  /** Lets the layer above (the snapshotter) answer `thinpool pool cleanup`. */
+  setCleanupHook(fn: () => Promise<CleanupResult>): void {
+    this.service.cleanupHook = fn;
+  }
 
   /** Opens the pool and starts serving. */
   static async start(opts: ServeOptions): Promise<Daemon> {
@@ -79,7 +118,8 @@ export class Daemon {
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [] });
       const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`) });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
-      const control = new ControlServer(new DaemonService(pool, exports));
+      const service = new DaemonService(pool, exports);
+      const control = new ControlServer(service);
       try {
         await nbd.listenUnix(nbdSocket, 0o600);
         const ports: number[] = [];
@@ -91,8 +131,9 @@ export class Daemon {
         const pending = pool.pendingRemovals().filter((d) => !pool.inUseById(d.id));
         if (pending.length) await pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
         const attacher = new AttachManager(pool, { nbdSocket, method: opts.attachMethod ?? 'auto', log: (m) => log(`attach: ${m}`) });
+        service.attacher = attacher;
         await control.listen(join(opts.dir, 'control.sock'));
-        return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale);
+        return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale, service);
       } catch (err) {
         await control.close();
         await nbd.close();

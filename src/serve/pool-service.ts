@@ -18,6 +18,8 @@ import { ThinMetadata } from '../thin/metadata.js';
 import type { DeviceRecord } from '../thin/catalog.js';
 import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
 import type { VolumeExtent } from '../thin/thin-volume.js';
+import { cleanupStaleAttachments } from './attach/attach-manager.js';
+import { type AttachMount, type AttachRecord, readAttachRecords } from './attach/attach-records.js';
 
 export interface ExportInfo {
   name: string;
@@ -62,7 +64,28 @@ export interface PoolService {
   /** Checks the metadata and, when it is clean, clears NEEDS_CHECK (the pool turns writable). */
   clearNeedsCheck(): Promise<CheckReport>;
   delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }>;
+  // ---- attachments and mounts (a daemon's; see src/serve/attach) ----------------------------
+  /** Attaches a device as a block device for `holder` (needs a daemon: its NBD socket). */
+  attach(dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord>;
+  /** Records a mount made on a device's attachment (`thinpool mount`). */
+  addMount(dev: string, mount: AttachMount): Promise<void>;
+  /** Forgets a mount and releases its hold; false when the device stays attached because it is busy. */
+  removeMount(dev: string, dir: string): Promise<boolean>;
+  /** The attachments (a daemon's live ones; else the records left under POOL/run/attach). */
+  attachments(): Promise<AttachRecord[]>;
+  /** Releases attachments nothing uses any more (or that a dead daemon left) and deletes devices whose removal waited for that. */
+  cleanup(): Promise<CleanupResult>;
   close(): Promise<void>;
+}
+
+/** What {@link PoolService.cleanup} did. */
+export interface CleanupResult {
+  /** Attachments released, as `device (id N): what`. */
+  released: string[];
+  /** Devices deleted whose removal had been deferred. */
+  removed: string[];
+  /** What could not be released, and why. */
+  leftovers: string[];
 }
 
 /** The pool opened in this process. */
@@ -147,6 +170,30 @@ export class LocalPoolService implements PoolService {
     const left = this.pool.record(a).id;
     const right = this.pool.record(b).id;
     return { left, right, blockSize: this.pool.blockSize, ranges: await deltaDevices(this.pool.md, left, right) };
+  }
+  // ---- attachments and mounts -----------------------------------------------------------------
+  async attach(dev: string, _opts?: { readOnly: boolean; holder: string }): Promise<AttachRecord> {
+    throw new UsageError(`Cannot attach ${dev}: the pool is not served (attaching needs the daemon's NBD socket); start thinpool serve (or thinpool snapshotter) first`);
+  }
+  async addMount(dev: string, _mount?: AttachMount): Promise<void> {
+    throw new UsageError(`Cannot record a mount of ${dev}: the pool is not served`);
+  }
+  async removeMount(dev: string, _dir?: string): Promise<boolean> {
+    throw new UsageError(`Cannot release the mount of ${dev}: the pool is not served`);
+  }
+  attachments(): Promise<AttachRecord[]> {
+    return readAttachRecords(this.pool.dir);
+  }
+  /** Nobody serves the pool (this process holds its lock): every attachment record is stale. */
+  async cleanup(): Promise<CleanupResult> {
+    const report = await cleanupStaleAttachments(this.pool.dir);
+    const pending = this.pool.pendingRemovals().filter((d) => !this.pool.inUseById(d.id));
+    if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+    return {
+      released: report.released.map((r) => `${r.device} (id ${r.deviceId}): ${r.what.join(', ') || 'nothing was left'}`),
+      removed: pending.map((d) => d.name ?? `id:${d.id}`),
+      leftovers: report.leftovers,
+    };
   }
   close(): Promise<void> {
     return this.pool.close();

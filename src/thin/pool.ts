@@ -95,6 +95,12 @@ export interface DeviceListing {
   snapshotTime: number;
   transactionId: number;
   readOnly: boolean;
+  /** The file system the device holds, when thinpool made it. */
+  fs?: string;
+  /** The container snapshot the device carries (src/snapshots), if any. */
+  snapshot?: { key: string; kind: string; parent: string | null };
+  /** Set while the device waits to be deleted once released (deferred removal). */
+  pendingRemoval?: string;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+@-]{0,127}$/;
@@ -363,6 +369,9 @@ export class Pool {
           snapshotTime: d.snapshottedTime,
           transactionId: d.transactionId,
           readOnly: !!r.readOnly,
+          ...(r.fs ? { fs: r.fs } : {}),
+          ...(r.snapshot ? { snapshot: { key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
+          ...(r.pendingRemoval ? { pendingRemoval: r.pendingRemoval } : {}),
         };
       });
   }

@@ -77,6 +77,13 @@ export class SnapshotterDaemon {
       const store = new SnapshotStore(daemon.pool, { baseSize: opts.baseSize ?? DEFAULT_BASE_SIZE, fs: opts.fs ?? 'ext4' });
       const snapshotter = new Snapshotter(store, daemon.attacher, (m) => log(`snapshotter: ${m}`));
       await snapshotter.cleanup();
+      daemon.setCleanupHook(async () => {
+        const before = new Map(daemon.pool.pendingRemovals().map((d) => [d.id, d.name ?? `id:${d.id}`]));
+        await snapshotter.cleanup();
+        const after = new Set(daemon.pool.pendingRemovals().map((d) => d.id));
+        const removed = [...before].filter(([id]) => !after.has(id)).map(([, n]) => n);
+        return { released: [], removed, leftovers: [...after].map((id) => `${before.get(id) ?? `id:${id}`}: still in use (mounted), deleted once released`) };
+      });
       const address = opts.address ?? DEFAULT_SNAPSHOTTER_SOCKET;
       await mkdir(dirname(address), { recursive: true, mode: 0o711 });
       await rm(address, { force: true });
