@@ -263,7 +263,13 @@ export class AttachManager implements BlockAttacher {
     }
     if (r.nbdfuse) {
       for (const m of r.mounts) if (m.via === 'fuse2fs') await fuseUnmount(m.dir, force);
-      if (!(await fuseUnmount(r.nbdfuse.mountpoint, false))) {
+      // A FUSE file system just unmounted from the file (fuse2fs) may take a moment to exit and close it.
+      let unmounted = await fuseUnmount(r.nbdfuse.mountpoint, false);
+      for (const deadline = Date.now() + 3000; !unmounted && Date.now() < deadline; ) {
+        await sleep(50);
+        unmounted = await fuseUnmount(r.nbdfuse.mountpoint, false);
+      }
+      if (!unmounted) {
         if (!force) return false;
         await fuseUnmount(r.nbdfuse.mountpoint, true);
       }
