@@ -11,7 +11,7 @@
  * @example
  * const api = loadSnapshotsApi();
  * server.addService(api.service, handlers);                 // a grpc-js Server
- * const client = new api.Client(`unix:${socket}`, credentials.createInsecure()) as SnapshotsClient;
+ * const client = createSnapshotsClient('/run/thinpool/snapshotter.sock');
  */
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -194,4 +194,10 @@ export interface SnapshotsClient extends grpc.Client {
   List: (req: Partial<ListSnapshotsRequest>) => grpc.ClientReadableStream<ListSnapshotsResponse>;
   Usage: ClientUnary<UsageRequest, UsageResponse>;
   Cleanup: ClientUnary<CleanupRequest, Empty>;
+}
+
+/** A client of the service on a unix socket (no TLS: unix sockets only). Close it with `client.close()`. */
+export function createSnapshotsClient(socketPath: string): SnapshotsClient {
+  const { Client } = loadSnapshotsApi();
+  return new Client(`unix:${socketPath}`, grpc.credentials.createInsecure()) as unknown as SnapshotsClient;
 }

@@ -12,9 +12,10 @@
 //	THINPOOL_SNAPSHOTTER_START_TIMEOUT  how long to wait for the socket (Go duration, default 30s)
 //	THINPOOL_SNAPSHOTTER_STOP_TIMEOUT   how long SIGTERM may take before SIGKILL (default 10s)
 //
-// Each case starts its own process (in its own process group) and stops it afterwards with
-// SIGTERM. The case fails when the process does not exit cleanly (status 0) within the stop
-// timeout, leaves processes of its group running, or leaves mounts under its root.
+// Each case starts its own process (in its own process group, through `/bin/sh -c "exec CMD"`)
+// and stops it afterwards with SIGTERM to that process alone. The case fails when the process
+// does not exit cleanly (status 0) within the stop timeout, leaves processes of its group
+// running (they are killed), or leaves mounts beside its root.
 package snapshottersuite
 
 import (
@@ -153,7 +154,8 @@ func startSnapshotter(command, name string) testsuite.SnapshotterFunc {
 			var problems []string
 			sn.Close()
 			conn.Close()
-			syscall.Kill(-pgid, syscall.SIGTERM)
+			// SIGTERM to the snapshotter alone: it must release what it started itself.
+			cmd.Process.Signal(syscall.SIGTERM)
 			select {
 			case err := <-exited:
 				if err != nil {
