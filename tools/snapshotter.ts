@@ -32,6 +32,9 @@ export function registerSnapshotter(program: Command, poolDir: () => string, run
         if (opts.fs !== 'ext4' && opts.fs !== 'xfs') throw new UsageError(`Cannot use --fs ${opts.fs}: use ext4 or xfs`);
         if (!['auto', 'nbd', 'loop', 'file'].includes(opts.attach ?? 'auto')) throw new UsageError(`Cannot use --attach ${opts.attach}: use auto, nbd, loop or file`);
         const dir = poolDir();
+        // A daemon outlives whoever reads its output: a closed pipe must not stop it.
+        process.stderr.on('error', () => undefined);
+        process.stdout.on('error', () => undefined);
         const log = (m: string) => process.stderr.write(`thinpool snapshotter: ${m}\n`);
         const d = await SnapshotterDaemon.start({
           dir,

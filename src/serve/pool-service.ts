@@ -18,7 +18,7 @@ import { ThinMetadata } from '../thin/metadata.js';
 import type { DeviceRecord } from '../thin/catalog.js';
 import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
 import type { VolumeExtent } from '../thin/thin-volume.js';
-import { cleanupStaleAttachments } from './attach/attach-manager.js';
+import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 import { type AttachMount, type AttachRecord, readAttachRecords } from './attach/attach-records.js';
 
 export interface ExportInfo {

@@ -22,9 +22,9 @@ import { join } from 'node:path';
 import { BusyError, IoError } from '../../errors.js';
 import type { AttachRequest, Attachment, BlockAttacher } from '../../snapshots/attach.js';
 import type { Pool } from '../../thin/pool.js';
-import { type AttachMethod, type AttachMount, type AttachRecord, attachDir, readAttachRecords, removeAttachRecord, writeAttachRecord } from './attach-records.js';
+import { type AttachMethod, type AttachMount, type AttachRecord, attachDir, removeAttachRecord, writeAttachRecord } from './attach-records.js';
 import {
-  blockDeviceBusy, flushBuffers, freeze, fuseUnmount, isMountpoint, kernelNbdAvailable, loopAttach, loopBackingFile, loopDetach, mountsOfBlockDevice,
+  blockDeviceBusy, flushBuffers, freeze, fuseUnmount, isMountpoint, kernelNbdAvailable, loopAttach, loopDetach, mountsOfBlockDevice,
   nbdConnect, nbdDisconnect, processMatches, runQuiet, sleep, thaw, waitExit,
 } from './host-devices.js';
 
@@ -328,52 +328,3 @@ export async function unmountDir(m: AttachMount): Promise<boolean> {
   return !(await isMountpoint(m.dir));
 }
 
-/**
- * Releases what attachment records left behind by a daemon that is gone: mounts made by
- * `thinpool mount`, loop and NBD devices, nbdfuse processes and their FUSE mounts. The caller
- * owns the pool (its lock), so every record is stale except those `keep` names (the live
- * daemon's own). Called at daemon start and by `thinpool pool cleanup`.
- */
-export async function cleanupStaleAttachments(poolDir: string, opts: { keep?: (deviceId: number) => boolean; log?: (msg: string) => void } = {}): Promise<CleanupReport> {
-  const log = opts.log ?? (() => undefined);
-  const report: CleanupReport = { released: [], leftovers: [] };
-  const recs = await readAttachRecords(poolDir, (f) => report.leftovers.push(`unreadable attachment record ${f}`));
-  for (const r of recs) {
-    if (opts.keep?.(r.deviceId)) continue;
-    const what: string[] = [];
-    for (const m of r.mounts) {
-      if (await unmountDir(m)) what.push(`unmounted ${m.dir}`);
-      else {
-        await runQuiet(m.via === 'fuse2fs' ? 'fusermount3' : 'umount', m.via === 'fuse2fs' ? ['-uz', m.dir] : ['-l', m.dir]);
-        what.push(`lazily unmounted ${m.dir}`);
-      }
-    }
-    if (r.nbd) {
-      await nbdDisconnect(r.nbd).catch(() => undefined);
-      what.push(`disconnected ${r.nbd}`);
-    }
-    if (r.loop && r.nbdfuse && (await loopBackingFile(r.loop)) === r.nbdfuse.file) {
-      const busy = await blockDeviceBusy(r.loop).catch(() => false);
-      const gone = await loopDetach(r.loop, r.nbdfuse.file, 1000);
-      if (gone) what.push(`detached ${r.loop}`);
-      else report.leftovers.push(`${r.loop} (device ${r.device}) is ${busy ? 'still mounted somewhere' : 'still open'}; it is set to clear itself once closed`);
-    }
-    if (r.nbdfuse) {
-      if (r.nbdfuse.pid && (await processMatches(r.nbdfuse.pid, 'nbdfuse'))) {
-        process.kill(r.nbdfuse.pid, 'SIGTERM');
-        if (!(await waitExit(r.nbdfuse.pid, 3000))) process.kill(r.nbdfuse.pid, 'SIGKILL');
-        what.push(`stopped nbdfuse ${r.nbdfuse.pid}`);
-      }
-      if (!(await fuseUnmount(r.nbdfuse.mountpoint))) await fuseUnmount(r.nbdfuse.mountpoint, true);
-      if (await isMountpoint(r.nbdfuse.mountpoint)) report.leftovers.push(`FUSE mount ${r.nbdfuse.mountpoint} could not be unmounted`);
-      else what.push(`unmounted ${r.nbdfuse.mountpoint}`);
-      await rmdir(r.nbdfuse.mountpoint).catch(() => undefined);
-      await rm(join(attachDir(poolDir), `${r.deviceId}.pid`), { force: true });
-      await rm(join(attachDir(poolDir), `${r.deviceId}.log`), { force: true });
-    }
-    await removeAttachRecord(poolDir, r.deviceId);
-    report.released.push({ deviceId: r.deviceId, device: r.device, what });
-    log(`released the stale attachment of ${r.device} (id ${r.deviceId}): ${what.join(', ') || 'nothing was left'}`);
-  }
-  return report;
-}

@@ -99,7 +99,8 @@ export function snapshotsHandlers(s: Snapshotter, log: (msg: string) => void = (
         for (let i = 0; i < infos.length; i += LIST_BATCH) call.write({ info: infos.slice(i, i + LIST_BATCH) });
         call.end();
       } catch (err) {
-        call.destroy(Object.assign(new Error((err as Error).message), toStatus(err)));
+        // A server stream ends with an error status through its 'error' event (grpc-js).
+        call.emit('error', Object.assign(new Error((err as Error).message), toStatus(err)));
       }
     },
     Usage: logged('Usage', async (req) => {
