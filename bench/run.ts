@@ -1,7 +1,8 @@
 /**
- * Runs the benchmark suites named on the command line (all when none): `npm run bench -- metadata`, `npm run bench -- pool`, `npm run bench -- nbd`.
+ * Runs the benchmark suites named on the command line (all when none): `npm run bench -- metadata`, `npm run bench -- pool`, `npm run bench -- nbd`, `npm run bench -- containers`.
  * Each suite prints its figures and writes JSON + SVG into images/.
  */
+import { containersBench } from './containers.bench.js';
 import { metadataBench } from './metadata.bench.js';
 import { nbdBench } from './nbd.bench.js';
 import { poolBench } from './pool.bench.js';
@@ -10,6 +11,7 @@ const suites: Record<string, () => Promise<unknown>> = {
   metadata: metadataBench,
   pool: poolBench,
   nbd: nbdBench,
+  containers: containersBench,
 };
 
 const wanted = process.argv.slice(2);
