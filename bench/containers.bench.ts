@@ -21,8 +21,8 @@ import { join } from 'node:path';
 import { startContainerd, type Containerd } from '../test/support/containerd.js';
 import { buildOciImage } from '../test/support/oci-image.js';
 import { startSnapshotter, type SnapshotterHandle } from '../test/support/snapshotter.js';
-import { barChart, fmt, writeResults, writeSvg } from './harness.js';
-import { benchDir, envNum, now, pairedRatio, printTargets, sourceState, stackSvg, stats, type TargetRow } from './pool.bench.js';
+import { barChart, type ChartSpec } from './charts.js';
+import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 /** Seconds from spawning `ctr` to its exit; throws on a nonzero exit. */
 function timedCtr(ctd: Containerd, args: string[]): Promise<number> {
@@ -76,6 +76,7 @@ export async function containersBench(): Promise<Record<string, unknown>> {
     const loadAfter = loadavg();
     console.log(`containers: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after`);
     const result = {
+      suite: 'containers',
       source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / overlayfs, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
@@ -91,11 +92,16 @@ export async function containersBench(): Promise<Record<string, unknown>> {
       targets: rows,
     };
     writeResults('bench-containers', result);
-    writeSvg('bench-containers', stackSvg([barChart('ctr run --rm ... true, start to exit (ms, median)', 'ms', snapshotters.map((s) => ({ label: s, value: st[s as 'thinpool' | 'overlayfs'].median })))]));
+    await writeCharts('bench-containers', containersCharts(result));
     return result;
   } finally {
     await ctd?.stop().catch((e: unknown) => console.error(`containers: stopping containerd: ${(e as Error).message}`));
     await snap?.stop().catch(() => snap?.kill());
     if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The containers suite's chart, from its JSON result. */
+export function containersCharts(r: { runMs: Record<string, Stats> }): ChartSpec[] {
+  return [barChart('ctr run --rm ... true, start to exit (ms, median; lower is faster)', 'ms', Object.entries(r.runMs).map(([label, s]) => ({ label, value: s.median })))];
 }

@@ -1,13 +1,31 @@
 /**
- * Shared pieces of the benchmark suites: running a benchmark.js suite of async cases (each case
- * does a batch of operations per call, so the deferred overhead stays out of the figure),
- * writing results as JSON into images/, and a plain SVG bar chart.
+ * Shared pieces of the benchmark suites: where results go (`images/`, or `$BENCH_OUT`), where
+ * the files under test go (`$BENCH_DIR`), running a benchmark.js suite of async cases, seeded
+ * offsets, statistics (medians, p95, per-round ratios), the commit measured and the summary
+ * table of ratios against targets. Charts are drawn by `charts.ts`.
  */
 import Benchmark from 'benchmark';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { renderSvg, type ChartSpec } from './charts.js';
+import { fmt } from './format.js';
 
+export { fmt } from './format.js';
+
+/** The committed results: `images/` at the top of the repository. */
 export const IMAGES = new URL('../../images/', import.meta.url).pathname;
+
+/** Where results are written: `$BENCH_OUT` when set (test runs), else `images/`. */
+export function outDir(): string {
+  return process.env.BENCH_OUT || IMAGES;
+}
+
+/** True when `$BENCH_TINY=1`: the suites run their smallest configuration (used by the tests). */
+export function tiny(): boolean {
+  return process.env.BENCH_TINY === '1';
+}
 
 export interface CaseResult {
   name: string;
@@ -54,42 +72,127 @@ export async function runSuite(title: string, cases: BenchCase[], opts: { minSam
   return out;
 }
 
-export function fmt(n: number): string {
-  return n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(2);
-}
-
-/** Writes `images/<name>.json`. */
+/** Writes `<out>/<name>.json` (with the date and node version) and returns its path. */
 export function writeResults(name: string, data: unknown): string {
-  mkdirSync(IMAGES, { recursive: true });
-  const p = join(IMAGES, `${name}.json`);
+  const dir = outDir();
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, `${name}.json`);
   writeFileSync(p, JSON.stringify({ date: new Date().toISOString(), node: process.version, ...(data as object) }, null, 2) + '\n');
   return p;
 }
 
-/** A horizontal bar chart as SVG (no dependencies): one bar per label, value printed at the end. */
-export function barChart(title: string, unit: string, bars: Array<{ label: string; value: number }>): string {
-  const w = 760;
-  const left = 300;
-  const rowH = 26;
-  const top = 40;
-  const h = top + bars.length * rowH + 20;
-  const max = Math.max(...bars.map((b) => b.value), 1e-9);
-  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
-  let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="12">\n`;
-  svg += `<rect width="100%" height="100%" fill="white"/>\n<text x="10" y="22" font-size="15" font-weight="bold">${esc(title)}</text>\n`;
-  bars.forEach((b, i) => {
-    const y = top + i * rowH;
-    const bw = Math.max(1, ((w - left - 110) * b.value) / max);
-    svg += `<text x="${left - 8}" y="${y + 15}" text-anchor="end">${esc(b.label)}</text>\n`;
-    svg += `<rect x="${left}" y="${y + 3}" width="${bw.toFixed(1)}" height="${rowH - 8}" fill="#4477aa"/>\n`;
-    svg += `<text x="${left + bw + 6}" y="${y + 15}">${esc(fmt(b.value))} ${esc(unit)}</text>\n`;
-  });
-  return svg + '</svg>\n';
+/** Renders the charts (stacked) into `<out>/<name>.svg` and returns its path. */
+export async function writeCharts(name: string, charts: ChartSpec[]): Promise<string> {
+  const dir = outDir();
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, `${name}.svg`);
+  writeFileSync(p, await renderSvg(charts));
+  return p;
 }
 
-export function writeSvg(name: string, svg: string): string {
-  mkdirSync(IMAGES, { recursive: true });
-  const p = join(IMAGES, `${name}.svg`);
-  writeFileSync(p, svg);
+/** Writes a text file (e.g. a markdown table) into the output directory and returns its path. */
+export function writeText(name: string, text: string): string {
+  const dir = outDir();
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, name);
+  writeFileSync(p, text);
   return p;
+}
+
+export function envNum(name: string, dflt: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new RangeError(`${name}=${v}: expected a positive number`);
+  return n;
+}
+
+export function envList(name: string, dflt: number[]): number[] {
+  const v = process.env[name];
+  return v ? v.split(',').map((s) => Number(s.trim())) : dflt;
+}
+
+/** A directory for the benchmark files (BENCH_DIR, default the OS temp dir): both sides live in it. */
+export function benchDir(prefix: string): string {
+  return mkdtempSync(join(process.env.BENCH_DIR || tmpdir(), prefix));
+}
+
+/** The commit measured, and whether src/ had uncommitted changes (other engineers share the tree). */
+export function sourceState(): { commit: string; srcDirty: boolean } {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+    return { commit, srcDirty: dirty };
+  } catch {
+    return { commit: 'unknown', srcDirty: false };
+  }
+}
+
+/** Seeded PRNG (mulberry32): the same offsets for every alternative and every run. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Monotonic time in seconds. */
+export function now(): number {
+  return Number(process.hrtime.bigint()) / 1e9;
+}
+
+export interface Stats {
+  median: number;
+  /** 95th percentile (linear interpolation between the nearest samples). */
+  p95: number;
+  min: number;
+  max: number;
+  /** (p75 - p25) / median, in percent: the spread of the samples. */
+  iqrPct: number;
+  samples: number[];
+}
+
+export function stats(xs: number[]): Stats {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (p: number) => {
+    const i = (s.length - 1) * p;
+    const lo = Math.floor(i);
+    const hi = Math.ceil(i);
+    return s[lo]! + (s[hi]! - s[lo]!) * (i - lo);
+  };
+  const median = q(0.5);
+  return { median, p95: q(0.95), min: s[0]!, max: s[s.length - 1]!, iqrPct: median ? ((q(0.75) - q(0.25)) / median) * 100 : 0, samples: xs };
+}
+
+/** Median of per-round ratios a[i] / b[i] (paired samples from the same round cancel slow drift and load from other processes). */
+export function pairedRatio(a: number[], b: number[]): number {
+  return stats(a.map((x, i) => x / b[i]!)).median;
+}
+
+export interface TargetRow {
+  metric: string;
+  thinpool: string;
+  peer: string;
+  ratio: number;
+  target: string;
+  met: boolean;
+  /** Shown for information, no target. */
+  info?: boolean;
+}
+
+/** Prints the summary table of ratios against the issue's targets. */
+export function printTargets(title: string, rows: TargetRow[]): void {
+  const head = ['metric', 'thinpool', 'peer', 'ratio', 'target', 'result'];
+  const body = rows.map((r) => [r.metric, r.thinpool, r.peer, Number.isFinite(r.ratio) ? r.ratio.toFixed(2) : '-', r.target, r.info ? '-' : r.met ? 'met' : 'NOT MET']);
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
+  console.log(`\n${title}`);
+  console.log(line(head));
+  console.log(w.map((n) => '-'.repeat(n)).join('  '));
+  for (const b of body) console.log(line(b));
+  console.log('');
 }

@@ -7,12 +7,14 @@
  * Run: npm run bench -- metadata     (writes images/bench-metadata.json and .svg)
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockFile } from '../src/io/block-file.js';
 import { ThinMetadata } from '../src/thin/metadata.js';
-import { barChart, fmt, runSuite, writeResults, writeSvg } from './harness.js';
+import { barChart, type ChartSpec } from './charts.js';
+import { benchDir, fmt, runSuite, sourceState, writeCharts, writeResults } from './harness.js';
+import { snapshotCreation } from './snapshot-creation.js';
 
 async function freshPool(dir: string, name: string, nrDataBlocks: number, metaBlocks: number): Promise<{ md: ThinMetadata; file: FileBlockFile }> {
   const file = await FileBlockFile.open(join(dir, name), { create: true });
@@ -28,7 +30,8 @@ async function mapSequential(md: ThinMetadata, id: number, n: number): Promise<v
 }
 
 export async function metadataBench(): Promise<Record<string, unknown>> {
-  const dir = mkdtempSync(join(tmpdir(), 'thinpool-bench-'));
+  const dir = benchDir('thinpool-bench-metadata-');
+  const loadBefore = loadavg();
   try {
     // Lookups and inserts.
     const N = 200_000;
@@ -61,26 +64,10 @@ export async function metadataBench(): Promise<Record<string, unknown>> {
     ]);
     await file.close();
 
-    // Snapshot creation time vs mapped size.
-    const snap: Record<string, number> = {};
-    for (const mapped of [1_000, 1_000_000]) {
-      const p = await freshPool(dir, `snap-${mapped}`, 1 << 21, 65536);
-      await p.md.createThin(1);
-      await mapSequential(p.md, 1, mapped);
-      await p.md.commit();
-      let id = 2;
-      const r = await runSuite('snapshot', [{
-        name: `snapshot of a device with ${fmt(mapped)} mapped blocks`,
-        batch: 1,
-        fn: async () => {
-          await p.md.createSnap(id, 1);
-          id++;
-        },
-      }], { maxTime: 2 });
-      snap[String(mapped)] = 1e6 / r[0]!.opsPerSec;
-      await p.file.close();
-    }
-    const snapRatio = snap['1000000']! / snap['1000']!;
+    // Snapshot creation time vs mapped size (the snapshots suite measures it too, at more sizes).
+    const creation = await snapshotCreation(dir, [1_000, 1_000_000], { log: (m) => console.log(`metadata: ${m}`) });
+    const snap: Record<string, number> = Object.fromEntries(Object.entries(creation.micros).map(([k, v]) => [k, v.median]));
+    const snapRatio = creation.ratio;
 
     // Metadata size of a fully mapped 10 GiB pool.
     const blocks10g = (10 * 1024 * 1024 * 1024) / (64 * 1024);
@@ -97,21 +84,29 @@ export async function metadataBench(): Promise<Record<string, unknown>> {
     console.log(`10 GiB pool fully mapped: ${used} metadata blocks = ${used * 4096} bytes; thin_metadata_size says ${reference} bytes (ratio ${ratio.toFixed(3)})`);
 
     const result = {
+      suite: 'metadata',
       lookupsPerSec: ops[0]!.opsPerSec,
       insertsPerSec: ops[1]!.opsPerSec,
       snapshotMicros: snap,
       snapshotRatio: snapRatio,
+      snapshotCreation: creation,
+      source: sourceState(),
+      loadAverage: { before: loadBefore, after: loadavg() },
       tenGiB: { metadataBlocksUsed: used, bytes: used * 4096, thinMetadataSize: reference, ratio },
     };
     writeResults('bench-metadata', result);
-    writeSvg('bench-metadata', barChart('Metadata engine (thousands of operations per second)', 'k/s', [
-      { label: 'cached mapping lookup', value: ops[0]!.opsPerSec / 1000 },
-      { label: 'insert + allocate (one transaction)', value: ops[1]!.opsPerSec / 1000 },
-      { label: 'snapshot, 1k mapped', value: 1000 / snap['1000']! },
-      { label: 'snapshot, 1M mapped', value: 1000 / snap['1000000']! },
-    ]));
+    await writeCharts('bench-metadata', metadataCharts(result));
     return result;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The metadata suite's chart, from its JSON result. */
+export function metadataCharts(r: { lookupsPerSec: number; insertsPerSec: number; snapshotMicros: Record<string, number> }): ChartSpec[] {
+  return [barChart('Metadata engine (thousands of operations per second)', 'k/s', [
+    { label: 'cached mapping lookup', value: r.lookupsPerSec / 1000 },
+    { label: 'insert + allocate (one transaction)', value: r.insertsPerSec / 1000 },
+    ...Object.entries(r.snapshotMicros).map(([n, us]) => ({ label: `snapshot, ${fmt(Number(n))} mapped`, value: 1000 / us })),
+  ])];
 }

@@ -37,8 +37,8 @@ import { StaticExportProvider } from '../src/nbd/static-export-provider.js';
 import { Daemon } from '../src/serve/daemon.js';
 import { Pool } from '../src/thin/pool.js';
 import { KiB, MiB } from '../src/units.js';
-import { barChart, fmt, writeResults, writeSvg } from './harness.js';
-import { benchDir, envNum, now, pairedRatio, printTargets, sourceState, stackSvg, stats, type Stats, type TargetRow } from './pool.bench.js';
+import { barChart, type ChartSpec } from './charts.js';
+import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -413,6 +413,7 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
     console.log(`nbd: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
 
     const result = {
+      suite: 'nbd',
       source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
@@ -429,16 +430,25 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
     };
     const outName = peers.length > 3 ? 'bench-nbd-diag' : 'bench-nbd';
     writeResults(outName, result);
-    const bars = (s: Record<string, Stats>) => names.map((n) => ({ label: n, value: s[n]!.median }));
-    const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: fioStats[`${n} ${rw} qd${qd}`]!.median / 1000 })));
-    writeSvg(outName, stackSvg([
-      barChart(`nbdcopy ${MIBS} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(inStats)),
-      barChart(`nbdcopy ${MIBS} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(outStats)),
-      barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
-    ]));
+    await writeCharts(outName, nbdCharts(result));
     return result;
   } finally {
     for (const p of peers) await p.close().catch((e: unknown) => console.error(`nbd: stopping ${p.name}: ${(e as Error).message}`));
     if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+type Med = Record<string, { median: number }>;
+
+/** The nbd suite's charts, from its JSON result (the servers are the keys of copyInMiBps, in order). */
+export function nbdCharts(r: { config: { mib: number }; copyInMiBps: Med; copyOutMiBps: Med; fioIops: Med }): ChartSpec[] {
+  const names = Object.keys(r.copyInMiBps);
+  const bars = (s: Med) => names.map((n) => ({ label: n, value: s[n]!.median }));
+  const fioCases = [['randwrite', 1], ['randread', 1], ['randwrite', 16], ['randread', 16]] as const;
+  const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: r.fioIops[`${n} ${rw} qd${qd}`]!.median / 1000 })));
+  return [
+    barChart(`nbdcopy ${r.config.mib} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(r.copyInMiBps)),
+    barChart(`nbdcopy ${r.config.mib} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(r.copyOutMiBps)),
+    barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
+  ];
 }

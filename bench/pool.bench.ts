@@ -15,129 +15,17 @@
  *
  * Run: npm run bench -- pool   (writes images/bench-pool.json and .svg); sizes: see bench/README.md.
  */
-import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockFile } from '../src/io/block-file.js';
 import { Pool } from '../src/thin/pool.js';
 import type { ThinVolume } from '../src/thin/thin-volume.js';
 import { KiB, MiB } from '../src/units.js';
-import { barChart, fmt, writeResults, writeSvg } from './harness.js';
-
-// ---- shared helpers (the nbd suite uses them too) ------------------------------------------
-
-export function envNum(name: string, dflt: number): number {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new RangeError(`${name}=${v}: expected a positive number`);
-  return n;
-}
-
-export function envList(name: string, dflt: number[]): number[] {
-  const v = process.env[name];
-  return v ? v.split(',').map((s) => Number(s.trim())) : dflt;
-}
-
-/** A directory for the benchmark files (BENCH_DIR, default the OS temp dir): both sides live in it. */
-export function benchDir(prefix: string): string {
-  return mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), prefix));
-}
-
-/** The commit measured, and whether src/ had uncommitted changes (other engineers share the tree). */
-export function sourceState(): { commit: string; srcDirty: boolean } {
-  try {
-    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim() !== '';
-    return { commit, srcDirty: dirty };
-  } catch {
-    return { commit: 'unknown', srcDirty: false };
-  }
-}
-
-/** Seeded PRNG (mulberry32): the same offsets for every alternative and every run. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function now(): number {
-  return Number(process.hrtime.bigint()) / 1e9;
-}
-
-export interface Stats {
-  median: number;
-  min: number;
-  max: number;
-  /** (p75 - p25) / median, in percent: the spread of the samples. */
-  iqrPct: number;
-  samples: number[];
-}
-
-export function stats(xs: number[]): Stats {
-  const s = [...xs].sort((a, b) => a - b);
-  const q = (p: number) => {
-    const i = (s.length - 1) * p;
-    const lo = Math.floor(i);
-    const hi = Math.ceil(i);
-    return s[lo]! + (s[hi]! - s[lo]!) * (i - lo);
-  };
-  const median = q(0.5);
-  return { median, min: s[0]!, max: s[s.length - 1]!, iqrPct: median ? ((q(0.75) - q(0.25)) / median) * 100 : 0, samples: xs };
-}
-
-/** Median of per-round ratios a[i] / b[i] (paired samples from the same round cancel slow drift and load from other processes). */
-export function pairedRatio(a: number[], b: number[]): number {
-  return stats(a.map((x, i) => x / b[i]!)).median;
-}
-
-export interface TargetRow {
-  metric: string;
-  thinpool: string;
-  peer: string;
-  ratio: number;
-  target: string;
-  met: boolean;
-  /** Shown for information, no target. */
-  info?: boolean;
-}
-
-/** Prints the summary table of ratios against the issue's targets. */
-export function printTargets(title: string, rows: TargetRow[]): void {
-  const head = ['metric', 'thinpool', 'peer', 'ratio', 'target', 'result'];
-  const body = rows.map((r) => [r.metric, r.thinpool, r.peer, r.ratio.toFixed(2), r.target, r.info ? '-' : r.met ? 'met' : 'NOT MET']);
-  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
-  console.log(`\n${title}`);
-  console.log(line(head));
-  console.log(w.map((n) => '-'.repeat(n)).join('  '));
-  for (const b of body) console.log(line(b));
-  console.log('');
-}
-
-/** Several bar charts (from {@link barChart}) stacked into one SVG. */
-export function stackSvg(charts: string[]): string {
-  let y = 0;
-  let width = 0;
-  let inner = '';
-  for (const c of charts) {
-    const w = Number(/width="(\d+)"/.exec(c)![1]);
-    const h = Number(/height="(\d+)"/.exec(c)![1]);
-    inner += c.replace('<svg ', `<svg x="0" y="${y}" `);
-    y += h;
-    width = Math.max(width, w);
-  }
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y}">\n<rect width="100%" height="100%" fill="white"/>\n${inner}</svg>\n`;
-}
+import { barChart, type ChartSpec } from './charts.js';
+import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, prng, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 // ---- the suite ---------------------------------------------------------------------------
 
@@ -364,6 +252,7 @@ export async function poolBench(): Promise<Record<string, unknown>> {
     console.log(`pool: suite took ${(now() - started).toFixed(0)} s; load average ${loadBefore[0]!.toFixed(1)} before, ${loadAfter[0]!.toFixed(1)} after (other processes share the 2 cores)`);
 
     const result = {
+      suite: 'pool',
       source: sourceState(),
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
@@ -375,30 +264,40 @@ export async function poolBench(): Promise<Record<string, unknown>> {
       targets: rows,
     };
     writeResults('bench-pool', result);
-    const chart = (title: string, unit: string, bars: Array<{ label: string; value: number }>) => barChart(title, unit, bars);
-    const randBars = [];
-    for (const qd of QDS) {
-      for (const op of ['write', 'read']) {
-        for (const side of ['thin', 'direct']) randBars.push({ label: `${op} QD${qd}, ${side === 'thin' ? 'thin device' : 'direct file'}`, value: randStats[`${side}-${op}-qd${qd}`]!.median / 1000 });
-      }
-    }
-    writeSvg('bench-pool', stackSvg([
-      chart('Sequential 1 MiB I/O (MiB/s, median)', 'MiB/s', [
-        { label: 'write, fresh thin device', value: seqStats.thinWrite.median },
-        { label: 'write, fresh file (direct)', value: seqStats.directWrite.median },
-        { label: 'read, thin device', value: seqStats.thinRead.median },
-        { label: 'read, file (direct)', value: seqStats.directRead.median },
-      ]),
-      chart('Random 4 KiB I/O on provisioned blocks (thousand IOPS, median)', 'kIOPS', randBars),
-      chart('First write into a snapshot (microseconds, median; lower is better)', 'us', SNAP_MAPPED.flatMap((n) => [
-        { label: `first write, ${fmt(n)} mapped`, value: firstStats[n]!.median },
-        { label: `second write, ${fmt(n)} mapped`, value: secondStats[n]!.median },
-      ])),
-    ]));
+    await writeCharts('bench-pool', poolCharts(result));
     return result;
   } finally {
     for (const p of pools) await p.close().catch(() => undefined);
     for (const f of files) await f.close().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+type Med = Record<string, { median: number }>;
+
+/** The pool suite's charts, from its JSON result. */
+export function poolCharts(r: { config: { snapMapped: number[] }; sequentialMiBps: Med; random4kIops: Med; snapshotFirstWriteMicros: Med; snapshotSecondWriteMicros: Med }): ChartSpec[] {
+  const randBars = [];
+  for (const qd of [1, 16]) {
+    for (const op of ['write', 'read']) {
+      for (const side of ['thin', 'direct']) {
+        const v = r.random4kIops[`${side}-${op}-qd${qd}`];
+        if (v) randBars.push({ label: `${op} QD${qd}, ${side === 'thin' ? 'thin device' : 'direct file'}`, value: v.median / 1000 });
+      }
+    }
+  }
+  const seq = r.sequentialMiBps;
+  return [
+    barChart('Sequential 1 MiB I/O (MiB/s, median)', 'MiB/s', [
+      { label: 'write, fresh thin device', value: seq.thinWrite!.median },
+      { label: 'write, fresh file (direct)', value: seq.directWrite!.median },
+      { label: 'read, thin device', value: seq.thinRead!.median },
+      { label: 'read, file (direct)', value: seq.directRead!.median },
+    ]),
+    barChart('Random 4 KiB I/O on provisioned blocks (thousand IOPS, median)', 'kIOPS', randBars),
+    barChart('First write into a snapshot (microseconds, median; lower is better)', 'us', r.config.snapMapped.flatMap((n) => [
+      { label: `first write, ${fmt(n)} mapped`, value: r.snapshotFirstWriteMicros[n]!.median },
+      { label: `second write, ${fmt(n)} mapped`, value: r.snapshotSecondWriteMicros[n]!.median },
+    ])),
+  ];
 }

@@ -1,0 +1,134 @@
+/**
+ * Tiny runs of the copyup and snapshots benchmark suites (BENCH_TINY=1: two sizes or depths,
+ * two samples) complete into a temporary output directory and leave the committed results in
+ * images/ alone; their JSON matches its JSON Schema (bench/*.schema.json), every size x system x
+ * mode has samples or the reason it was skipped, the measured bytes copied are whole files for
+ * copy-up and one block for block CoW, the pending rows are listed, the charts parse as SVG and
+ * the markdown tables name every system. No timing is asserted.
+ */
+import { Ajv } from 'ajv';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { SaxesParser } from 'saxes';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { CopyupResult } from '../../bench/copyup.bench.js';
+import { copyupBench } from '../../bench/copyup.bench.js';
+import { IMAGES } from '../../bench/harness.js';
+import { snapshotsBench, type SnapshotsResult } from '../../bench/snapshots.bench.js';
+import { tempDir } from '../support/tmp.js';
+
+const ROOT = new URL('../../../', import.meta.url).pathname;
+const out = tempDir('thinpool-bench-out-');
+const work = tempDir('thinpool-bench-work-');
+process.env.BENCH_OUT = out;
+process.env.BENCH_DIR = work;
+process.env.BENCH_TINY = '1';
+
+const listing = (d: string) => (existsSync(d) ? readdirSync(d).sort().map((n) => `${n} ${statSync(join(d, n)).size} ${statSync(join(d, n)).mtimeMs}`) : []);
+const committed = listing(IMAGES);
+
+function validate(schemaFile: string, json: unknown): void {
+  const ajv = new Ajv({ allErrors: true, strict: false });
+  const ok = ajv.validate(JSON.parse(readFileSync(join(ROOT, 'bench', schemaFile), 'utf8')), json);
+  assert.ok(ok, `schema ${schemaFile}: ${ajv.errorsText(ajv.errors, { separator: '\n' })}`);
+}
+
+/** Parses an SVG strictly and returns how many line marks it draws. */
+function svgLines(path: string): number {
+  const p = new SaxesParser();
+  let root = '';
+  let lines = 0;
+  p.on('opentag', (t) => {
+    root ||= t.name;
+    if (t.name === 'g' && String(t.attributes.class ?? '').startsWith('mark-line')) lines++;
+  });
+  p.on('error', (e) => {
+    throw e;
+  });
+  p.write(readFileSync(path, 'utf8')).close();
+  assert.is(root, 'svg', `${path} is an SVG document`);
+  return lines;
+}
+
+const mounted = () => readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(work));
+
+test('a tiny copyup run completes: schema, every size x system x mode covered, bytes copied, charts, table', async () => {
+  await copyupBench();
+  for (const f of ['bench-copyup.json', 'bench-copyup.svg', 'bench-copyup-bytes.svg', 'bench-copyup.md']) assert.ok(existsSync(join(out, f)), `${f} written to BENCH_OUT`);
+  const r = JSON.parse(readFileSync(join(out, 'bench-copyup.json'), 'utf8')) as CopyupResult;
+  validate('copyup.schema.json', r);
+  assert.equal(r.config.sizesMiB, [1, 4]);
+  assert.is(r.config.samples, 2);
+  assert.ok(r.config.tiny);
+  const ids = r.systems.map((s) => s.id);
+  assert.equal(ids, ['overlayfs', 'overlayfs-metacopy', 'userspace-copyup', 'qcow2', 'thinpool-device']);
+  for (const size of r.config.sizesMiB) {
+    for (const s of r.systems) {
+      for (const mode of ['system', 'durable'] as const) {
+        const cells = r.cells.filter((c) => c.sizeMiB === size && c.system === s.id && c.mode === mode);
+        assert.is(cells.length, 1, `one cell for ${size} MiB ${s.id} ${mode}`);
+        const c = cells[0]!;
+        if (s.skipped) {
+          assert.is(c.skipped, s.skipped, `${s.id} skipped with its reason`);
+          assert.ok(r.skipped.some((k) => k.system === s.id && k.reason === s.skipped));
+          continue;
+        }
+        assert.is(c.samples!.length, 2, `${size} MiB ${s.id} ${mode}: two samples`);
+        assert.equal(c.samples!.map((x) => x.round), [1, 2], 'warm-up round 0 left out');
+        const bytes = size * 1024 * 1024;
+        for (const x of c.samples!) {
+          if (s.level === 'file') assert.ok(x.bytesCopied >= bytes && x.spaceAfterBytes >= bytes, `${s.id} copies the whole file (${x.bytesCopied})`);
+          else assert.is(x.bytesCopied, 64 * 1024, `${s.id} copies one 64 KiB block/cluster`);
+        }
+        if (s.id === 'userspace-copyup') assert.ok(c.samples!.every((x) => x.bytesCopied === bytes), 'the baseline copies exactly the file');
+      }
+    }
+  }
+  // These two need nothing outside node: they always run.
+  assert.is(r.systems.find((s) => s.id === 'thinpool-device')!.skipped, null);
+  assert.is(r.systems.find((s) => s.id === 'userspace-copyup')!.skipped, null);
+  assert.equal(r.pending.map((p) => p.id), ['thinpool-ext4', 'containers']);
+  assert.ok(r.goals.some((g) => g.id === 'flat-system' && g.measured !== null));
+  assert.ok(r.goals.some((g) => g.id === 'overlay-1024' && g.measured === null && g.met === null), '1 GiB is not in a tiny run: not measured, not "not met"');
+  const md = readFileSync(join(out, 'bench-copyup.md'), 'utf8');
+  for (const s of r.systems) assert.ok(md.includes(`| ${s.labels.system} |`), `table row for ${s.id}`);
+  assert.ok(md.includes('Pending'));
+  const active = r.systems.filter((s) => !s.skipped).length;
+  assert.is(svgLines(join(out, 'bench-copyup.svg')), active * 2, 'a line per active system and mode');
+  assert.ok(svgLines(join(out, 'bench-copyup-bytes.svg')) >= active * 2);
+  assert.equal(mounted(), [], 'no overlay mount left behind');
+  assert.equal(readdirSync(work), [], 'the suite removed its files');
+});
+
+test('a tiny snapshots run completes: schema, every depth x system covered, creation sizes, charts, table', async () => {
+  await snapshotsBench();
+  for (const f of ['bench-snapshots.json', 'bench-snapshots.svg', 'bench-snapshots.md']) assert.ok(existsSync(join(out, f)), `${f} written to BENCH_OUT`);
+  const r = JSON.parse(readFileSync(join(out, 'bench-snapshots.json'), 'utf8')) as SnapshotsResult;
+  validate('snapshots.schema.json', r);
+  assert.equal(r.config.depths, [1, 2]);
+  for (const s of r.systems) {
+    for (const d of r.config.depths) {
+      const rows = r.reads.filter((x) => x.system === s.id && x.depth === d);
+      if (s.skipped) assert.is(rows.length, 0);
+      else {
+        assert.is(rows.length, 1, `${s.id} depth ${d}`);
+        assert.is(rows[0]!.rounds.length, r.config.rounds);
+        assert.is(rows[0]!.readMicros.n, r.config.rounds * r.config.reads);
+      }
+    }
+  }
+  assert.is(r.systems.find((s) => s.id === 'thinpool')!.skipped, null);
+  assert.equal(Object.keys(r.snapshotCreation.micros).sort(), r.snapshotCreation.mapped.map(String).sort());
+  assert.ok(r.goals.some((g) => g.id === 'depth-thinpool' && g.measured !== null));
+  const md = readFileSync(join(out, 'bench-snapshots.md'), 'utf8');
+  for (const s of r.systems) assert.ok(md.includes(`| ${s.label} |`));
+  assert.is(svgLines(join(out, 'bench-snapshots.svg')), r.systems.filter((s) => !s.skipped).length + 1);
+  assert.equal(readdirSync(work), [], 'the suite removed its files');
+});
+
+test('test runs leave the committed results in images/ alone', () => {
+  assert.equal(listing(IMAGES), committed);
+});
+
+test.run();
