@@ -103,5 +103,5 @@ export async function containersBench(): Promise<Record<string, unknown>> {
 
 /** The containers suite's chart, from its JSON result. */
 export function containersCharts(r: { runMs: Record<string, Stats> }): ChartSpec[] {
-  return [barChart('ctr run --rm ... true, start to exit (ms, median; lower is faster)', 'ms', Object.entries(r.runMs).map(([label, s]) => ({ label, value: s.median })))];
+  return [barChart('ctr run --rm, start to exit (median)', 'ms', Object.entries(r.runMs).map(([label, s]) => ({ label, value: s.median })))];
 }
