@@ -473,6 +473,8 @@ export class Pool {
     this.writable(`remove ${dev}`);
     const r = this.record(dev);
     if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+    // A container snapshot goes through its snapshotter (which knows its parents and children).
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
     await this.gate.exclusively(async () => {
       // An export may have attached while this waited for the gate.
       if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });

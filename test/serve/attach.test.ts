@@ -7,6 +7,7 @@
  * (a leaked mount) succeeds at once, the device is deleted once unmounted (by the daemon's reaper,
  * or at once by Cleanup); Commit of a mounted snapshot freezes the file system and the committed
  * snapshot holds what was written; SIGTERM with a mounted attachment still exits and releases.
+ * With the kernel `nbd` module loaded (not on this machine: skipped), devices attach as /dev/nbdN.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -16,6 +17,7 @@ import { cli, cliJson, cliOk } from '../support/cli.js';
 import { startDaemon } from '../support/daemon.js';
 import { isRoot, run, testIf, which } from '../support/oracles.js';
 import { startSnapshotter } from '../support/snapshotter.js';
+import { kernelNbdAvailable } from '../../src/serve/attach/host-devices.js';
 import { tempDir } from '../support/tmp.js';
 
 const why = !isRoot ? 'not root' : !which('nbdfuse') ? 'nbdfuse missing (libnbd-bin)' : !which('mkfs.ext4') ? 'mkfs.ext4 missing' : null;
@@ -163,6 +165,31 @@ it('snapshotter: Remove of a mounted snapshot is deferred, Commit of a mounted o
   await until('the loop device clears itself once unmounted', async () => (await leftovers(dir)).length === 0);
   const check = await cli(['-p', pool, 'pool', 'check']);
   assert.is(check.code, 0, check.stdout + check.stderr);
+});
+
+testIf(test, why === null && kernelNbdAvailable(), why ?? 'kernel nbd module not loaded (or nbd-client missing)')('snapshotter --attach nbd: a snapshot as /dev/nbdN, mounted, committed, released at stop', async () => {
+  const dir = tempDir('thinpool-attach-');
+  const pool = join(dir, 'pool');
+  const snap = await startSnapshotter({ dir: pool, address: join(dir, 'snap.sock'), baseSize: '256M', dataSize: '2G', attach: 'nbd' });
+  const m = join(dir, 'm');
+  mkdirSync(m);
+  try {
+    const r = await snap.call<{ mounts: Array<{ type: string; source: string; options: string[] }> }>('Prepare', { key: 'k', parent: '' });
+    const src = r.mounts[0]!.source;
+    assert.match(src, /^\/dev\/nbd\d+$/);
+    assert.is((await run('mount', ['-t', 'ext4', src, m])).code, 0);
+    writeFileSync(join(m, 'f'), 'via the kernel nbd client\n');
+    await run('umount', [m]);
+    await snap.call('Commit', { name: 'c', key: 'k' });
+    assert.ok(!existsSync(`/sys/block/${src.slice(5)}/pid`), 'disconnected at commit');
+    const v = await snap.call<{ mounts: Array<{ source: string }> }>('View', { key: 'v', parent: 'c' });
+    assert.is((await run('mount', ['-t', 'ext4', '-o', 'ro,noload', v.mounts[0]!.source, m])).code, 0);
+    assert.is(readFileSync(join(m, 'f'), 'utf8'), 'via the kernel nbd client\n');
+    await run('umount', [m]);
+  } finally {
+    assert.equal(await snap.stop(), { code: 0, signal: null }, snap.log());
+  }
+  assert.equal(await leftovers(dir), []);
 });
 
 test.run();

@@ -10,7 +10,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ExistsError, NotFoundError, PreconditionError, UsageError } from '../../src/errors.js';
+import { BusyError, ExistsError, NotFoundError, PreconditionError, UsageError } from '../../src/errors.js';
 import { BASE_DEVICE, ensureBaseDevice } from '../../src/snapshots/base-device.js';
 import { formatNs, nowNs, parseNs } from '../../src/snapshots/clock.js';
 import { SnapshotStore } from '../../src/snapshots/snapshot-store.js';
@@ -77,6 +77,7 @@ it('containerd semantics: kinds, parents, commit renames, remove refused with ch
   await rejects(store.remove('nope'), NotFoundError, 'remove of a missing key');
   await rejects(store.update({ name: 'a2', labels: {} }, ['parent']), UsageError, 'update of an immutable field');
   await rejects(store.update({ name: 'nope', labels: {} }), NotFoundError, 'update of a missing key');
+  await rejects(pool.remove(store.record('c1').name!), BusyError, 'device rm of a device carrying a snapshot');
   assert.is(await poolState(pool), before, 'refused calls leave the pool as it was');
   await store.remove('a2');
   await store.remove('v1');
