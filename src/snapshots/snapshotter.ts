@@ -86,13 +86,16 @@ export class Snapshotter {
     const rec = this.store.record(key);
     const att = this.attached.get(rec.id) ?? (await this.attaching.get(rec.id)?.catch(() => undefined));
     if (att && (await att.release())) this.attached.delete(rec.id);
-    if (!this.attached.has(rec.id)) {
+    const mine = this.attached.get(rec.id);
+    if (!mine && !this.store.pool.inUseById(rec.id)) {
       await this.store.commit(name, key, labels);
       return;
     }
-    // Still mounted somewhere: freeze it while the committed snapshot is taken of it.
-    this.log(`commit of ${key}: its device ${rec.name} is still mounted; committing a frozen snapshot of it`);
-    await this.attached.get(rec.id)!.quiesce(() => this.store.commit(name, key, labels, { inUse: true }));
+    // Still mounted (or used by another holder, e.g. thinpool mount): the committed snapshot is
+    // an O(1) snapshot of it, taken with the file system frozen where we can reach it.
+    this.log(`commit of ${key}: its device ${rec.name} is still in use; committing ${mine ? 'a frozen' : 'a'} snapshot of it`);
+    const commit = () => this.store.commit(name, key, labels, { inUse: true });
+    await (mine ? mine.quiesce(commit) : commit());
   }
 
   /** containerd's Remove: refused while children exist; deferred while the device is mounted. */
@@ -108,7 +111,8 @@ export class Snapshotter {
       });
       if (released) this.attached.delete(rec.id);
     }
-    const r = await this.store.remove(key, { defer: !released });
+    // Still mounted, or used by another holder (thinpool mount, an NBD client): deferred.
+    const r = await this.store.remove(key, { defer: !released || this.store.pool.inUseById(rec.id) });
     if (r.deferred) this.log(`removal of ${key}: its device ${rec.name} is still in use; it is deleted once released`);
   }
 

@@ -142,6 +142,16 @@ it('snapshotter: Remove of a mounted snapshot is deferred, Commit of a mounted o
     await snap.call('Cleanup', {});
     assert.ok(!(await devs()).some((d) => d.pendingRemoval), 'Cleanup deleted it');
 
+    // Shared holders: thinpool mount on the snapshot's device; Remove defers until umount.
+    await snap.call('Prepare', { key: 'shared', parent: '' });
+    const shared = (await devs()).find((d) => d.snapshot?.key === 'shared')!;
+    await cliOk(['-p', pool, 'mount', shared.name, m1]);
+    writeFileSync(join(m1, 'x'), 'x');
+    await snap.call('Remove', { key: 'shared' });
+    assert.ok((await devs()).find((d) => d.id === shared.id)?.pendingRemoval, 'held by the mount: deferred');
+    await cliOk(['-p', pool, 'umount', m1]);
+    await until('deleted once the mount released it', async () => !(await devs()).some((d) => d.id === shared.id));
+
     // Commit while mounted: frozen, so the committed snapshot has what was written.
     await mount(await snap.call<Mounts>('Prepare', { key: 'busy', parent: '' }), m1);
     writeFileSync(join(m1, 'written-before-commit'), 'frozen in\n');
