@@ -4,16 +4,10 @@
  *
  * - A busybox-static image built with umoci imports with `ctr images import --snapshotter
  *   thinpool`, `ctr run --rm` reads a file of the image and writes a new one, and
- *   `ctr snapshots ls|info|usage|rm|prepare` agree with `thinpool device ls`.
+ *   `ctr snapshots ls|info|usage|rm|prepare|mounts` agree with `thinpool device ls`.
  * - Two containers from one image whose layer holds a 64 MiB file each change one byte of it:
  *   the pool grows by a few blocks per container (printed), each reads its own byte, a third the
  *   image's, and thin_check 0.9 and 1.x find the pool clean.
- * - Restarts: containerd restarted sees every snapshot; the snapshotter stopped with SIGTERM
- *   while containers' devices are attached releases every attachment (no loop device, nbdfuse
- *   or FUSE mount left) and the containers run after it starts again; `kill -9` of the
- *   snapshotter in the middle of an image import, then `pool cleanup`: nothing leaked, every
- *   device has its record and every record its device, thin_check clean, and the import succeeds
- *   when repeated.
  * - Bad input straight on the gRPC API: the status codes containerd's errdefs expect, and the
  *   pool unchanged.
  *
@@ -21,16 +15,16 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { buildOciImage, ociImageUnavailable, type OciImage } from '../support/oci-image.js';
-import { containerdUnavailable, startContainerd, type Containerd } from '../support/containerd.js';
-import { cliJson, cliOk } from '../support/cli.js';
-import { run, testIf, which } from '../support/oracles.js';
-import { startSnapshotter, type SnapshotterHandle } from '../support/snapshotter.js';
+import { ociImageUnavailable } from '../support/oci-image.js';
+import { containerdUnavailable } from '../support/containerd.js';
+import { cliJson } from '../support/cli.js';
+import { testIf, which } from '../support/oracles.js';
+import { startSnapshotter } from '../support/snapshotter.js';
 import { assertThinCheckClean, haveThinTools } from '../support/thin-oracle.js';
 import { tempDir } from '../support/tmp.js';
+import { devices, helloImage, image, MiB, PLUGIN, snapshotDevices, status, until, withStack } from '../support/thinpool-containerd.js';
 
 const why = containerdUnavailable() ?? ociImageUnavailable() ?? (which('nbdfuse') ? null : 'nbdfuse missing (libnbd-bin)');
 const t = suite('containerd on thinpool snapshotter');
@@ -38,86 +32,6 @@ const run1 = testIf(t, why === null, why ?? '');
 /** THINPOOL_ONLY=substring runs only the cases whose name has it (the others count as skipped). */
 const it = (name: string, fn: () => Promise<void>) =>
   process.env.THINPOOL_ONLY && !name.includes(process.env.THINPOOL_ONLY) ? t.skip(`${name} [skipped: THINPOOL_ONLY]`, fn) : run1(name, fn);
-const PLUGIN = 'thinpool';
-const MiB = 1024 * 1024;
-
-interface DeviceJson {
-  name: string;
-  id: number;
-  sizeBytes: number;
-  exclusiveBlocks: number;
-  mappedBlocks: number;
-  readOnly: boolean;
-  snapshot?: { key: string; kind: string; parent: string | null };
-  pendingRemoval?: string;
-}
-
-const devices = (pool: string) => cliJson<DeviceJson[]>(['-p', pool, 'device', 'ls', '--json']);
-const status = (pool: string) => cliJson<{ blockSize: number; dataBlocks: { used: number }; catalog: string; transactionId: number }>(['-p', pool, 'pool', 'status', '--json']);
-/** The devices carrying container snapshots, keyed by the name containerd shows (its key without `NS/N/`). */
-async function snapshotDevices(pool: string): Promise<Map<string, DeviceJson>> {
-  const out = new Map<string, DeviceJson>();
-  for (const d of await devices(pool)) if (d.snapshot) out.set(d.snapshot.key.replace(/^[^/]+\/\d+\//, ''), d);
-  return out;
-}
-
-async function until(what: string, cond: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Loop devices backed by a file under `dir`, nbdfuse processes naming it, FUSE mounts under it. */
-async function leftovers(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const l of (await run('losetup', ['-a'])).stdout.split('\n')) if (l.includes(dir)) out.push(`loop ${l}`);
-  for (const l of (await run('pgrep', ['-af', 'nbdfuse'])).stdout.split('\n')) if (l.includes(dir)) out.push(`process ${l}`);
-  for (const l of (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout.split('\n')) if (l.startsWith(dir)) out.push(`mount ${l}`);
-  const att = join(dir, 'run', 'attach');
-  if (existsSync(att)) for (const f of readdirSync(att)) out.push(`file ${join(att, f)}`);
-  return out;
-}
-
-/**
- * containerd redials a proxy plugin with a backoff of at most 3 s and fails calls at once while
- * it waits: wait until a call that reaches the restarted snapshotter (a Prepare; `ls` need not
- * reach it when containerd knows no snapshot) succeeds.
- */
-async function reachable(ctd: Containerd): Promise<void> {
-  let n = 0;
-  await until('containerd reconnected to the snapshotter', async () => (await ctd.ctr(['snapshots', '--snapshotter', PLUGIN, 'prepare', `reach-${n++}`])).code === 0, 15_000);
-  await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'rm', `reach-${n - 1}`]);
-}
-
-const images = new Map<string, OciImage>();
-async function image(tag: string, layers: Parameters<typeof buildOciImage>[1]['layers']): Promise<OciImage> {
-  let img = images.get(tag);
-  if (!img) {
-    img = await buildOciImage(tempDir('thinpool-ctd-img-'), { tag, layers, config: { env: ['PATH=/bin:/usr/bin:/sbin:/usr/sbin'], cmd: ['/bin/sh'] } });
-    images.set(tag, img);
-  }
-  return img;
-}
-const helloImage = () =>
-  image('hello', [{ busybox: true }, { files: [{ path: '/data/hello.txt', content: 'hello from the image\n' }] }]);
-
-/** Runs `fn` with a snapshotter on a new pool and a containerd using it; stops both (by PID). */
-async function withStack(fn: (s: { pool: string; snap: SnapshotterHandle; ctd: Containerd; dir: string }) => Promise<void>, opts: { keep?: boolean } = {}): Promise<string> {
-  const dir = tempDir('thinpool-ctd-');
-  const pool = join(dir, 'pool');
-  const snap = await startSnapshotter({ dir: pool, address: join(dir, 'snapshotter.sock') });
-  let ctd: Containerd | undefined;
-  try {
-    ctd = await startContainerd({ proxyPlugins: { [PLUGIN]: snap.address } });
-    await fn({ pool, snap, ctd, dir });
-  } finally {
-    await ctd?.stop();
-    if (!opts.keep) await snap.stop().catch(() => snap.kill());
-  }
-  return pool;
-}
 
 it('import, run, and ctr snapshots ls|info|usage|prepare|rm agree with thinpool device ls', async () => {
   const img = await helloImage();
@@ -214,89 +128,6 @@ it('two containers change one byte each of a 64 MiB file: a few blocks each; eac
   console.log(figures.join('\n'));
   if (haveThinTools()) await assertThinCheckClean(join(poolDir, 'metadata'));
   else console.log('thin_check 0.9/1.x not installed: pool not checked with them');
-});
-
-it('restarts: containerd restarted sees every snapshot; SIGTERM releases every attachment; containers run after a restart', async () => {
-  const img = await helloImage();
-  const dir = tempDir('thinpool-ctd-');
-  const pool = join(dir, 'pool');
-  const address = join(dir, 'snapshotter.sock');
-  let snap = await startSnapshotter({ dir: pool, address });
-  const ctd = await startContainerd({ proxyPlugins: { [PLUGIN]: address } });
-  try {
-    await ctd.ctrOk(['images', 'import', '--snapshotter', PLUGIN, img.archive]);
-    await ctd.ctrOk(['container', 'create', '--snapshotter', PLUGIN, img.name, 'later', 'cat', '/data/hello.txt']);
-    await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'prepare', 'kept-active', img.chainIds[1]!]);
-    const ls = await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'ls']);
-    await ctd.restart();
-    assert.is(await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'ls']), ls, 'containerd restarted lists the same snapshots');
-
-    const attached = (await cliJson<Array<{ device: string; path: string }>>(['-p', pool, 'attachments', '--json'])).length;
-    assert.ok(attached >= 2, `the container's and the prepared snapshot's devices are attached: ${attached}`);
-    const exit = await snap.stop('SIGTERM');
-    assert.equal(exit, { code: 0, signal: null }, snap.log());
-    assert.equal(await leftovers(pool), [], 'every attachment released');
-    console.log(`snapshotter SIGTERM with ${attached} devices attached: released all, exit 0`);
-
-    snap = await startSnapshotter({ dir: pool, address });
-    await reachable(ctd);
-    const r = await ctd.ctr(['tasks', 'start', 'later']);
-    assert.is(r.code, 0, r.stderr);
-    assert.is(r.stdout, 'hello from the image\n', 'the container created before the restart runs');
-    const again = await ctd.ctr(['run', '--rm', '--snapshotter', PLUGIN, img.name, 'after', 'cat', '/data/hello.txt']);
-    assert.is(again.stdout, 'hello from the image\n', again.stderr);
-    assert.is(await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'ls']).then((s) => s.includes('kept-active')), true);
-  } finally {
-    await ctd.stop();
-    await snap.stop().catch(() => snap.kill());
-  }
-  assert.equal(await leftovers(pool), []);
-});
-
-it('kill -9 of the snapshotter during an image import: pool cleanup leaves nothing, records match devices, thin_check clean, the import succeeds again', async () => {
-  const layers = Array.from({ length: 6 }, (_, i) => ({ files: [{ path: `/data/layer-${i}`, content: `layer ${i} `, size: 24 * MiB }] }));
-  const img = await image('layers', [{ busybox: true }, ...layers]);
-  const dir = tempDir('thinpool-ctd-');
-  const pool = join(dir, 'pool');
-  const address = join(dir, 'snapshotter.sock');
-  let snap = await startSnapshotter({ dir: pool, address });
-  const ctd = await startContainerd({ proxyPlugins: { [PLUGIN]: address } });
-  try {
-    const importing = ctd.ctr(['images', 'import', '--snapshotter', PLUGIN, img.archive], { timeoutMs: 120_000 });
-    // Kill it once a few layers are in and one is being unpacked (attached).
-    await until('the import under way', async () => {
-      const att = join(pool, 'run', 'attach');
-      const committed = [...(await snapshotDevices(pool).catch(() => new Map<string, DeviceJson>())).values()].filter((d) => d.snapshot?.kind === 'committed').length;
-      return committed >= 2 && existsSync(att) && readdirSync(att).some((f) => f.endsWith('.json'));
-    }, 60_000);
-    await snap.kill();
-    const imp = await importing;
-    console.log(`import after kill -9 of the snapshotter: exit ${imp.code}: ${imp.stderr.trim().split('\n').pop()}`);
-    assert.is.not(imp.code, 0, 'the import failed with its snapshotter');
-    const stale = await leftovers(pool);
-    console.log(`left by the killed snapshotter: ${stale.length} (${stale.map((s) => s.split(' ')[0]).join(', ')})`);
-    assert.ok(stale.length > 0, 'the kill left attachments behind');
-    const cleanup = await cliOk(['-p', pool, 'pool', 'cleanup']);
-    console.log(`thinpool pool cleanup:\n${cleanup}`);
-    assert.equal(await leftovers(pool), [], 'no loop device, nbdfuse process, FUSE mount or record left');
-    const st = await status(pool);
-    assert.is(st.catalog, 'in-sync', 'every device has its record and every record its device');
-    for (const d of await devices(pool)) assert.ok(d.snapshot || d.name === 'snapshots-base' || d.pendingRemoval, `device ${d.name} has a snapshot record`);
-    if (haveThinTools()) await assertThinCheckClean(join(pool, 'metadata'));
-
-    snap = await startSnapshotter({ dir: pool, address });
-    await reachable(ctd);
-    const again = await ctd.ctr(['images', 'import', '--snapshotter', PLUGIN, img.archive], { timeoutMs: 180_000 });
-    assert.is(again.code, 0, `${again.stderr}\nsnapshotter log:\n${snap.log()}\ncontainerd log:\n${ctd.log().split("\n").slice(-40).join("\n")}`);
-    const r = await ctd.ctr(['run', '--rm', '--snapshotter', PLUGIN, img.name, 'after-crash', 'sh', '-c', 'cat /data/layer-5 | head -c 8']);
-    assert.is(r.stdout, 'layer 5 ', r.stderr);
-    const names = (await ctd.ctrOk(['snapshots', '--snapshotter', PLUGIN, 'ls'])).trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0]);
-    for (const c of img.chainIds) assert.ok(names.includes(c), `layer ${c} committed`);
-  } finally {
-    await ctd.stop();
-    await snap.stop().catch(() => snap.kill());
-  }
-  assert.equal(await leftovers(pool), []);
 });
 
 it('bad input on the gRPC API: the status codes containerd expects, and the pool unchanged', async () => {
