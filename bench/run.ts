@@ -1,6 +1,6 @@
 /**
  * Runs the benchmark suites named on the command line (all when none):
- * `npm run bench -- metadata|pool|nbd|copyup|snapshots|containers`. Each suite prints its figures and writes
+ * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images|containers`. Each suite prints its figures and writes
  * JSON + SVG (and, for copyup and snapshots, a markdown table) into images/, or into $BENCH_OUT.
  * BENCH_TINY=1 runs the smallest configuration of copyup and snapshots (what the tests run).
  * `node dist/bench/run.js render FILE.json` redraws the charts and table of a copyup or snapshots
@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { containersBench, containersCharts } from './containers.bench.js';
+import { imagesBench } from './images.bench.js';
 import { copyupBench, writeCopyupOutputs, type CopyupResult } from './copyup.bench.js';
 import { writeCharts } from './harness.js';
 import { metadataBench, metadataCharts } from './metadata.bench.js';
@@ -22,6 +23,7 @@ const suites: Record<string, () => Promise<unknown>> = {
   nbd: nbdBench,
   copyup: copyupBench,
   snapshots: snapshotsBench,
+  images: imagesBench,
   containers: containersBench,
 };
 

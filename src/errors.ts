@@ -31,6 +31,8 @@ export type ErrorCode =
   | 'EIO'
   | 'ERANGE'
   | 'ECANCELED'
+  | 'EBADIMAGE'
+  | 'EUNSAFE'
   | 'EPRECONDITION';
 
 /** Base of every thinpool error: a stable `code`, an exit code for the CLI and structured data. */
@@ -117,6 +119,28 @@ export class RangeErrorWithCode extends RangeError {
 export class IoError extends ThinpoolError {
   constructor(message: string, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
     super('EIO', message, ExitCode.io, data, options);
+  }
+}
+
+/**
+ * Image input that cannot be used: a blob whose digest or size differs from its descriptor, a
+ * truncated or undecodable layer, a manifest or config that is not what its media type says.
+ * `data.blob` names the blob (its digest) when one is at fault.
+ */
+export class BadImageError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super('EBADIMAGE', message, ExitCode.usage, data, options);
+  }
+}
+
+/**
+ * A layer entry that would reach outside the directory it is applied to (an absolute or
+ * climbing path, a hard link to outside, a write through a symlink that leaves the root) or that
+ * cannot be applied safely. `data.entry` names the tar entry. Nothing outside the root was written.
+ */
+export class UnsafeLayerError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('EUNSAFE', message, ExitCode.usage, data);
   }
 }
 

@@ -3,6 +3,7 @@
  * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), seekData / seekHole (lseek SEEK_DATA /
  * SEEK_HOLE), tryLockExclusive (flock LOCK_EX|LOCK_NB: 1 when taken, 0 when another open file holds
  * it; the kernel drops the lock when the holder's file is closed or its process dies). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
+ * The path-based calls for layer unpacking (xattrs, mknod, nanosecond lutimes) are in path_ops.c.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -19,6 +20,8 @@
 
 #include <node_api.h>
 #include <uv.h>
+
+#include "path_ops.h"
 
 #ifndef FALLOC_FL_KEEP_SIZE
 #define FALLOC_FL_KEEP_SIZE 0x01
@@ -232,5 +235,6 @@ NAPI_MODULE_INIT() {
     {"readNow", NULL, read_now, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  define_path_ops(env, exports);
   return exports;
 }

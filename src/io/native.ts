@@ -3,11 +3,14 @@
  * and SEEK_DATA/SEEK_HOLE. Provided by the small N-API addon in `native/` (built by the package's
  * `install` script during `npm ci`), whose calls run on libuv's thread pool. Without it, or with
  * `THINPOOL_NO_NATIVE=1` in the environment, hole punching falls back to spawning util-linux
- * `fallocate`, and data seeking reports the whole file as data.
+ * `fallocate`, and data seeking reports the whole file as data. The calls for unpacking image
+ * layers (extended attributes, mknod, nanosecond lutimes) have no fallback: without the addon
+ * they reject with a {@link NativeAddonMissingError}.
  */
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { readlinkSync } from 'node:fs';
+import { IoError } from '../errors.js';
 
 interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
@@ -19,6 +22,15 @@ interface NativeAddon {
   tryLockExclusive(fd: number): Promise<number>;
   /** Synchronous preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 when it would block. */
   readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  lsetxattr(path: string, name: string, value: Buffer, flags: number): Promise<void>;
+  /** null on ENODATA (no such attribute). */
+  lgetxattr(path: string, name: string): Promise<Buffer | null>;
+  /** The names, each NUL-terminated. */
+  llistxattr(path: string): Promise<Buffer>;
+  mknod(path: string, mode: number, major: number, minor: number): Promise<void>;
+  lutimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Promise<void>;
+  createFile(path: string, data: Buffer, meta: number[]): Promise<void>;
+  setMeta(pathOrFd: string | number, meta: number[]): Promise<void>;
 }
 
 let addon: NativeAddon | null | undefined;
@@ -108,4 +120,120 @@ export async function tryLockExclusive(fd: number): Promise<boolean | null> {
 export function readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number {
   const a = load();
   return a ? a.readNow(fd, buf, offset, length, position) : -1;
+}
+
+/**
+ * What a path-based call rejects with when the native addon is missing (not built, or
+ * `THINPOOL_NO_NATIVE=1`): Node has no API for extended attributes, mknod or nanosecond lutimes.
+ */
+export class NativeAddonMissingError extends IoError {
+  constructor(call: string, path: string) {
+    super(`Cannot ${call} ${path}: the native addon is not loaded (build it with \`npm ci\` or \`npm run install\`; THINPOOL_NO_NATIVE=1 disables it)`, { call, path });
+  }
+}
+
+function required(call: string, path: string): NativeAddon {
+  const a = load();
+  if (!a) throw new NativeAddonMissingError(call, path);
+  return a;
+}
+
+/** lsetxattr flag: fail with EEXIST when the attribute exists. */
+export const XATTR_CREATE = 1;
+/** lsetxattr flag: fail with ENODATA when the attribute does not exist. */
+export const XATTR_REPLACE = 2;
+
+/**
+ * Sets extended attribute `name` of `path` to `value` (lsetxattr: a final symlink is not
+ * followed). Rejects with the errno as `code` (ENOTSUP when the file system has no such
+ * namespace, EPERM for `user.*` on a symlink or a privileged namespace without the capability).
+ */
+export async function lsetxattr(path: string, name: string, value: Uint8Array, flags = 0): Promise<void> {
+  const buf = Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+  return required('set extended attribute of', path).lsetxattr(path, name, buf, flags);
+}
+
+/** Value of extended attribute `name` of `path` (not following a final symlink), or null when it has none. */
+export async function lgetxattr(path: string, name: string): Promise<Buffer | null> {
+  return required('read extended attribute of', path).lgetxattr(path, name);
+}
+
+/** Names of the extended attributes of `path` (not following a final symlink), in the file system's order. */
+export async function llistxattr(path: string): Promise<string[]> {
+  const raw = await required('list extended attributes of', path).llistxattr(path);
+  const names: string[] = [];
+  let start = 0;
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] !== 0) continue;
+    if (i > start) names.push(raw.toString('utf8', start, i));
+    start = i + 1;
+  }
+  return names;
+}
+
+/**
+ * Creates a device node or fifo (mknod). `mode` holds the file type (`S_IFCHR`, `S_IFBLK`,
+ * `S_IFIFO` from `fs.constants`) and the permission bits (the umask applies). Device nodes need
+ * CAP_MKNOD (EPERM otherwise); fifos do not.
+ */
+export async function mknod(path: string, mode: number, major = 0, minor = 0): Promise<void> {
+  return required('create node', path).mknod(path, mode, major, minor);
+}
+
+/**
+ * Sets access and modification times of `path` to the nanosecond (utimensat with
+ * AT_SYMLINK_NOFOLLOW: a symlink's own times). Times are nanoseconds since the epoch.
+ */
+export async function lutimens(path: string, atimeNs: bigint, mtimeNs: bigint): Promise<void> {
+  const [as, an] = splitNs(atimeNs);
+  const [ms, mn] = splitNs(mtimeNs);
+  return required('set times of', path).lutimens(path, as, an, ms, mn);
+}
+
+function splitNs(ns: bigint): [number, number] {
+  let sec = ns / 1_000_000_000n;
+  let nsec = ns % 1_000_000_000n;
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return [Number(sec), Number(nsec)];
+}
+
+/**
+ * Owner, permission bits and times to give a file in one call ({@link createFile},
+ * {@link setMeta}). An omitted owner or mode is left as it is; times are nanoseconds.
+ */
+export interface FileMeta {
+  uid?: number | undefined;
+  gid?: number | undefined;
+  /** Permission bits with setuid/setgid/sticky (07777); applied after the owner (chown clears setuid). */
+  mode?: number | undefined;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+}
+
+function metaArgs(m: FileMeta): number[] {
+  const [as, an] = splitNs(m.atimeNs);
+  const [ms, mn] = splitNs(m.mtimeNs);
+  return [m.uid ?? -1, m.gid ?? -1, m.mode ?? -1, as, an, ms, mn];
+}
+
+/**
+ * Creates the regular file `path` (which must not exist; a final symlink is never followed),
+ * writes `data` and sets owner, mode and times, in one thread-pool job: open(O_CREAT|O_EXCL|
+ * O_NOFOLLOW), write, fchown, fchmod, futimens, close. Rejects with EEXIST when `path` exists.
+ */
+export async function createFile(path: string, data: Uint8Array, meta: FileMeta): Promise<void> {
+  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return required('create file', path).createFile(path, buf, metaArgs(meta));
+}
+
+/**
+ * Sets owner, mode and times of a path (lchown, chmod, utimensat without following a final
+ * symlink; leave `mode` out for a symlink, whose mode Linux cannot change) or, given a
+ * descriptor, of an open file (fchown, fchmod, futimens), in one thread-pool job.
+ */
+export async function setMeta(target: string | number, meta: FileMeta): Promise<void> {
+  return required('set owner, mode and times of', String(target)).setMeta(target, metaArgs(meta));
 }
