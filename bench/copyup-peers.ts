@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool } from '../src/thin/pool.js';
+import { Pool } from '../src/pool/pool.js';
 import { CopyUpFs } from './copyup-baseline.js';
 import { now } from './harness.js';
 import { allocatedBytes, qcow2OwnDataBytes, qemuIo, runTool } from './qemu-io.js';

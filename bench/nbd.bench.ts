@@ -35,7 +35,7 @@ import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } fro
 import { NbdServer } from '../src/nbd/server.js';
 import { StaticExportProvider } from '../src/nbd/static-export-provider.js';
 import { Daemon } from '../src/serve/daemon.js';
-import { Pool } from '../src/thin/pool.js';
+import { Pool } from '../src/pool/pool.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';

@@ -21,8 +21,8 @@ import { rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockFile } from '../src/io/block-file.js';
-import { Pool } from '../src/thin/pool.js';
-import type { ThinVolume } from '../src/thin/thin-volume.js';
+import { Pool } from '../src/pool/pool.js';
+import type { ThinVolume } from '../src/pool/thin-volume.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, prng, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
@@ -178,7 +178,7 @@ export async function poolBench(): Promise<Record<string, unknown>> {
       for (let v = 0; v < n; v += CHUNK) {
         const k = Math.min(CHUNK, n - v);
         const blocks = await spool.md.allocDataBlocks(k);
-        await spool.md.insertMany(rec.id, blocks.map((b, i) => [v + i, b] as const));
+        await spool.md.openDevice(rec.id).insertMany(blocks.map((b, i) => [v + i, b] as const));
       }
       await spool.commit();
     }

@@ -31,9 +31,10 @@ async function mappedPool(dir: string, mapped: number): Promise<{ md: ThinMetada
   const file = await FileBlockFile.open(join(dir, `snap-${mapped}`), { create: true });
   const md = await ThinMetadata.format(file, { dataBlockSize: 128, nrDataBlocks: Math.max(1 << 21, mapped * 2), nrMetadataBlocks: 65536 });
   await md.createThin(1);
+  const dev = md.openDevice(1);
   for (let v = 0; v < mapped; v++) {
     const b = await md.allocDataBlock();
-    await md.insert(1, v, b!);
+    await dev.insert(v, b!);
   }
   await md.commit();
   return { md, file };

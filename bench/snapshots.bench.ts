@@ -18,7 +18,7 @@ import { execFileSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Pool } from '../src/thin/pool.js';
+import { Pool } from '../src/pool/pool.js';
 import { lineChart } from './charts.js';
 import { benchDir, envList, envNum, now, pairedRatio, printTargets, prng, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
 import { qemuIo, runTool } from './qemu-io.js';

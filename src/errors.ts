@@ -6,7 +6,7 @@
  * at the public I/O edge it becomes a {@link NoSpaceError}. Corruption is always an error.
  */
 
-/** CLI exit codes (see the README): 0 ok, 1 damage found by check, 2 usage, 3 not found, 4 no space, 5 locked/busy, 6 metadata damaged or needs_check, 7 I/O error. */
+/** CLI exit codes (see the README): 0 ok, 1 damage found by check, 2 usage, 3 not found, 4 no space, 5 locked/busy, 6 metadata damaged or needs_check, 7 I/O error, 130 interrupted. */
 export const ExitCode = {
   ok: 0,
   damage: 1,
@@ -16,6 +16,7 @@ export const ExitCode = {
   busy: 5,
   metadata: 6,
   io: 7,
+  interrupted: 130,
 } as const;
 
 export type ErrorCode =
@@ -30,6 +31,7 @@ export type ErrorCode =
   | 'EREADONLY'
   | 'EIO'
   | 'ERANGE'
+  | 'ENOTSUP'
   | 'ECANCELED'
   | 'EBADIMAGE'
   | 'EUNSAFE'
@@ -119,6 +121,20 @@ export class RangeErrorWithCode extends RangeError {
 export class IoError extends ThinpoolError {
   constructor(message: string, data: Record<string, unknown> = {}, options?: { cause?: unknown }) {
     super('EIO', message, ExitCode.io, data, options);
+  }
+}
+
+/** The operation cannot be done the way it was asked (e.g. a fast zero that would have to write). */
+export class UnsupportedError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('ENOTSUP', message, ExitCode.usage, data);
+  }
+}
+
+/** Stopped on request (SIGINT/SIGTERM during a long copy). */
+export class CanceledError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('ECANCELED', message, ExitCode.interrupted, data);
   }
 }
 

@@ -1,6 +1,8 @@
 /**
  * Keeps docs/ARCHITECTURE.md true: every relative import in src/, tools/ and bench/ follows the
- * layer table (lower layers never import upper ones; nbd knows only errors and units).
+ * layer table (lower layers never import upper ones: `thin` never imports `pool`, nothing below
+ * `serve` imports `serve`, nbd knows only errors and units), and every source file belongs to a
+ * layer of the table.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -18,20 +20,21 @@ function layer(rel: string): string {
   return rel.split('/')[0]!;
 }
 
+/** What each layer may import (besides itself). `snapshots` and `images` are the coming container layers. */
 const ALLOWED: Record<string, string[]> = {
   errors: [],
   units: ['errors'],
   io: ['errors', 'units'],
   pdata: ['io', 'errors', 'units'],
   thin: ['pdata', 'io', 'errors', 'units'],
-  snapshots: ['thin', 'pdata', 'io', 'errors', 'units'],
+  pool: ['thin', 'pdata', 'io', 'errors', 'units'],
+  snapshots: ['pool', 'thin', 'pdata', 'io', 'errors', 'units'],
+  images: ['snapshots', 'pool', 'thin', 'io', 'errors', 'units'],
   nbd: ['errors', 'units'],
-  serve: ['snapshots', 'thin', 'nbd', 'io', 'errors', 'units'],
-  // The file-system and format half of images; it will import the snapshot layer and the pool once they wire it.
-  images: ['io', 'errors', 'units'],
-  tools: ['serve', 'snapshots', 'thin', 'nbd', 'io', 'pdata', 'images', 'errors', 'units', 'bench'],
+  serve: ['images', 'snapshots', 'pool', 'thin', 'nbd', 'io', 'errors', 'units'],
+  tools: ['serve', 'images', 'snapshots', 'pool', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'bench'],
   // bench may use the test harnesses (a private containerd, OCI images, a snapshotter process).
-  bench: ['serve', 'snapshots', 'thin', 'nbd', 'io', 'pdata', 'images', 'errors', 'units', 'test'],
+  bench: ['serve', 'images', 'snapshots', 'pool', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'test'],
 };
 
 function files(dir: string): string[] {
@@ -60,6 +63,24 @@ test('imports follow the layer table of docs/ARCHITECTURE.md', () => {
   }
   assert.ok(edges > 50, 'found the imports');
   assert.equal(bad, []);
+});
+
+test('every source file is in a layer of the table', () => {
+  const unknown = [...files('src'), ...files('tools'), ...files('bench')].filter((f) => !(layer(f) in ALLOWED));
+  assert.equal(unknown, []);
+});
+
+test('the table itself keeps the order: thin below pool, serve above every storage layer', () => {
+  assert.not.ok(ALLOWED.thin!.includes('pool'), 'thin never imports pool');
+  for (const below of ['errors', 'units', 'io', 'pdata', 'thin', 'pool', 'snapshots', 'images', 'nbd']) {
+    assert.not.ok(ALLOWED[below]!.includes('serve'), `${below} never imports serve`);
+  }
+  // No cycles: a layer never reaches itself through the table.
+  const reach = (from: string, seen = new Set<string>()): Set<string> => {
+    for (const to of ALLOWED[from] ?? []) if (!seen.has(to)) reach(to, seen.add(to));
+    return seen;
+  };
+  for (const l of Object.keys(ALLOWED)) assert.not.ok(reach(l).has(l), `${l} reaches itself`);
 });
 
 test.run();

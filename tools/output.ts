@@ -136,13 +136,6 @@ export function spinner(label: string): Progress {
 
 // ---- errors -----------------------------------------------------------------------------------
 
-/** An error the CLI reports with a fixed exit code (usage problems found by the CLI itself). */
-export class CliError extends Error {
-  constructor(message: string, readonly exitCode: number = ExitCode.usage) {
-    super(message);
-  }
-}
-
 /** Cancelled by SIGINT/SIGTERM. */
 export const EXIT_INTERRUPTED = 130;
 /** The reader of stdout went away (EPIPE): exit quietly as if killed by SIGPIPE, like other Unix tools. */
@@ -172,7 +165,6 @@ export function errorLine(err: unknown, action?: string): string {
 
 /** The exit code for `err` (the contract's mapping; see src/errors.ts). */
 export function exitCodeFor(err: unknown): number {
-  if (err instanceof CliError) return err.exitCode;
   const code = (err as { code?: unknown } | null)?.code;
   if (code === 'ECANCELED' || code === 'ABORT_ERR') return EXIT_INTERRUPTED;
   if (code === 'EPIPE') return EXIT_BROKEN_PIPE;

@@ -5,19 +5,17 @@
  */
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, open, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { ExistsError, NotFoundError, UsageError } from '../src/errors.js';
-import { FileBlockFile } from '../src/io/block-file.js';
-import { connectPool } from '../src/serve/connect.js';
-import { checkPoolFiles, dumpFileTo, type PoolService, type ServiceStatus, withFileSink } from '../src/serve/pool-service.js';
-import { pipeline } from 'node:stream/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { type CheckReport, formatReport } from '../src/thin/check.js';
-import { estimateMetadataBytes } from '../src/thin/metadata-size.js';
-import { PoolLock } from '../src/thin/pool-lock.js';
-import { Pool } from '../src/thin/pool.js';
-import { restoreXml } from '../src/thin/restore.js';
+import { dirname, join, resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { UsageError } from '../src/errors.js';
+import { Pool } from '../src/pool/pool.js';
+import { restorePool } from '../src/pool/restore-pool.js';
+import { checkPool, dumpPool } from '../src/serve/connect.js';
+import type { ServiceStatus } from '../src/serve/pool-service.js';
+import type { CheckReport } from '../src/thin/check-issues.js';
+import { formatReport } from '../src/thin/check-report.js';
 import { METADATA_BLOCK_SIZE, parseSize } from '../src/units.js';
 import { errorLine, keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
 import type { Ctx } from './thinpool.js';
@@ -86,59 +84,6 @@ export function statusText(s: ServiceStatus): string {
   }
   if (s.servedBy !== undefined) pairs.push(['served by', `pid ${s.servedBy}`]);
   return keyValues(pairs);
-}
-
-/** Exists and is a file. */
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Reads a stream until the `<superblock ...>` start tag; returns its attributes and every chunk read. */
-async function sniffSuperblock(input: AsyncIterator<Buffer | string>): Promise<{ attrs: Record<string, string> | undefined; head: Buffer[]; done: boolean }> {
-  const head: Buffer[] = [];
-  let text = '';
-  let done = false;
-  while (text.length < 1 << 20) {
-    const r = await input.next();
-    if (r.done) {
-      done = true;
-      break;
-    }
-    const b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
-    head.push(b);
-    text += b.toString('latin1');
-    const m = /<superblock\b([^>]*)>/.exec(text);
-    if (m) {
-      const attrs: Record<string, string> = {};
-      for (const a of m[1]!.matchAll(/([A-Za-z_]+)\s*=\s*"([^"]*)"/g)) attrs[a[1]!] = a[2]!;
-      return { attrs, head, done };
-    }
-  }
-  return { attrs: undefined, head, done };
-}
-
-async function* chain(head: Buffer[], rest: AsyncIterator<Buffer | string>, done: boolean): AsyncGenerator<Buffer | string> {
-  yield* head;
-  if (done) return;
-  for (;;) {
-    const r = await rest.next();
-    if (r.done) return;
-    yield r.value;
-  }
-}
-
-async function* counted(src: AsyncIterable<Buffer | string>, onBytes: (n: number) => void): AsyncGenerator<Buffer | string> {
-  let n = 0;
-  for await (const c of src) {
-    n += typeof c === 'string' ? Buffer.byteLength(c) : c.length;
-    onBytes(n);
-    yield c;
-  }
 }
 
 export function registerPool(program: Command, ctx: Ctx): void {
@@ -264,33 +209,11 @@ export function registerPool(program: Command, ctx: Ctx): void {
       ctx.doing(`dump ${dir}`);
       const opts = o.metadataSnap ? { metadataSnap: true } : {};
       const bar = spinner('dumping the metadata');
-      // The service streams into a file (a daemon writes it itself); stdout gets a temporary one.
+      // The pool streams into a file (a daemon writes it itself); stdout gets a temporary one.
       const target = o.output ? resolve(o.output) : join(await mkdtemp(join(tmpdir(), 'thinpool-dump-')), 'dump.xml');
       try {
-        let svc: PoolService | undefined;
-        try {
-          svc = await connectPool(dir);
-        } catch (err) {
-          // A pool that cannot be opened (damaged metadata, a missing data file): dump what its
-          // committed superblock reaches, read-only, as thin_dump would.
-          const code = (err as { code?: string }).code;
-          if (code !== 'ECORRUPT' && code !== 'EREADONLY' && code !== 'ENOENT' && code !== 'ENOTFOUND') throw err;
-          try {
-            await withFileSink(target, (sink) => dumpFileTo(join(dir, 'metadata'), sink, opts));
-          } catch {
-            throw err;
-          }
-          process.stderr.write(`thinpool: warning: ${errorLine(err)}; dumped the metadata file read-only\n`);
-        }
-        if (svc) {
-          try {
-            await svc.dumpTo(target, opts);
-          } catch (err) {
-            await svc.close().catch(() => undefined);
-            throw err;
-          }
-          await svc.close();
-        }
+        const { fallback } = await dumpPool(dir, target, opts);
+        if (fallback) process.stderr.write(`thinpool: warning: ${errorLine(fallback)}; dumped the metadata file read-only\n`);
         bar.stop();
         if (!o.output) await pipeline(createReadStream(target), process.stdout, { end: false });
       } finally {
@@ -325,67 +248,19 @@ export function registerPool(program: Command, ctx: Ctx): void {
         });
         input = rs;
       }
-      await mkdir(dir, { recursive: true });
-      const metaPath = join(dir, 'metadata');
-      if ((await exists(metaPath)) && !o.force) {
-        throw new ExistsError(`Cannot restore ${dir}: it already holds a pool; add --force to replace its metadata (the data file is kept)`, { dir });
-      }
-      const lock = await PoolLock.acquire(dir);
-      const tmp = join(dir, 'metadata.restore');
-      let summary;
-      let createdData = false;
+      let bar: ReturnType<typeof progressBar> | undefined;
+      let result;
       try {
-        const it = (input as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
-        const { attrs, head, done } = await sniffSuperblock(it);
-        const bsSectors = attrs?.data_block_size !== undefined ? Number(attrs.data_block_size) : NaN;
-        const xmlBlocks = attrs?.nr_data_blocks !== undefined ? Number(attrs.nr_data_blocks) : NaN;
-        let nrDataBlocks: number | undefined;
-        if (dataSize !== undefined) {
-          if (!(bsSectors > 0)) throw new UsageError(`Cannot restore ${dir}: --data-size needs the XML's data_block_size, and no <superblock> with one was found at the start of the input`);
-          nrDataBlocks = Math.floor(dataSize / (bsSectors * 512));
-          if (xmlBlocks > nrDataBlocks) {
-            throw new UsageError(`Cannot restore ${dir}: --data-size ${formatSize(dataSize)} holds ${nrDataBlocks} blocks, fewer than the XML's nr_data_blocks ${xmlBlocks}`);
-          }
-        } else if (xmlBlocks === 0) {
-          throw new UsageError(`Cannot restore ${dir}: the XML has nr_data_blocks="0" (a thin_dump -m of a metadata snapshot); give --data-size`);
-        }
-        const blocksForEstimate = nrDataBlocks ?? (xmlBlocks > 0 ? xmlBlocks : 0);
-        let metaBytes = metadataSize ?? Math.max(estimateMetadataBytes(blocksForEstimate), (await exists(metaPath)) ? (await stat(metaPath)).size : 0);
-        metaBytes = Math.floor(metaBytes / METADATA_BLOCK_SIZE) * METADATA_BLOCK_SIZE;
-        await rm(tmp, { force: true });
-        const file = await FileBlockFile.open(tmp, { create: true });
-        try {
-          await file.truncate(metaBytes);
-          const bar = progressBar('restoring', inputBytes);
-          try {
-            summary = await restoreXml(counted(chain(head, it, done), (n) => bar.update(n)), file, nrDataBlocks !== undefined ? { nrDataBlocks } : {});
-          } finally {
-            bar.stop();
-          }
-          await file.sync();
-        } finally {
-          await file.close();
-        }
-        const dataPath = join(dir, 'data');
-        const want = summary.nrDataBlocks * summary.dataBlockSize * 512;
-        createdData = !(await exists(dataPath));
-        const fh = await open(dataPath, createdData ? 'w' : 'r+');
-        try {
-          if ((await fh.stat()).size < want) await fh.truncate(want);
-          await fh.sync();
-        } finally {
-          await fh.close();
-        }
-        await rename(tmp, metaPath);
-        const dh = await open(dir, 'r');
-        await dh.sync().catch(() => undefined);
-        await dh.close();
-      } catch (err) {
-        await rm(tmp, { force: true });
-        throw err;
+        result = await restorePool(dir, input, {
+          ...(dataSize !== undefined ? { dataSize } : {}),
+          ...(metadataSize !== undefined ? { metadataSize } : {}),
+          force: !!o.force,
+          onProgress: (n) => (bar ??= progressBar('restoring', inputBytes)).update(n),
+        });
       } finally {
-        await lock.release();
+        bar?.stop();
       }
+      const { summary, createdData } = result;
       // Open once: the catalog reconciles the restored devices (unnamed, id:N).
       const devices = await ctx.withService(cmd, (svc) => svc.devices());
       const ids = devices.map((d) => d.name ?? `id:${d.id}`);
@@ -405,7 +280,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
       const bar = spinner('checking the metadata');
       let report: CheckReport;
       try {
-        report = o.clearNeedsCheck ? await ctx.withService(cmd, (svc) => svc.clearNeedsCheck()) : await checkPool(dir, cmd, ctx);
+        report = o.clearNeedsCheck ? await ctx.withService(cmd, (svc) => svc.clearNeedsCheck()) : await checkPool(dir);
       } finally {
         bar.stop();
       }
@@ -446,27 +321,4 @@ export function registerPool(program: Command, ctx: Ctx): void {
       await ctx.withService(cmd, (svc) => svc.setTransactionId(old, next));
       print(`transaction id ${old} -> ${next}`);
     });
-}
-
-/**
- * Checks the pool's metadata. A pool nobody has open is checked from its files under the pool's
- * lock (this works on metadata too damaged to open); a pool someone owns is checked through
- * connectPool, which reaches the daemon when one serves it.
- */
-async function checkPool(dir: string, cmd: Command, ctx: Ctx): Promise<CheckReport> {
-  if (!(await exists(join(dir, 'metadata')))) throw new NotFoundError(`Cannot check ${dir}: no pool there (no metadata file)`, { dir });
-  let lock: PoolLock | undefined;
-  try {
-    lock = await PoolLock.acquire(dir);
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code === 'ELOCKED' || code === 'EBUSY') return ctx.withService(cmd, (svc) => svc.check());
-    // No right to take the lock (someone else's pool, a read-only mount): check the files as they are.
-    if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS') throw err;
-  }
-  try {
-    return await checkPoolFiles(dir);
-  } finally {
-    await lock?.release();
-  }
 }

@@ -72,7 +72,7 @@ export async function punchHole(fd: number, offset: number, length: number): Pro
     execFile('fallocate', args, (err, _stdout, stderr) => {
       if (!err || /Operation not supported/.test(stderr)) return resolve();
       const detail = stderr.trim() || err.message;
-      reject(new Error(`fallocate --punch-hole of ${length} bytes at offset ${offset} of ${path} failed: ${detail}`, { cause: err }));
+      reject(new IoError(`Cannot punch a hole of ${length} bytes at offset ${offset} of ${path}: fallocate --punch-hole failed: ${detail}`, { path }, { cause: err }));
     });
   });
 }

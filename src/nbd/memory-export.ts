@@ -2,7 +2,7 @@
  * A sparse in-memory {@link NbdExport} with 4 KiB pages: the reference implementation of the
  * export contract and the export the NBD tests run against.
  */
-import { RangeErrorWithCode } from '../errors.js';
+import { RangeErrorWithCode, ReadOnlyError, UnsupportedError } from '../errors.js';
 import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } from './export.js';
 
 export interface MemoryExportOptions {
@@ -143,7 +143,7 @@ export class MemoryExport implements NbdExport {
 
   async writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     this.checkWritable('write zeroes to', offset, length);
-    if (opts.fastZero && this.slowZero) throw Object.assign(new Error('Cannot zero quickly: this export zeroes by writing'), { code: 'ENOTSUP' });
+    if (opts.fastZero && this.slowZero) throw new UnsupportedError('Cannot zero quickly: this export zeroes by writing');
     this.stats.writeZeroes++;
     const end = offset + length;
     const [first, last] = this.wholePages(offset, length);
@@ -227,7 +227,7 @@ export class MemoryExport implements NbdExport {
   }
 
   private checkWritable(action: string, offset: number, length: number): void {
-    if (this.readOnly) throw Object.assign(new Error(`Cannot ${action} ${this.name}: export is read-only`), { code: 'EROFS' });
+    if (this.readOnly) throw new ReadOnlyError(`Cannot ${action} ${this.name}: export is read-only`);
     this.check(action, offset, length);
   }
 }

@@ -3,6 +3,7 @@
  * chunks) and BLOCK_STATUS for `base:allocation`. Each builder returns the buffers of one whole
  * reply, to be written back to back.
  */
+import { IoError } from '../errors.js';
 import type { AllocationExtent, ReadSegment } from './export.js';
 import {
   CmdFlag,
@@ -33,7 +34,7 @@ export function compactSegments(segs: readonly ReadSegment[], offset: number, le
   let pos = offset;
   for (const s of segs) {
     if (s.offset !== pos || !Number.isSafeInteger(s.length) || s.length < 0 || (s.data !== null && (!(s.data instanceof Uint8Array) || s.data.length !== s.length))) {
-      throw new Error(`export returned a malformed read segment at ${s.offset}+${s.length}, expected offset ${pos}`);
+      throw new IoError(`Cannot send the read reply: the export returned a malformed segment at ${s.offset}+${s.length}, expected one at offset ${pos}`);
     }
     pos += s.length;
     if (s.length === 0) continue;
@@ -41,7 +42,7 @@ export function compactSegments(segs: readonly ReadSegment[], offset: number, le
     if (last && last.data === null && s.data === null) out[out.length - 1] = { offset: last.offset, length: last.length + s.length, data: null };
     else out.push(s);
   }
-  if (pos !== offset + length) throw new Error(`export read segments end at ${pos}, expected ${offset + length}`);
+  if (pos !== offset + length) throw new IoError(`Cannot send the read reply: the export's segments end at ${pos}, expected ${offset + length}`);
   return out;
 }
 
@@ -99,7 +100,7 @@ export function blockStatusReply(extents: readonly AllocationExtent[], h: Reques
   const out: number[] = [];
   let left = h.length;
   for (const e of extents) {
-    if (!Number.isSafeInteger(e.length) || e.length < 0) throw new Error(`export returned an extent of length ${e.length}`);
+    if (!Number.isSafeInteger(e.length) || e.length < 0) throw new IoError(`Cannot send the block status reply: the export returned an extent of length ${e.length}`);
     if (e.length === 0) continue;
     const len = Math.min(e.length, left);
     const status = (e.hole ? State.HOLE : 0) | (e.zero ? State.ZERO : 0);
@@ -109,7 +110,7 @@ export function blockStatusReply(extents: readonly AllocationExtent[], h: Reques
     left -= len;
     if (left === 0) break;
   }
-  if (out.length === 0) throw new Error('export returned no extents');
+  if (out.length === 0) throw new IoError('Cannot send the block status reply: the export returned no extents');
   return packBlockStatusChunk(h.cookieHi, h.cookieLo, BASE_ALLOCATION_ID, out);
 }
 

@@ -7,7 +7,8 @@ import { chmod, unlink } from 'node:fs/promises';
 import type { Duplex } from 'node:stream';
 import { BusyError, RangeErrorWithCode } from '../errors.js';
 import { MiB } from '../units.js';
-import { NbdConnection, PREFERRED_BLOCK_SIZE } from './connection.js';
+import { NbdConnection } from './connection.js';
+import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
 
 export interface NbdServerOptions {

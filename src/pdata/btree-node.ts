@@ -17,7 +17,7 @@
  * Keys are compared as (high u32, low u32) pairs, so every 64-bit key is exact.
  */
 import { CorruptionError } from '../errors.js';
-import { type Block, type WritableBlock, BLOCK_SIZE, checksumValidator } from './block-manager.js';
+import { type Block, type WritableBlock, BLOCK_SIZE, checksumValidator, readU64, writeU64 } from './block-manager.js';
 
 export const NODE_HEADER_SIZE = 32;
 export const INTERNAL_NODE = 1;
@@ -56,6 +56,28 @@ export function joinKey(hi: number, lo: number): Key {
   return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
+/** The largest key (2^64 - 1). */
+export const MAX_KEY = (1n << 64n) - 1n;
+
+/** `k + n` in the form {@link joinKey} gives: a number below 2^53, a bigint at or above. */
+export function addKey(k: Key, n: number): Key {
+  if (typeof k === 'number' && k + n <= Number.MAX_SAFE_INTEGER) return k + n;
+  const s = BigInt(k) + BigInt(n);
+  return s <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(s) : s;
+}
+
+/** True when `a` and `b` are the same key, whichever form each is in. */
+export function sameKey(a: Key, b: Key): boolean {
+  return typeof a === typeof b ? a === b : BigInt(a) === BigInt(b);
+}
+
+/** `b - a` for `a <= b`, capped at 2^53 - 1 (lengths never come near it). */
+export function keyGap(a: Key, b: Key): number {
+  if (typeof a === 'number' && typeof b === 'number') return b - a;
+  const d = BigInt(b) - BigInt(a);
+  return d > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(d);
+}
+
 export const isLeaf = (b: Block): boolean => b.view.getUint32(4, true) === LEAF_NODE;
 export const nrEntries = (b: Block): number => b.view.getUint32(16, true);
 export const maxEntries = (b: Block): number => b.view.getUint32(20, true);
@@ -82,13 +104,10 @@ export function setKey(b: WritableBlock, i: number, hi: number, lo: number): voi
 
 /** Child block number of an internal node (u64 value). */
 export function childAt(b: Block, i: number): number {
-  const off = NODE_HEADER_SIZE + 8 * maxEntries(b) + 8 * i;
-  return b.view.getUint32(off + 4, true) * TWO32 + b.view.getUint32(off, true);
+  return readU64(b.view, NODE_HEADER_SIZE + 8 * maxEntries(b) + 8 * i);
 }
 export function setChild(b: WritableBlock, i: number, child: number): void {
-  const off = NODE_HEADER_SIZE + 8 * maxEntries(b) + 8 * i;
-  b.view.setUint32(off, child >>> 0, true);
-  b.view.setUint32(off + 4, Math.floor(child / TWO32), true);
+  writeU64(b.view, NODE_HEADER_SIZE + 8 * maxEntries(b) + 8 * i, child);
 }
 
 /** Formats an empty node in place. */

@@ -14,7 +14,7 @@
  * is dropped (removed, overwritten, or its leaf freed).
  */
 import { CorruptionError } from '../errors.js';
-import type { Block, WritableBlock } from './block-manager.js';
+import { type Block, type WritableBlock, writeU64 } from './block-manager.js';
 import {
   type Key, childAt, copySlots, initNode, insertGap, isLeaf, keyAt, keyEquals, keyHi, keyLo, lastAtOrBelow,
   lowerBound, maxEntries, moveSlots, nodeValidator, nrEntries, removeSlots, setChild, setKey, setNrEntries,
@@ -438,8 +438,7 @@ export class BTree<V> {
     const child = await this.shadowNode(childAt(root, 0));
     const nr = root.nr;
     root.data.set(child.data);
-    root.view.setUint32(8, nr >>> 0, true);
-    root.view.setUint32(12, Math.floor(nr / 4294967296), true);
+    writeU64(root.view, 8, nr);
     this.tm.dec(child.nr);
   }
 

@@ -10,7 +10,7 @@
 import { CorruptionError } from '../errors.js';
 import { BTree, type ValueType } from './btree.js';
 import { refCountValue } from './metadata-space-map.js';
-import type { SpaceMap } from './space-map.js';
+import { type SpaceMap, SpaceMapCounts } from './space-map.js';
 import {
   BITMAP_BYTES, ENTRIES_PER_BITMAP, FIRST_FREE_IN_BYTE, type IndexEntry, type SmRoot, bitmapBits, bitmapValidator,
   fillBitmapBlock, getEntry, packIndexEntry, setEntry, summarize, unpackIndexEntry,
@@ -24,7 +24,7 @@ export const indexEntryValue: ValueType<IndexEntry> = {
   pack: packIndexEntry,
 };
 
-export class DataSpaceMap implements SpaceMap {
+export class DataSpaceMap extends SpaceMapCounts implements SpaceMap {
   private bits: Uint8Array[] = [];
   private readonly origBits = new Map<number, Uint8Array>();
   private readonly newBitmaps = new Set<number>();
@@ -33,13 +33,12 @@ export class DataSpaceMap implements SpaceMap {
   private readonly overflow = new Map<number, number>();
   private readonly dirtyOverflow = new Set<number>();
   private freed: number[] = [];
-  private allocated = 0;
   private cursor = 0;
-  private nrBlocksValue = 0;
   private readonly refTree: BTree<number>;
   private readonly indexTree: BTree<IndexEntry>;
 
   private constructor(readonly tm: TransactionManager, private indexRoot: number, private refRoot: number) {
+    super();
     this.refTree = new BTree(tm, refCountValue, 'data ref-count tree');
     this.indexTree = new BTree(tm, indexEntryValue, 'data space map index');
   }
@@ -81,15 +80,6 @@ export class DataSpaceMap implements SpaceMap {
     return sm;
   }
 
-  get nrBlocks(): number {
-    return this.nrBlocksValue;
-  }
-  get nrAllocated(): number {
-    return this.allocated;
-  }
-  get nrFree(): number {
-    return this.nrBlocksValue - this.allocated;
-  }
   get changed(): boolean {
     return this.origBits.size > 0 || this.newBitmaps.size > 0 || this.dirtyOverflow.size > 0;
   }

@@ -14,7 +14,7 @@ import BitField from 'bitfield';
 import { CorruptionError } from '../errors.js';
 import type { BlockManager } from './block-manager.js';
 import { BTree, type ValueType } from './btree.js';
-import type { SpaceMap } from './space-map.js';
+import { type SpaceMap, SpaceMapCounts } from './space-map.js';
 import {
   ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, type IndexEntry, MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS, type SmRoot,
   bitmapValidator, fillBitmapBlock, getEntry, indexBlockValidator, packIndexEntry, setEntry, summarize, unpackIndexEntry,
@@ -31,21 +31,20 @@ export const refCountValue: ValueType<number> = {
 
 const clamp3 = (c: number): number => (c > 3 ? 3 : c);
 
-export class MetadataSpaceMap implements SpaceMap {
+export class MetadataSpaceMap extends SpaceMapCounts implements SpaceMap {
   private counts: Uint32Array;
   private committed: BitField;
   /** Counts at the start of the transaction, for every block changed since. */
   private readonly orig = new Map<number, number>();
-  private allocated = 0;
   /** Blocks used at the last commit whose count fell to 0 since: free, but not allocatable yet. */
   private pendingFree = 0;
   private cursor = 0;
-  private nrBlocksValue: number;
   private indexBlock: number;
   private entries: IndexEntry[];
   private refRoot: number;
 
   private constructor(nrBlocks: number, indexBlock: number, entries: IndexEntry[], refRoot: number) {
+    super();
     this.nrBlocksValue = nrBlocks;
     this.counts = new Uint32Array(nrBlocks);
     this.committed = new BitField(nrBlocks);
@@ -108,15 +107,6 @@ export class MetadataSpaceMap implements SpaceMap {
     }
   }
 
-  get nrBlocks(): number {
-    return this.nrBlocksValue;
-  }
-  get nrAllocated(): number {
-    return this.allocated;
-  }
-  get nrFree(): number {
-    return this.nrBlocksValue - this.allocated;
-  }
   get changed(): boolean {
     return this.orig.size > 0;
   }

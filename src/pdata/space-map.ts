@@ -32,3 +32,19 @@ export interface SpaceMap {
   preCommit(tm: TransactionManager): Promise<SmRoot>;
   postCommit(): void;
 }
+
+/** What both space maps keep the same way: the map's size and how many blocks are in use. */
+export abstract class SpaceMapCounts {
+  protected nrBlocksValue = 0;
+  protected allocated = 0;
+
+  get nrBlocks(): number {
+    return this.nrBlocksValue;
+  }
+  get nrAllocated(): number {
+    return this.allocated;
+  }
+  get nrFree(): number {
+    return this.nrBlocksValue - this.allocated;
+  }
+}

@@ -6,15 +6,15 @@
  */
 import { join } from 'node:path';
 import { NbdServer } from '../nbd/server.js';
-import { Pool } from '../thin/pool.js';
+import { Pool } from '../pool/pool.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
-import { AttachManager, type CleanupReport } from './attach/attach-manager.js';
-import { cleanupStaleAttachments } from './attach/stale-attachments.js';
-import type { AttachMethod } from './attach/attach-records.js';
-import { type CleanupResult, LocalPoolService, type ServiceStatus } from './pool-service.js';
-import type { AttachMount, AttachRecord } from './attach/attach-records.js';
+import { LocalPoolService } from './local-pool-service.js';
+import type { CleanupResult, ServiceStatus } from './pool-service.js';
 import { BusyError } from '../errors.js';
+import { AttachManager, type CleanupReport } from './attach/attach-manager.js';
+import type { AttachMethod, AttachMount, AttachRecord } from './attach/attach-records.js';
+import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 
 export interface ServeOptions {
   dir: string;
@@ -45,35 +45,27 @@ class DaemonService extends LocalPoolService {
   constructor(pool: Pool, private readonly exportsOf: PoolExports) {
     super(pool);
   }
+  override status = async (): Promise<ServiceStatus> => ({ ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid });
   private get att(): AttachManager {
     if (!this.attacher) throw new BusyError('Cannot attach a device: the daemon is starting');
     return this.attacher;
   }
-  override async attach(dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> {
+  override attach = async (dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> => {
     const r = this.pool.record(dev);
     await this.att.attach({ deviceId: r.id, device: r.name ?? `id:${r.id}`, readOnly: opts.readOnly || !!r.readOnly, holder: opts.holder });
     return this.att.get(r.id)!;
-  }
-  override async addMount(dev: string, mount: AttachMount): Promise<void> {
-    await this.att.addMount(this.pool.record(dev).id, mount);
-  }
-  override async removeMount(dev: string, dir: string): Promise<boolean> {
-    return this.att.removeMount(this.pool.record(dev).id, dir);
-  }
-  override async attachments(): Promise<AttachRecord[]> {
-    return this.att.list();
-  }
+  };
+  override addMount = async (dev: string, mount: AttachMount): Promise<void> => this.att.addMount(this.pool.record(dev).id, mount);
+  override removeMount = async (dev: string, dir: string): Promise<boolean> => this.att.removeMount(this.pool.record(dev).id, dir);
+  override attachments = async (): Promise<AttachRecord[]> => this.att.list();
   /** Finishes teardowns the kernel held up, then deletes the deferred removals nothing holds. */
-  override async cleanup(): Promise<CleanupResult> {
+  override cleanup = async (): Promise<CleanupResult> => {
     if (this.cleanupHook) return this.cleanupHook();
     const released = (await this.att.reap()).map((id) => `id ${id}: released`);
     const pending = this.pool.pendingRemovals().filter((d) => !this.att.held(d.id) && !this.pool.inUseById(d.id));
     if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
     return { released, removed: pending.map((d) => d.name ?? `id:${d.id}`), leftovers: [] };
-  }
-  override async status(): Promise<ServiceStatus> {
-    return { ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid };
-  }
+  };
   /** The daemon reports its notices when it starts, not to every client. */
   override get notices(): readonly string[] {
     return [];

@@ -4,7 +4,7 @@
  * a default device is given. An exported device cannot be removed.
  */
 import type { NbdExport, NbdExportProvider } from '../nbd/export.js';
-import type { Pool } from '../thin/pool.js';
+import type { Pool } from '../pool/pool.js';
 import { ThinExport } from './thin-export.js';
 
 export interface PoolExportsOptions {

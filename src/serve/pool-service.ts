@@ -1,25 +1,27 @@
 /**
- * What the command line asks of a pool, whether the pool is opened by the command itself
- * ({@link LocalPoolService}) or owned by a `thinpool serve` daemon and reached through its
- * control socket (`RemotePoolService`). Every command goes through this interface, so a
- * command behaves the same either way.
+ * What the command line asks of a pool: one table of operations ({@link POOL_OPS}), whether the
+ * pool is opened by the command itself (`LocalPoolService`) or owned by a `thinpool serve`
+ * daemon and reached through its control socket (`RemotePoolService`). Every command goes
+ * through the {@link PoolService} interface derived from the table, so a command behaves the
+ * same either way.
+ *
+ * Adding an operation is one row here: what it does on an open pool (`local`), and only when
+ * one request cannot carry it, how a client runs it over the socket (`remote`). The interface,
+ * both services and the control socket's dispatch follow from the row.
  */
-import { open as openFile } from 'node:fs/promises';
-import { isAbsolute, join } from 'node:path';
-import { NotFoundError, UsageError } from '../errors.js';
-import { FileBlockFile } from '../io/block-file.js';
-import { checkMetadata, type CheckReport } from '../thin/check.js';
+import { isAbsolute } from 'node:path';
+import { IoError, UsageError } from '../errors.js';
+import { withFileSink } from '../io/text-sink.js';
+import type { DeviceRecord } from '../pool/catalog-slots.js';
+import type { Pool, PoolStatus } from '../pool/pool.js';
+import type { VolumeExtent } from '../pool/thin-volume.js';
+import { checkMetadata } from '../thin/check.js';
+import type { CheckReport } from '../thin/check-issues.js';
 import { type DeltaRange, deltaDevices } from '../thin/delta.js';
-import { dumpXml, type DumpOptions, type TextSink } from '../thin/dump.js';
-import { createWriteStream } from 'node:fs';
-import { once } from 'node:events';
-import type { Writable } from 'node:stream';
-import { ThinMetadata } from '../thin/metadata.js';
-import type { DeviceRecord } from '../thin/catalog.js';
-import { Pool, type DeviceListing, type PoolStatus } from '../thin/pool.js';
-import type { VolumeExtent } from '../thin/thin-volume.js';
-import { cleanupStaleAttachments } from './attach/stale-attachments.js';
+import { dumpXml, type DumpOptions } from '../thin/dump.js';
+import { MAX_CONTROL_PAYLOAD } from './control-wire.js';
 import { type AttachMount, type AttachRecord, readAttachRecords } from './attach/attach-records.js';
+import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 
 export interface ExportInfo {
   name: string;
@@ -34,51 +36,15 @@ export interface ServiceStatus extends PoolStatus {
   servedBy?: number;
 }
 
-export interface PoolService {
-  /** What opening the pool found worth telling the user (changes made outside thinpool). */
-  readonly notices?: readonly string[];
-  status(): Promise<ServiceStatus>;
-  devices(): Promise<DeviceListing[]>;
-  device(dev: string): Promise<DeviceListing>;
-  createDevice(name: string, sizeBytes: number): Promise<DeviceRecord>;
-  snapshot(dev: string, name: string): Promise<DeviceRecord>;
-  remove(dev: string): Promise<void>;
-  rename(dev: string, name: string): Promise<void>;
-  resize(dev: string, sizeBytes: number): Promise<void>;
-  /** Size in bytes and block size of a device. */
-  geometry(dev: string): Promise<{ sizeBytes: number; blockSize: number }>;
-  read(dev: string, offset: number, length: number): Promise<Buffer>;
-  write(dev: string, offset: number, data: Uint8Array): Promise<void>;
-  discard(dev: string, offset: number, length: number): Promise<void>;
-  extents(dev: string, offset: number, length: number): Promise<VolumeExtent[]>;
-  flush(): Promise<void>;
-  extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void>;
-  setTransactionId(old: number, next: number): Promise<void>;
-  metadataSnap(action: 'reserve' | 'release'): Promise<number | null>;
-  /**
-   * Writes the XML dump of the committed metadata (or the held snapshot) into `file`, an
-   * absolute path on this host, streaming (a large pool's dump is never one string).
-   */
-  dumpTo(file: string, opts: DumpOptions): Promise<void>;
-  check(): Promise<CheckReport>;
-  /** Checks the metadata and, when it is clean, clears NEEDS_CHECK (the pool turns writable). */
-  clearNeedsCheck(): Promise<CheckReport>;
-  delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }>;
-  // ---- attachments and mounts (a daemon's; see src/serve/attach) ----------------------------
-  /** Attaches a device as a block device for `holder` (needs a daemon: its NBD socket). */
-  attach(dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord>;
-  /** Records a mount made on a device's attachment (`thinpool mount`). */
-  addMount(dev: string, mount: AttachMount): Promise<void>;
-  /** Forgets a mount and releases its hold; false when the device stays attached because it is busy. */
-  removeMount(dev: string, dir: string): Promise<boolean>;
-  /** The attachments (a daemon's live ones; else the records left under POOL/run/attach). */
-  attachments(): Promise<AttachRecord[]>;
-  /** Releases attachments nothing uses any more (or that a dead daemon left) and deletes devices whose removal waited for that. */
-  cleanup(): Promise<CleanupResult>;
-  close(): Promise<void>;
+/** What `delta` returns: the two device ids, the block size and the ranges. */
+export interface DeltaResult {
+  left: number;
+  right: number;
+  blockSize: number;
+  ranges: DeltaRange[];
 }
 
-/** What {@link PoolService.cleanup} did. */
+/** What {@link POOL_OPS}.cleanup did. */
 export interface CleanupResult {
   /** Attachments released, as `device (id N): what`. */
   released: string[];
@@ -88,178 +54,179 @@ export interface CleanupResult {
   leftovers: string[];
 }
 
-/** The pool opened in this process. */
-export class LocalPoolService implements PoolService {
-  constructor(readonly pool: Pool) {}
+/** Attaching needs a daemon's NBD socket: a pool opened by a command refuses. */
+function notServed(what: string): never {
+  throw new UsageError(`Cannot ${what}: the pool is not served (attaching needs the daemon's NBD socket); start thinpool serve (or thinpool snapshotter) first`);
+}
 
-  get notices(): readonly string[] {
-    return this.pool.notices;
-  }
+/** One request over the control socket: the operation, its arguments (a trailing Uint8Array travels as the payload), the answer. */
+export type RemoteCall = (op: OpName, args: unknown[]) => Promise<unknown>;
 
-  static async open(dir: string): Promise<LocalPoolService> {
-    return new LocalPoolService(await Pool.open(dir));
-  }
+/** One operation of the table. */
+export interface PoolOp<A extends unknown[], R> {
+  /** What it does on a pool opened in this process. */
+  local(pool: Pool, ...args: A): Promise<R>;
+  /** How a client runs it through the control socket when one request cannot (payloads over {@link MAX_CONTROL_PAYLOAD}). */
+  remote?(call: RemoteCall, ...args: A): Promise<R>;
+  /** Changes device contents without committing: a client session flushes before it disconnects. */
+  dirties?: boolean;
+}
 
-  async status(): Promise<ServiceStatus> {
-    return this.pool.status();
-  }
-  devices(): Promise<DeviceListing[]> {
-    return this.pool.devices();
-  }
-  device(dev: string): Promise<DeviceListing> {
-    return this.pool.device(dev);
-  }
-  createDevice(name: string, sizeBytes: number): Promise<DeviceRecord> {
-    return this.pool.createDevice(name, sizeBytes);
-  }
-  snapshot(dev: string, name: string): Promise<DeviceRecord> {
-    return this.pool.snapshot(dev, name);
-  }
-  remove(dev: string): Promise<void> {
-    return this.pool.remove(dev);
-  }
-  rename(dev: string, name: string): Promise<void> {
-    return this.pool.rename(dev, name);
-  }
-  resize(dev: string, sizeBytes: number): Promise<void> {
-    return this.pool.resize(dev, sizeBytes);
-  }
-  async geometry(dev: string): Promise<{ sizeBytes: number; blockSize: number }> {
-    const v = this.pool.volume(dev);
-    return { sizeBytes: v.size, blockSize: v.blockSize };
-  }
-  read(dev: string, offset: number, length: number): Promise<Buffer> {
-    return this.pool.volume(dev).read(offset, length);
-  }
-  write(dev: string, offset: number, data: Uint8Array): Promise<void> {
-    return this.pool.volume(dev).write(offset, data);
-  }
-  discard(dev: string, offset: number, length: number): Promise<void> {
-    return this.pool.volume(dev).discard(offset, length);
-  }
-  extents(dev: string, offset: number, length: number): Promise<VolumeExtent[]> {
-    return this.pool.volume(dev).extents(offset, length);
-  }
-  flush(): Promise<void> {
-    return this.pool.commit();
-  }
-  extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void> {
-    return this.pool.extend(opts);
-  }
-  setTransactionId(old: number, next: number): Promise<void> {
-    return this.pool.setTransactionId(old, next);
-  }
-  async metadataSnap(action: 'reserve' | 'release'): Promise<number | null> {
-    if (action === 'reserve') return this.pool.reserveMetadataSnap();
-    await this.pool.releaseMetadataSnap();
-    return null;
-  }
-  async dumpTo(file: string, opts: DumpOptions): Promise<void> {
-    if (!isAbsolute(file)) throw new UsageError(`Cannot dump into '${file}': an absolute path is needed`);
-    await this.pool.commit();
-    await withFileSink(file, (sink) => dumpXml(this.pool.md, sink, opts));
-  }
-  async check(): Promise<CheckReport> {
-    await this.pool.commit();
-    return checkMetadata(this.pool.metadataFile);
-  }
-  clearNeedsCheck(): Promise<CheckReport> {
-    return this.pool.clearNeedsCheck();
-  }
-  async delta(a: string, b: string): Promise<{ left: number; right: number; blockSize: number; ranges: DeltaRange[] }> {
-    const left = this.pool.record(a).id;
-    const right = this.pool.record(b).id;
-    return { left, right, blockSize: this.pool.blockSize, ranges: await deltaDevices(this.pool.md, left, right) };
-  }
-  // ---- attachments and mounts -----------------------------------------------------------------
-  async attach(dev: string, _opts?: { readOnly: boolean; holder: string }): Promise<AttachRecord> {
-    throw new UsageError(`Cannot attach ${dev}: the pool is not served (attaching needs the daemon's NBD socket); start thinpool serve (or thinpool snapshotter) first`);
-  }
-  async addMount(dev: string, _mount?: AttachMount): Promise<void> {
-    throw new UsageError(`Cannot record a mount of ${dev}: the pool is not served`);
-  }
-  async removeMount(dev: string, _dir?: string): Promise<boolean> {
-    throw new UsageError(`Cannot release the mount of ${dev}: the pool is not served`);
-  }
-  attachments(): Promise<AttachRecord[]> {
-    return readAttachRecords(this.pool.dir);
-  }
-  /** Nobody serves the pool (this process holds its lock): every attachment record is stale. */
-  async cleanup(): Promise<CleanupResult> {
-    const report = await cleanupStaleAttachments(this.pool.dir);
-    const pending = this.pool.pendingRemovals().filter((d) => !this.pool.inUseById(d.id));
-    if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
-    return {
-      released: report.released.map((r) => `${r.device} (id ${r.deviceId}): ${r.what.join(', ') || 'nothing was left'}`),
-      removed: pending.map((d) => d.name ?? `id:${d.id}`),
-      leftovers: report.leftovers,
-    };
-  }
-  close(): Promise<void> {
-    return this.pool.close();
+function op<A extends unknown[], R>(spec: PoolOp<A, R>): PoolOp<A, R> {
+  return spec;
+}
+
+/** Every pool operation a command can ask for, by name (the names are the control socket's `op`). */
+export const POOL_OPS = {
+  /** Usage, mode and settings (a daemon adds its exports). */
+  status: op({ local: (p): Promise<ServiceStatus> => p.status() }),
+  /** Every device with thin_ls's mapped/exclusive/shared counts. */
+  devices: op({ local: (p) => p.devices() }),
+  device: op({ local: (p, dev: string) => p.device(dev) }),
+  createDevice: op({ local: (p, name: string, sizeBytes: number): Promise<DeviceRecord> => p.createDevice(name, sizeBytes) }),
+  snapshot: op({ local: (p, dev: string, name: string): Promise<DeviceRecord> => p.snapshot(dev, name) }),
+  remove: op({ local: (p, dev: string) => p.remove(dev) }),
+  rename: op({ local: (p, dev: string, name: string) => p.rename(dev, name) }),
+  resize: op({ local: (p, dev: string, sizeBytes: number) => p.resize(dev, sizeBytes) }),
+  /** Size in bytes and block size of a device. */
+  geometry: op({
+    local: async (p, dev: string): Promise<{ sizeBytes: number; blockSize: number }> => {
+      const v = p.volume(dev);
+      return { sizeBytes: v.size, blockSize: v.blockSize };
+    },
+  }),
+  read: op({
+    local: (p, dev: string, offset: number, length: number): Promise<Buffer> => p.volume(dev).read(offset, length),
+    remote: async (call, dev: string, offset: number, length: number) => {
+      const out = Buffer.allocUnsafe(length);
+      for (let done = 0; done < length; ) {
+        const n = Math.min(MAX_CONTROL_PAYLOAD, length - done);
+        const part = (await call('read', [dev, offset + done, n])) as Buffer | null | undefined;
+        if (!part || part.length !== n) throw new IoError(`Cannot read ${dev}: the daemon returned ${part?.length ?? 0} of ${n} bytes`);
+        part.copy(out, done);
+        done += n;
+      }
+      return out;
+    },
+  }),
+  write: op({
+    local: (p, dev: string, offset: number, data: Uint8Array) => p.volume(dev).write(offset, data),
+    remote: async (call, dev: string, offset: number, data: Uint8Array) => {
+      for (let done = 0; done < data.length; ) {
+        const n = Math.min(MAX_CONTROL_PAYLOAD, data.length - done);
+        await call('write', [dev, offset + done, data.subarray(done, done + n)]);
+        done += n;
+      }
+    },
+    dirties: true,
+  }),
+  discard: op({ local: (p, dev: string, offset: number, length: number) => p.volume(dev).discard(offset, length), dirties: true }),
+  extents: op({ local: (p, dev: string, offset: number, length: number): Promise<VolumeExtent[]> => p.volume(dev).extents(offset, length) }),
+  /** Commits the pool. */
+  flush: op({ local: (p) => p.commit() }),
+  extend: op({ local: (p, opts: { dataSize?: number; metadataSize?: number }) => p.extend(opts) }),
+  setTransactionId: op({ local: (p, old: number, next: number) => p.setTransactionId(old, next) }),
+  /** Reserves (returns the held root's block) or releases (returns null) the metadata snapshot. */
+  metadataSnap: op({
+    local: async (p, action: 'reserve' | 'release'): Promise<number | null> => {
+      if (action === 'reserve') return p.reserveMetadataSnap();
+      await p.releaseMetadataSnap();
+      return null;
+    },
+  }),
+  /**
+   * Writes the XML dump of the committed metadata (or the held snapshot) into `file`, an
+   * absolute path on this host, streaming (a large pool's dump is never one string).
+   */
+  dumpTo: op({
+    local: async (p, file: string, opts: DumpOptions) => {
+      if (!isAbsolute(file)) throw new UsageError(`Cannot dump into '${file}': an absolute path is needed`);
+      await p.commit();
+      await withFileSink(file, (sink) => dumpXml(p.md, sink, opts));
+    },
+  }),
+  /** Commits, then checks the metadata. */
+  check: op({
+    local: async (p): Promise<CheckReport> => {
+      await p.commit();
+      return checkMetadata(p.metadataFile);
+    },
+  }),
+  /** Checks the metadata and, when it is clean, clears NEEDS_CHECK (the pool turns writable). */
+  clearNeedsCheck: op({ local: (p) => p.clearNeedsCheck() }),
+  delta: op({
+    local: async (p, a: string, b: string): Promise<DeltaResult> => {
+      const left = p.record(a).id;
+      const right = p.record(b).id;
+      return { left, right, blockSize: p.blockSize, ranges: await deltaDevices(p.md, left, right) };
+    },
+  }),
+  // ---- attachments and mounts (a daemon's, src/serve/attach; the daemon's service overrides these) ----
+  /** Attaches a device as a block device for `holder` (needs a daemon: its NBD socket). */
+  attach: op({ local: async (_p, dev: string, _opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> => notServed(`attach ${dev}`) }),
+  /** Records a mount made on a device's attachment (`thinpool mount`). */
+  addMount: op({ local: async (_p, dev: string, _mount: AttachMount): Promise<void> => notServed(`record a mount of ${dev}`) }),
+  /** Forgets a mount and releases its hold; false when the device stays attached (still used). */
+  removeMount: op({ local: async (_p, dev: string, _dir: string): Promise<boolean> => notServed(`release the mount of ${dev}`) }),
+  /** The attachments: a daemon's live ones; on a pool nobody serves, the records a dead daemon left. */
+  attachments: op({ local: (p): Promise<AttachRecord[]> => readAttachRecords(p.dir) }),
+  /**
+   * Releases attachments nothing uses any more and deletes the devices whose removal waited for
+   * that. On a pool nobody serves (this process holds its lock) every attachment record is stale.
+   */
+  cleanup: op({
+    local: async (p): Promise<CleanupResult> => {
+      const report = await cleanupStaleAttachments(p.dir);
+      const pending = p.pendingRemovals().filter((d) => !p.inUseById(d.id));
+      if (pending.length) await p.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+      return {
+        released: report.released.map((r) => `${r.device} (id ${r.deviceId}): ${r.what.join(', ') || 'nothing was left'}`),
+        removed: pending.map((d) => d.name ?? `id:${d.id}`),
+        leftovers: report.leftovers,
+      };
+    },
+  }),
+};
+
+type Ops = typeof POOL_OPS;
+
+/** The name of a pool operation. */
+export type OpName = keyof Ops;
+
+/** The operations as methods: each row's `local` without its pool argument. */
+export type PoolOperations = { [K in OpName]: Ops[K] extends PoolOp<infer A, infer R> ? (...args: A) => Promise<R> : never };
+
+export interface PoolService extends PoolOperations {
+  /** What opening the pool found worth telling the user (changes made outside thinpool). */
+  readonly notices?: readonly string[];
+  close(): Promise<void>;
+}
+
+/** Every operation name, in table order. */
+export const OP_NAMES = Object.keys(POOL_OPS) as OpName[];
+
+/** True when `name` is an operation of the table. */
+export function isOpName(name: string): name is OpName {
+  return Object.hasOwn(POOL_OPS, name);
+}
+
+/**
+ * Defines every operation of the table as a method of `proto` (a service class's prototype),
+ * running `impl(this, name, args)`; a subclass may still override single methods.
+ */
+export function defineOps<T>(proto: T, impl: (self: T, name: OpName, args: unknown[]) => Promise<unknown>): void {
+  for (const name of OP_NAMES) {
+    Object.defineProperty(proto, name, {
+      value(this: T, ...args: unknown[]) {
+        return impl(this, name, args);
+      },
+      writable: true,
+      configurable: true,
+    });
   }
 }
 
-/** Checks a pool's metadata file without opening the pool (no lock): for a pool nobody owns or a damaged one. */
-export async function checkPoolFiles(dir: string): Promise<CheckReport> {
-  let file: FileBlockFile;
-  try {
-    file = await FileBlockFile.open(join(dir, 'metadata'), { readOnly: true });
-  } catch {
-    throw new NotFoundError(`Cannot check pool ${dir}: no metadata file there`, { dir });
-  }
-  try {
-    return await checkMetadata(file);
-  } finally {
-    await file.close();
-  }
-}
-
-/** Dumps a metadata file read-only into `out` (no lock; the CLI uses it when the pool cannot be opened). */
-export async function dumpFileTo(path: string, out: TextSink, opts: DumpOptions): Promise<void> {
-  const f = await FileBlockFile.open(path, { readOnly: true });
-  try {
-    const md = await ThinMetadata.open(f, { readOnly: true });
-    await dumpXml(md, out, opts);
-  } finally {
-    await f.close();
-  }
-}
-
-/** Dumps a metadata file read-only and returns the XML as a string (small files: tests, tools). */
-export async function dumpFile(path: string, opts: DumpOptions): Promise<string> {
-  let xml = '';
-  await dumpFileTo(path, (s) => {
-    xml += s;
-  }, opts);
-  return xml;
-}
-
-/** A text sink over a writable stream that waits when the stream's buffer is full. */
-export function streamSink(stream: Writable): TextSink {
-  return (chunk) => {
-    if (!stream.write(chunk)) return once(stream, 'drain').then(() => undefined);
-    return undefined;
-  };
-}
-
-/** Runs `fn` with a sink writing into `file` (created or truncated), then closes it. */
-export async function withFileSink(file: string, fn: (sink: TextSink) => Promise<void>): Promise<void> {
-  const ws = createWriteStream(file);
-  const failed = new Promise<never>((_, reject) => ws.once('error', reject));
-  try {
-    await Promise.race([fn(streamSink(ws)), failed]);
-  } finally {
-    await Promise.race([new Promise<void>((resolve) => ws.end(() => resolve())), failed.catch(() => undefined)]);
-  }
-}
-
-/** Fails unless `path` is a regular readable file. */
-export async function assertReadable(path: string): Promise<void> {
-  try {
-    const fh = await openFile(path, 'r');
-    await fh.close();
-  } catch {
-    throw new UsageError(`Cannot read ${path}: no such file or not readable`);
-  }
+/** Runs operation `name` of `svc` with arguments that came off the wire (the control socket's dispatch). */
+export function runOp(svc: PoolService, name: OpName, args: unknown[]): Promise<unknown> {
+  return Reflect.apply(svc[name], svc, args) as Promise<unknown>;
 }

@@ -5,8 +5,9 @@
  * reports unprovisioned ranges as hole+zero and provisioned ones as data. A block shared with a
  * snapshot reports as data, though writing it needs a new block.
  */
+import { UnsupportedError } from '../errors.js';
 import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } from '../nbd/export.js';
-import type { ThinVolume, VolumeSegment } from '../thin/thin-volume.js';
+import type { ThinVolume, VolumeSegment } from '../pool/thin-volume.js';
 
 export class ThinExport implements NbdExport {
   constructor(readonly volume: ThinVolume, readonly name: string, private readonly forceReadOnly = false) {}
@@ -45,7 +46,7 @@ export class ThinExport implements NbdExport {
 
   async writeZeroes(offset: number, length: number, opts: WriteZeroesOptions): Promise<void> {
     if (opts.fastZero && opts.noHole) {
-      throw Object.assign(new Error('Cannot zero fast with NO_HOLE: the blocks would have to be written'), { code: 'ENOTSUP' });
+      throw new UnsupportedError('Cannot zero fast with NO_HOLE: the blocks would have to be written');
     }
     await this.volume.writeZeroes(offset, length, { noHole: opts.noHole, fua: opts.fua });
   }

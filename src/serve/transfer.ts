@@ -20,8 +20,9 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import { ThinpoolError, UsageError } from '../errors.js';
+import { CanceledError, UsageError } from '../errors.js';
 import { seekData, seekHole } from '../io/native.js';
+import { ZEROES, isZero } from '../io/zeroes.js';
 import { GiB, KiB, MiB, formatSize } from '../units.js';
 import type { PoolService } from './pool-service.js';
 
@@ -38,7 +39,6 @@ const STREAM_START_SIZE = 1 * GiB;
 /** Bytes of device asked for allocation status at once on export. */
 const EXTENT_WINDOW = 1 * GiB;
 
-const ZERO = Buffer.alloc(CHUNK);
 
 /** Called as work proceeds: bytes of the source (import) or device (export) done, and the total when known. */
 export type ProgressFn = (done: number, total: number | null) => void;
@@ -80,14 +80,8 @@ export type ImportSource = string | Readable | NodeJS.ReadableStream;
 /** A target: a path, or a writable stream such as `process.stdout`. */
 export type ExportTarget = string | Writable | NodeJS.WritableStream;
 
-class CanceledError extends ThinpoolError {
-  constructor(action: string) {
-    super('ECANCELED', `Cannot ${action}: interrupted`, 130);
-  }
-}
-
 function checkSignal(signal: AbortSignal | undefined, action: string): void {
-  if (signal?.aborted) throw new CanceledError(action);
+  if (signal?.aborted) throw new CanceledError(`Cannot ${action}: interrupted`);
 }
 
 /** Marks a read-ahead promise as handled (its error is seen when awaited, or dropped if the copy stopped first). */
@@ -100,10 +94,6 @@ function roundUp512(n: number): number {
   return Math.ceil(n / 512) * 512;
 }
 
-function isZeroRange(buf: Buffer, start: number, end: number): boolean {
-  return buf.compare(ZERO, 0, end - start, start, end) === 0;
-}
-
 /**
  * Calls `emit(start, end)` for the maximal runs of `buf` whose `piece`-sized pieces (aligned to
  * absolute offsets, `base` being the offset of `buf[0]`) are not all zero.
@@ -113,7 +103,7 @@ function nonZeroRuns(buf: Buffer, base: number, piece: number, emit: (start: num
   let i = 0;
   while (i < buf.length) {
     const next = Math.min(buf.length, piece - ((base + i) % piece) + i);
-    const zero = isZeroRange(buf, i, next);
+    const zero = isZero(buf, i, next);
     if (!zero && runStart < 0) runStart = i;
     if (zero && runStart >= 0) {
       emit(runStart, i);
@@ -463,7 +453,7 @@ async function copyOutStream(svc: PoolService, dev: string, out: NodeJS.Writable
       const end = ext.offset + ext.length;
       let at = ext.offset;
       if (ext.mapped) mappedBytes += ext.length;
-      const next = (o: number) => (ext.mapped ? ahead(svc.read(dev, o, Math.min(end, o + CHUNK) - o)) : Promise.resolve(ZERO.subarray(0, Math.min(end, o + CHUNK) - o)));
+      const next = (o: number) => (ext.mapped ? ahead(svc.read(dev, o, Math.min(end, o + CHUNK) - o)) : Promise.resolve(ZEROES.subarray(0, Math.min(end, o + CHUNK) - o)));
       let pending: Promise<Buffer> | undefined = next(at);
       while (pending) {
         checkSignal(opts.signal, action);

@@ -15,8 +15,8 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IoError, NotFoundError, UsageError } from '../errors.js';
 import { seekData, seekHole } from '../io/native.js';
-import type { DeviceRecord } from '../thin/catalog.js';
-import type { Pool } from '../thin/pool.js';
+import type { DeviceRecord } from '../pool/catalog-slots.js';
+import type { Pool } from '../pool/pool.js';
 import { GiB, MiB } from '../units.js';
 import type { BaseFs } from './types.js';
 

@@ -5,7 +5,7 @@
  * them) (big-endian, at bytes 128 and 136 of sector 0, magic `XFSB`). Both are written when the
  * file system is synced or unmounted, so a mounted file system's count lags behind.
  */
-import type { ThinVolume } from '../thin/thin-volume.js';
+import type { ThinVolume } from '../pool/thin-volume.js';
 
 /** Inodes in use, or undefined when the device does not hold a file system of that type. */
 export async function usedInodes(vol: ThinVolume, fs: string): Promise<number | undefined> {

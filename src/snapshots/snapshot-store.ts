@@ -22,9 +22,9 @@
  */
 import { NotFoundError, PreconditionError, UsageError, ExistsError } from '../errors.js';
 import { Mutex } from '../pdata/mutex.js';
-import type { DeviceRecord, SnapshotFields, SnapshotKind } from '../thin/catalog.js';
+import type { DeviceRecord, SnapshotFields, SnapshotKind } from '../pool/catalog-slots.js';
 import { deltaRanges } from '../thin/delta.js';
-import type { Pool } from '../thin/pool.js';
+import type { Pool } from '../pool/pool.js';
 import { BASE_DEVICE, DEFAULT_BASE_SIZE, baseDevice, ensureBaseDevice } from './base-device.js';
 import { nowString } from './clock.js';
 import { parseFilters } from './filters.js';

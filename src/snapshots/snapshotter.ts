@@ -18,7 +18,7 @@
  * await s.commit('sha256:...', 'default/1/extract', {});
  */
 import { NotFoundError, PreconditionError } from '../errors.js';
-import type { DeviceRecord } from '../thin/catalog.js';
+import type { DeviceRecord } from '../pool/catalog-slots.js';
 import type { Attachment, BlockAttacher } from './attach.js';
 import type { SnapshotStore } from './snapshot-store.js';
 import type { Mount, SnapshotInfo, SnapshotUsage } from './types.js';

@@ -1,7 +1,7 @@
 /**
  * The shapes containerd's Snapshotter API speaks in: snapshot info, usage and mounts.
  */
-import type { SnapshotKind } from '../thin/catalog.js';
+import type { SnapshotKind } from '../pool/catalog-slots.js';
 
 export type { SnapshotKind };
 

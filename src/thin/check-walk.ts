@@ -2,7 +2,7 @@
  * The B-tree walker of the metadata checker: visits every node of a tree once (shared subtrees
  * are summarised once and reused), with an explicit stack so a deep or looping tree cannot
  * exhaust the call stack, and reports what is wrong with each node as an issue. Used only by
- * `check.ts`.
+ * the checker (check*.ts).
  *
  * Per node it checks: the pointer is inside the metadata device, no other kind of structure
  * claims the block, checksum / block number / flags / max_entries / nr_entries (the node
@@ -17,6 +17,7 @@ import {
   childAt, isLeaf, joinKey, keyHi, keyLo, maxEntries, nodeValidator, nrEntries, valueSize,
 } from '../pdata/btree-node.js';
 import { bitmapValidator, indexBlockValidator } from '../pdata/space-map-disk.js';
+import type { CheckSummary, IssueList } from './check-issues.js';
 import { superblockValidator } from './superblock.js';
 
 /** What a block was found to be, so one block serving two purposes is caught. */
@@ -51,6 +52,17 @@ export const CLAIM_NAMES: Record<number, string> = {
 export interface IssueSink {
   damage(code: string, message: string, block?: number, where?: string): void;
   warning(code: string, message: string, block?: number, where?: string): void;
+}
+
+/** What the parts of one check share (check.ts builds it). */
+export interface CheckContext {
+  readonly issues: IssueList;
+  readonly walker: Walker;
+  /** Data reference counts recomputed from the mappings found. */
+  readonly data: DataCounts;
+  /** Data blocks of the pool (the data space map's nr_blocks). */
+  readonly nrData: number;
+  readonly summary: CheckSummary;
 }
 
 /** One kind of tree. */

@@ -9,8 +9,8 @@
  * `--verbose` shows; the plain form merges neighbouring ranges of one kind.
  */
 import { NotFoundError } from '../errors.js';
-import type { Key } from '../pdata/btree-node.js';
-import type { TextSink } from './dump.js';
+import { type Key, MAX_KEY, addKey, keyGap, sameKey } from '../pdata/btree-node.js';
+import type { TextSink } from '../io/text-sink.js';
 import type { MetadataView, ThinMetadata } from './metadata.js';
 
 export interface DeltaOptions {
@@ -38,26 +38,7 @@ export interface DeltaHeader {
   right: number;
 }
 
-const MAX_SAFE = Number.MAX_SAFE_INTEGER;
-const U64_MAX = (1n << 64n) - 1n;
 const CHUNK = 4096;
-
-function addKey(k: Key, n: number): Key {
-  if (typeof k === 'number' && k + n <= MAX_SAFE) return k + n;
-  const s = BigInt(k) + BigInt(n);
-  return s <= BigInt(MAX_SAFE) ? Number(s) : s;
-}
-
-/** `b - a` for `a <= b`, capped at 2^53 (lengths never come near it). */
-function gap(a: Key, b: Key): number {
-  if (typeof a === 'number' && typeof b === 'number') return b - a;
-  const d = BigInt(b) - BigInt(a);
-  return d > BigInt(MAX_SAFE) ? MAX_SAFE : Number(d);
-}
-
-function sameKey(a: Key, b: Key): boolean {
-  return typeof a === typeof b ? a === b : BigInt(a) === BigInt(b);
-}
 
 interface Run {
   v: Key;
@@ -88,7 +69,7 @@ class RunReader {
     if (buf.length < CHUNK) this.ended = true;
     if (buf.length) {
       const last = buf[buf.length - 1]!.v;
-      if (BigInt(last) === U64_MAX) this.ended = true;
+      if (BigInt(last) === MAX_KEY) this.ended = true;
       else this.from = addKey(last, 1);
     }
     return this.i < buf.length ? buf[this.i++] : undefined;
@@ -134,11 +115,11 @@ export async function* deltaRanges(view: MetadataView, left: number, right: numb
   let r = await rr.next();
   while (l && r) {
     if (l.v < r.v) {
-      const n = Math.min(l.len, gap(l.v, r.v));
+      const n = Math.min(l.len, keyGap(l.v, r.v));
       yield { kind: 'left_only', begin: l.v, length: n, dataBegin: l.d };
       consume(l, n);
     } else if (r.v < l.v) {
-      const n = Math.min(r.len, gap(r.v, l.v));
+      const n = Math.min(r.len, keyGap(r.v, l.v));
       yield { kind: 'right_only', begin: r.v, length: n, dataBegin: r.d };
       consume(r, n);
     } else {
@@ -210,7 +191,7 @@ class DeltaXmlWriter {
   private flushRange(): void {
     const c = this.cur;
     if (!c) return;
-    this.text += `    <${c.kind} begin="${c.begin}" length="${gap(c.begin, c.end)}"/>\n`;
+    this.text += `    <${c.kind} begin="${c.begin}" length="${keyGap(c.begin, c.end)}"/>\n`;
     this.cur = undefined;
   }
 

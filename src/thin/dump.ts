@@ -3,8 +3,10 @@
  * the 1.x `thin_restore` read: devices in id order, mappings in virtual-block order, runs of
  * consecutive virtual and data blocks with equal time merged into `range_mapping`.
  */
-import type { Key } from '../pdata/btree-node.js';
-import type { MetadataView, ThinMetadata } from './metadata.js';
+import { FileBlockFile } from '../io/block-file.js';
+import type { TextSink } from '../io/text-sink.js';
+import { type Key, addKey, sameKey } from '../pdata/btree-node.js';
+import { type MetadataView, ThinMetadata } from './metadata.js';
 
 export interface DumpOptions {
   /** Dump the held metadata snapshot instead of the live metadata (`thin_dump -m`). */
@@ -13,18 +15,6 @@ export interface DumpOptions {
   skipMappings?: boolean;
   /** Only this device (`--dev-id`). */
   devId?: number;
-}
-
-/** A sink for text; may return a promise to apply back-pressure. */
-export type TextSink = (chunk: string) => void | Promise<void>;
-
-function sameKey(a: Key, b: Key): boolean {
-  return typeof a === typeof b ? a === b : BigInt(a) === BigInt(b);
-}
-
-function addKey(k: Key, n: number): Key {
-  if (typeof k === 'bigint') return k + BigInt(n);
-  return k + n > Number.MAX_SAFE_INTEGER ? BigInt(k) + BigInt(n) : k + n;
 }
 
 /**
@@ -74,3 +64,26 @@ export async function dumpView(view: MetadataView, out: TextSink, opts: DumpOpti
   await out('</superblock>\n');
 }
 
+
+/**
+ * Dumps a metadata file read-only into `out`, without a pool or its lock (what `thin_dump`
+ * does; the pool dump falls back to it when the pool cannot be opened).
+ */
+export async function dumpFileTo(path: string, out: TextSink, opts: DumpOptions): Promise<void> {
+  const f = await FileBlockFile.open(path, { readOnly: true });
+  try {
+    const md = await ThinMetadata.open(f, { readOnly: true });
+    await dumpXml(md, out, opts);
+  } finally {
+    await f.close();
+  }
+}
+
+/** Dumps a metadata file read-only and returns the XML as a string (small files: tests, tools). */
+export async function dumpFile(path: string, opts: DumpOptions): Promise<string> {
+  let xml = '';
+  await dumpFileTo(path, (s) => {
+    xml += s;
+  }, opts);
+  return xml;
+}

@@ -16,9 +16,10 @@ import { SaxesParser, type SaxesTagPlain } from 'saxes';
 import { NoSpaceError, ThinpoolError, UsageError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import { BLOCK_SIZE } from '../pdata/block-manager.js';
-import { type Key, joinKey, splitKey } from '../pdata/btree-node.js';
+import { type Key, MAX_KEY, addKey, joinKey, splitKey } from '../pdata/btree-node.js';
 import { MAX_DATA_BLOCK, TIME_MASK } from './block-time.js';
 import { ThinMetadata } from './metadata.js';
+import type { ThinDevice } from './thin-device.js';
 import { MAX_DEVICE_ID, validDataBlockSize } from './superblock.js';
 
 export interface RestoreOptions {
@@ -26,6 +27,12 @@ export interface RestoreOptions {
   nrDataBlocks?: number;
   /** Metadata size in 4 KiB blocks (default: the file's size). */
   nrMetadataBlocks?: number;
+  /**
+   * Called once with the `<superblock>`'s data block size and `nr_data_blocks`, before anything
+   * is written: the sizes it returns replace the options' (a pool restore sizes its files from
+   * the XML this way; it may also refuse the XML by throwing).
+   */
+  size?(xml: { dataBlockSize: number; nrDataBlocks: number }): { nrDataBlocks?: number; nrMetadataBlocks?: number };
 }
 
 /** What a restore built. */
@@ -46,7 +53,6 @@ export interface RestoreSummary {
 export type XmlInput = AsyncIterable<string | Uint8Array> | NodeJS.ReadableStream;
 
 const SLICE = 1 << 16;
-const U64_MAX = (1n << 64n) - 1n;
 const U32_MAX = 0xffffffff;
 /** ThinMetadata.format's minimum. */
 const MIN_METADATA_BLOCKS = 16;
@@ -97,7 +103,8 @@ class Restorer {
   md: ThinMetadata | undefined;
   private state: 'start' | 'superblock' | 'device' | 'def' | 'done' = 'start';
   private leaf: string | undefined;
-  private dev = -1;
+  /** The `<device>` being read. */
+  private dev: ThinDevice | undefined;
   private def: DefRuns | undefined;
   private readonly defs = new Map<string, DefRuns>();
   private readonly deviceLines = new Map<number, number>();
@@ -181,12 +188,14 @@ class Restorer {
       throw bad(line, `data_block_size ${dataBlockSize} sectors is not a multiple of 128 in 128..2097152 (64 KiB..1 GiB)`);
     }
     let nrData = safe(a.nr_data_blocks!, 'nr_data_blocks', line);
-    if (this.opts.nrDataBlocks !== undefined) nrData = this.opts.nrDataBlocks;
+    const sized = this.opts.size?.({ dataBlockSize, nrDataBlocks: nrData }) ?? {};
+    const wantData = sized.nrDataBlocks ?? this.opts.nrDataBlocks;
+    if (wantData !== undefined) nrData = wantData;
     if (!Number.isSafeInteger(nrData) || nrData < 1 || nrData > MAX_DATA_BLOCK + 1) {
       const hint = nrData === 0 ? ' (a dump of a metadata snapshot has 0: pass nrDataBlocks)' : '';
       throw bad(line, `nr_data_blocks ${nrData} is not in 1..2^40${hint}`);
     }
-    let nrMeta = this.opts.nrMetadataBlocks;
+    let nrMeta = sized.nrMetadataBlocks ?? this.opts.nrMetadataBlocks;
     if (nrMeta === undefined) nrMeta = Math.floor((await this.file.size()) / BLOCK_SIZE);
     if (!(nrMeta >= MIN_METADATA_BLOCKS)) {
       throw bad(line, `the metadata would have ${nrMeta} blocks, at least ${MIN_METADATA_BLOCKS} are needed: give the file a size or pass nrMetadataBlocks`);
@@ -220,7 +229,7 @@ class Restorer {
     await md.createThin(id);
     await md.setDeviceDetails(id, { transactionId, creationTime, snapshottedTime });
     this.deviceLines.set(id, line);
-    this.dev = id;
+    this.dev = md.openDevice(id);
     this.state = 'device';
   }
 
@@ -257,25 +266,23 @@ class Restorer {
       const what = len === 1 ? `data block ${d}` : `data blocks ${d}..${d + len - 1}`;
       throw bad(line, `${what} past the end of the data device (nr_data_blocks ${this.nrData})`);
     }
-    if (BigInt(v) + BigInt(len) - 1n > U64_MAX) throw bad(line, `virtual blocks ${v}+${len} pass 2^64`);
+    if (BigInt(v) + BigInt(len) - 1n > MAX_KEY) throw bad(line, `virtual blocks ${v}+${len} pass 2^64`);
     if (this.state === 'def') this.def!.push(v, d, len, time);
     else await this.insertRun(v, d, len, time);
   }
 
   private async insertRun(v: Key, d: number, len: number, time: number): Promise<void> {
     const md = this.md!;
-    const id = this.dev;
+    const dev = this.dev!;
     if (typeof v === 'number' && v + len - 1 <= Number.MAX_SAFE_INTEGER) {
       for (let i = 0; i < len; i++) {
         await md.incDataBlock(d + i);
-        await md.insert(id, v + i, d + i, time);
+        await dev.insert(v + i, d + i, time);
       }
     } else {
-      const b = BigInt(v);
       for (let i = 0; i < len; i++) {
-        const k = b + BigInt(i);
         await md.incDataBlock(d + i);
-        await md.insert(id, k <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(k) : k, d + i, time);
+        await dev.insert(addKey(v, i), d + i, time);
       }
     }
     this.mappings += len;
@@ -307,7 +314,7 @@ function u64(s: string, what: string, line: number): Key {
   }
   if (!/^[0-9]{1,20}$/.test(s)) throw bad(line, `${what}="${s}" is not a decimal number`);
   const n = BigInt(s);
-  if (n > U64_MAX) throw bad(line, `${what}="${s}" is larger than 2^64-1`);
+  if (n > MAX_KEY) throw bad(line, `${what}="${s}" is larger than 2^64-1`);
   return n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n;
 }
 

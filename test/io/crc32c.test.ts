@@ -1,3 +1,4 @@
+/** crc32c gives the standard check value, and dm-thin's checksum is the salted register without the final inversion. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { crc32c, dmChecksum } from '../../src/io/crc32c.js';

@@ -1,8 +1,15 @@
+/**
+ * The native addon and its fallbacks: hole punching frees blocks and reads zeros, SEEK_DATA /
+ * SEEK_HOLE find data islands in a sparse file, non-blocking cached reads return at once or say
+ * they would block, errors name the errno and the call; without the addon (THINPOOL_NO_NATIVE=1)
+ * hole punching goes through util-linux fallocate and every byte counts as data.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
+import { IoError } from '../../src/errors.js';
 import * as native from '../../src/io/native.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -148,8 +155,8 @@ test('fallback: a failing fallocate rejects with its message', async () => {
   const dir = await open(tempDir(), 'r');
   try {
     const err = await fallback.punchHole(dir.fd, 0, 4096).then(() => null, (e: Error) => e);
-    assert.ok(err instanceof Error);
-    assert.match(err.message, /fallocate --punch-hole of 4096 bytes at offset 0 of \/.* failed: .*directory/i);
+    assert.ok(err instanceof IoError);
+    assert.match(err.message, /^Cannot punch a hole of 4096 bytes at offset 0 of \/.*: fallocate --punch-hole failed: .*directory/i);
   } finally {
     await dir.close();
   }

@@ -1,5 +1,5 @@
 /**
- * Issue 5, Must show 3: a file system crosses over. thinpool serves a device that gets ext4 and
+ * A file system crosses over. thinpool serves a device that gets ext4 and
  * files (nbdfuse + loop); the kernel in the VM mounts the same thin device through dm-thin, reads
  * the files and writes one more; thinpool mounts it again and reads it.
  */
@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Daemon } from '../../src/serve/daemon.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { MiB } from '../../src/units.js';
 import { haveTools, isRoot, testIf } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';

@@ -1,5 +1,5 @@
 /**
- * Issue 5: the real Linux kernel as a peer. Pools the kernel wrote open in thinpool; pools
+ * The real Linux kernel as a peer. Pools the kernel wrote open in thinpool; pools
  * thinpool writes activate in the kernel's dm-thin-pool target (booted under qemu by
  * scripts/kernel-dm-thin.sh) and come back with the kernel's changes.
  */
@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, statSync, copyFileSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../../src/units.js';
 import { Rng, testSeed } from '../support/rng.js';
 import { tempDir } from '../support/tmp.js';

@@ -1,3 +1,8 @@
+/**
+ * How the NBD server ends: close() lets in-flight requests finish and their replies go out,
+ * gives up on a connection stuck in a slow payload after the shutdown timeout, and the
+ * listeners replace stale unix sockets, refuse live ones and set the socket mode.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect } from 'node:net';

@@ -1,7 +1,12 @@
+/**
+ * Many requests in flight on one NBD connection: replies out of order matched by cookie, reading
+ * stops at the in-flight and payload budgets and when the client does not read its replies, and
+ * two connections to one export see each other's writes (CAN_MULTI_CONN).
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Cmd, CmdFlag } from '../../src/nbd/protocol.js';
-import { MAX_IN_FLIGHT } from '../../src/nbd/connection.js';
+import { MAX_IN_FLIGHT } from '../../src/nbd/transmission.js';
 import { MemoryExport } from '../../src/nbd/memory-export.js';
 import { GatedExport } from '../support/nbd-gated-export.js';
 import { startNbd, waitFor } from '../support/nbd-harness.js';

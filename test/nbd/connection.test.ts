@@ -1,3 +1,10 @@
+/**
+ * One NBD connection against the protocol, message by message (in memory, a strict client):
+ * handshake (client flags, option magic and size limits, LIST, INFO, GO, EXPORT_NAME, ABORT,
+ * meta contexts, transmission flags) and transmission (the error table for malformed requests,
+ * read-only exports, structured and simple reads, block status, write flags, export errors,
+ * cookies, DISC, half-close, the handshake timeout, exports with invalid sizes).
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Duplex } from 'node:stream';

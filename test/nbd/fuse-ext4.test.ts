@@ -1,3 +1,7 @@
+/**
+ * A real ext4 on an in-memory NBD export (root only): nbdfuse, a loop device, mkfs.ext4, mount,
+ * files, remount, the files verified, fsck clean, and the teardown leaves nothing behind.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';

@@ -1,3 +1,8 @@
+/**
+ * The NBD fuzzer against one live server with in-memory exports: random and mutated handshakes
+ * and requests never crash it or leak memory, and the good export holds exactly what the
+ * well-behaved client wrote.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryExport } from '../../src/nbd/memory-export.js';

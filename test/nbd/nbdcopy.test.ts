@@ -1,3 +1,7 @@
+/**
+ * nbdcopy through the NBD server: a file copied into an export and back out is byte-identical,
+ * over one connection and several, and between two servers.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { randomFillSync } from 'node:crypto';

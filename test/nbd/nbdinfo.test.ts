@@ -1,3 +1,7 @@
+/**
+ * nbdinfo against the NBD server: size and JSON over unix and TCP, --list of several exports,
+ * --map showing exactly the written ranges as data, --can for writable and read-only exports.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryExport } from '../../src/nbd/memory-export.js';

@@ -1,3 +1,9 @@
+/**
+ * The NBD wire format piece by piece: greeting, client flags, u64 fields, option and reply
+ * headers, info payloads, request headers, simple replies and structured chunks, export errors
+ * mapped to NBD errors, the receive buffer, and read and block-status replies built from what an
+ * export returns.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {

@@ -1,3 +1,7 @@
+/**
+ * qemu-io and qemu-img against the NBD server: patterns, zeroes, discards and flushes land in the
+ * export, read-only exports refuse writes, and qemu-img convert in and out is byte-identical.
+ */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { randomFillSync } from 'node:crypto';

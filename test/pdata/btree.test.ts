@@ -1,5 +1,5 @@
 /**
- * B-tree against an in-memory model (Must show 4, B-tree part): seeded random inserts, removes,
+ * B-tree against an in-memory model: seeded random inserts, removes,
  * range removes, clones (shared trees) and deletes; after each batch every tree equals its model,
  * its structure holds, and the metadata space map's counts equal the references recomputed
  * from what is reachable. Commits and reopens at random points.

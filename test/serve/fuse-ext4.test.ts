@@ -14,7 +14,7 @@ import { withFuseExt4 } from '../support/nbd-fuse.js';
 import { haveTools, isRoot, testIf } from '../support/oracles.js';
 import { assertThinCheckClean } from '../support/thin-oracle.js';
 import { type DaemonHandle, makePool, startDaemon } from '../support/daemon.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { NbdErr, TxFlag } from '../../src/nbd/protocol.js';
 import { tempDir } from '../support/tmp.js';
 

@@ -9,7 +9,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { checkMetadata } from '../../src/thin/check.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
 import { type FuzzTarget, runFuzz } from '../support/nbd-fuzz.js';

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { randomFillSync } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
 import { makePool, mappedBlocksOf, nonzeroBlocksOf, startDaemon } from '../support/daemon.js';
 import { Rng, testSeed } from '../support/rng.js';

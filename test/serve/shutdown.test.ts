@@ -12,7 +12,7 @@ import * as assert from 'uvu/assert';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cmd, CmdFlag, NbdErr } from '../../src/nbd/protocol.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { ConnectionClosed, type Reply } from '../support/nbd-client.js';
 import { type DaemonHandle, makePool, startDaemon } from '../support/daemon.js';
 import { haveThinTools, assertThinCheckClean } from '../support/thin-oracle.js';

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { BASE_DEVICE } from '../../src/snapshots/base-device.js';
 import { SnapshotStore } from '../../src/snapshots/snapshot-store.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { MiB } from '../../src/units.js';
 import { run, testIf, which } from '../support/oracles.js';
 import { assertThinCheckClean, haveThinTools } from '../support/thin-oracle.js';
@@ -71,7 +71,7 @@ async function stateOf(dir: string): Promise<State> {
 /** Runs `op` in a child; kills it at hook call `killAt` (0: never). Returns the number of hook calls. */
 function runChild(dir: string, op: string, killAt: number): Promise<{ calls: number; out: string }> {
   const code = `
-    const { Pool } = await import(${JSON.stringify(join(DIST, 'src/thin/pool.js'))});
+    const { Pool } = await import(${JSON.stringify(join(DIST, 'src/pool/pool.js'))});
     const { SnapshotStore } = await import(${JSON.stringify(join(DIST, 'src/snapshots/snapshot-store.js'))});
     let calls = 0;
     const pool = await Pool.open(${JSON.stringify(dir)}, { commitHook: () => { calls++; if (calls === ${killAt}) process.kill(process.pid, 'SIGKILL'); } });

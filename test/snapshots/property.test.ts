@@ -16,7 +16,7 @@ import { ExistsError, NotFoundError, PreconditionError, UsageError } from '../..
 import { BASE_DEVICE } from '../../src/snapshots/base-device.js';
 import { SnapshotStore } from '../../src/snapshots/snapshot-store.js';
 import { checkMetadata } from '../../src/thin/check.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { MiB } from '../../src/units.js';
 import { testIf, which } from '../support/oracles.js';
 import { Rng, testSeed } from '../support/rng.js';

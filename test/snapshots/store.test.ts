@@ -15,8 +15,8 @@ import { BASE_DEVICE, ensureBaseDevice } from '../../src/snapshots/base-device.j
 import { formatNs, nowNs, parseNs } from '../../src/snapshots/clock.js';
 import { SnapshotStore } from '../../src/snapshots/snapshot-store.js';
 import { exportDevice } from '../../src/serve/transfer.js';
-import { LocalPoolService } from '../../src/serve/pool-service.js';
-import { Pool } from '../../src/thin/pool.js';
+import { LocalPoolService } from '../../src/serve/local-pool-service.js';
+import { Pool } from '../../src/pool/pool.js';
 import { MiB } from '../../src/units.js';
 import { run, testIf, which } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';

@@ -47,9 +47,9 @@ export interface RunResult {
 }
 
 /** Runs a program, never throws for a nonzero exit. */
-export function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; timeoutMs?: number; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { maxBuffer: 512 * 1024 * 1024, timeout: opts.timeoutMs ?? 600_000, env: opts.env ?? process.env, encoding: 'utf8' }, (err, stdout, stderr) => {
+    const child = execFile(cmd, args, { maxBuffer: 512 * 1024 * 1024, timeout: opts.timeoutMs ?? 600_000, env: opts.env ?? process.env, encoding: 'utf8', ...(opts.cwd ? { cwd: opts.cwd } : {}) }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : -1) : 0;
       if (err && code === -1 && !(stdout || stderr)) reject(err);
       else resolve({ code, stdout, stderr });

@@ -46,7 +46,7 @@ export async function newHarness(opts: { metadataBlocks?: number; dataBlocks?: n
 export async function provision(h: Harness, id: number, vblock: number): Promise<number> {
   const b = await h.md.allocDataBlock();
   if (b === undefined) throw new Error('test pool out of data blocks');
-  await h.md.insert(id, vblock, b);
+  await h.md.openDevice(id).insert(vblock, b);
   h.model.insert(id, vblock, b);
   return b;
 }
@@ -59,11 +59,11 @@ export async function randomChanges(h: Harness, rng: Rng, ids: number[], n: numb
     const r = rng.float();
     if (r < 0.7) await provision(h, id, v);
     else if (r < 0.97) {
-      await h.md.remove(id, v);
+      await h.md.openDevice(id).remove(v);
       h.model.remove(id, v);
     } else {
       const len = rng.range(1, 300);
-      await h.md.removeRange(id, v, v + len);
+      await h.md.openDevice(id).removeRange(v, v + len);
       h.model.removeRange(id, v, v + len);
     }
   }

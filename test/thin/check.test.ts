@@ -16,7 +16,9 @@ import { join } from 'node:path';
 import { FileBlockFile, type BlockFile } from '../../src/io/block-file.js';
 import { BLOCK_SIZE, newBlock } from '../../src/pdata/block-manager.js';
 import { childAt, keyHi, keyLo, maxEntries, nrEntries, valueOffset } from '../../src/pdata/btree-node.js';
-import { type CheckIssue, type CheckReport, ISSUE_CODES, checkMetadata, formatReport } from '../../src/thin/check.js';
+import { checkMetadata } from '../../src/thin/check.js';
+import { type CheckIssue, type CheckReport, ISSUE_CODES } from '../../src/thin/check-issues.js';
+import { formatReport } from '../../src/thin/check-report.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { unpackSuperblock } from '../../src/thin/superblock.js';
 import { haveTools, run, tool09, tool1x } from '../support/oracles.js';
@@ -367,7 +369,7 @@ async function buildPool(rng: Rng): Promise<{ path: string; reachable: number[];
   };
   const write = async (id: number, v: number) => {
     const b = await md.allocDataBlock();
-    if (b !== undefined) await md.insert(id, v, b);
+    if (b !== undefined) await md.openDevice(id).insert(v, b);
   };
   const first = await newThin();
   for (let i = 0; i < 1500; i++) await write(first, rng.int(4000));
@@ -384,15 +386,15 @@ async function buildPool(rng: Rng): Promise<{ path: string; reachable: number[];
   }
   // A data block referenced by 5 mappings (overflow tree).
   const shared = (await md.allocDataBlock())!;
-  await md.insert(live[0]!, 5000, shared);
+  await md.openDevice(live[0]!).insert(5000, shared);
   for (const id of live.slice(1, 5)) {
     await md.incDataBlock(shared);
-    await md.insert(id, 5001 + id, shared);
+    await md.openDevice(id).insert(5001 + id, shared);
   }
   await newThin();
   for (let i = 0; i < 300; i++) {
     const id = rng.pick(live);
-    if (rng.chance(0.3)) await md.remove(id, rng.int(4000));
+    if (rng.chance(0.3)) await md.openDevice(id).remove(rng.int(4000));
     else await write(id, rng.int(4000));
   }
   await md.commit();
@@ -400,7 +402,7 @@ async function buildPool(rng: Rng): Promise<{ path: string; reachable: number[];
   await md.reserveMetadataSnap();
   for (let i = 0; i < 200; i++) {
     const id = rng.pick(live);
-    if (rng.chance(0.3)) await md.remove(id, rng.int(4000));
+    if (rng.chance(0.3)) await md.openDevice(id).remove(rng.int(4000));
     else await write(id, rng.int(4000));
   }
   const gone = live.splice(1 + rng.int(live.length - 1), 1)[0]!;

@@ -1,5 +1,5 @@
 /**
- * Must show 5 of issue 2: a power cut at the metadata level. The metadata file drops every write
+ * A power cut at the metadata level. The metadata file drops every write
  * since the last completed sync (or tears one of them at a 512-byte boundary) at a random point
  * of a random transaction; reopening gives exactly the last committed state (or the one being
  * committed, if its superblock reached the disk), and thin_check passes.
@@ -57,17 +57,17 @@ async function randomTransaction(md: ThinMetadata, model: ThinModel, rng: Rng): 
       const v = rng.int(3000);
       const b = await md.allocDataBlock();
       if (b === undefined) continue;
-      await md.insert(id, v, b);
+      await md.openDevice(id).insert(v, b);
       model.insert(id, v, b);
     } else if (r < 0.95) {
       const id = rng.pick(ids);
       const v = rng.int(3000);
-      await md.remove(id, v);
+      await md.openDevice(id).remove(v);
       model.remove(id, v);
     } else {
       const id = rng.pick(ids);
       const v = rng.int(3000);
-      await md.removeRange(id, v, v + 200);
+      await md.openDevice(id).removeRange(v, v + 200);
       model.removeRange(id, v, v + 200);
     }
   }

@@ -167,7 +167,7 @@ oracle09('random snapshots with writes and discards: every pair equals thin_delt
       const span = rng.pick([200, 2000, 20_000]);
       const provision = async (id: number, v: number) => {
         const b = await md.allocDataBlock();
-        if (b !== undefined) await md.insert(id, v, b);
+        if (b !== undefined) await md.openDevice(id).insert(v, b);
       };
       const change = async (id: number, n: number) => {
         for (let i = 0; i < n; i++) {
@@ -175,8 +175,8 @@ oracle09('random snapshots with writes and discards: every pair equals thin_delt
           const v = rng.int(span);
           if (r < 0.4) await provision(id, v);
           else if (r < 0.6) for (let k = 0; k < rng.range(2, 50); k++) await provision(id, v + k);
-          else if (r < 0.85) await md.remove(id, v);
-          else await md.removeRange(id, v, v + rng.range(1, 300));
+          else if (r < 0.85) await md.openDevice(id).remove(v);
+          else await md.openDevice(id).removeRange(v, v + rng.range(1, 300));
         }
       };
       await md.createThin(1);
@@ -196,7 +196,7 @@ oracle09('random snapshots with writes and discards: every pair equals thin_delt
       const lists = new Map<number, Map<number, number>>();
       for (const id of ids) {
         const m = new Map<number, number>();
-        await md.mappings(id, 0, undefined, (v, bt) => {
+        await md.openDevice(id).mappings(0, undefined, (v, bt) => {
           m.set(Number(v), bt.block);
         });
         lists.set(id, m);
@@ -231,10 +231,10 @@ test('a large delta streams in chunks and agrees with the array form', async () 
   const f = await FileBlockFile.open(path, { create: true });
   const md = await ThinMetadata.format(f, { dataBlockSize: 128, nrDataBlocks: 200_000, nrMetadataBlocks: 8192 });
   await md.createThin(1);
-  for (let v = 0; v < 60_000; v++) await md.insert(1, v, (await md.allocDataBlock())!);
+  for (let v = 0; v < 60_000; v++) await md.openDevice(1).insert(v, (await md.allocDataBlock())!);
   await md.createSnap(2, 1);
-  for (let v = 0; v < 60_000; v += 7) await md.insert(2, v, (await md.allocDataBlock())!);
-  for (let v = 3; v < 60_000; v += 1000) await md.removeRange(1, v, v + 10);
+  for (let v = 0; v < 60_000; v += 7) await md.openDevice(2).insert(v, (await md.allocDataBlock())!);
+  for (let v = 3; v < 60_000; v += 1000) await md.openDevice(1).removeRange(v, v + 10);
   const t0 = Date.now();
   const ranges = await deltaDevices(md, 1, 2);
   const ms = Date.now() - t0;

@@ -86,7 +86,7 @@ test('a data block mapped twice by one device is shared, as thin_ls counts it', 
   await md.createThin(5);
   for (const [v, b] of [[0, 7], [1, 7], [2, 8]] as const) {
     await md.incDataBlock(b);
-    await md.insert(5, v, b);
+    await md.openDevice(5).insert(v, b);
   }
   await md.createThin(6);
   const rows = await lsDevices(md);
@@ -112,7 +112,7 @@ oracleBoth('random metadata, snapshots of snapshots: equal to thin_ls 0.9 and 1.
       const ids: number[] = [];
       const provision = async (id: number, v: number) => {
         const b = await md.allocDataBlock();
-        if (b !== undefined) await md.insert(id, v, b);
+        if (b !== undefined) await md.openDevice(id).insert(v, b);
       };
       const change = async (id: number, n: number, span: number) => {
         for (let i = 0; i < n; i++) {
@@ -120,8 +120,8 @@ oracleBoth('random metadata, snapshots of snapshots: equal to thin_ls 0.9 and 1.
           const v = rng.int(span);
           if (r < 0.55) await provision(id, v);
           else if (r < 0.7) for (let k = 0; k < rng.range(2, 60); k++) await provision(id, v + k);
-          else if (r < 0.9) await md.remove(id, v);
-          else await md.removeRange(id, v, v + rng.range(1, 500));
+          else if (r < 0.9) await md.openDevice(id).remove(v);
+          else await md.openDevice(id).removeRange(v, v + rng.range(1, 500));
         }
       };
       const span = rng.pick([300, 3000, 30_000]);

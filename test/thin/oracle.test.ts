@@ -1,5 +1,5 @@
 /**
- * Must show 2 of issue 2: metadata we write passes thin_check 0.9 and 1.x, thin_dump equals our
+ * Metadata we write passes thin_check 0.9 and 1.x, thin_dump equals our
  * model, thin_ls's counts equal ours, after each kind of workload.
  */
 import { test } from 'uvu';

@@ -12,7 +12,7 @@ import * as assert from 'uvu/assert';
 import { NoSpaceError, UsageError } from '../../src/errors.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
 import { dumpXml } from '../../src/thin/dump.js';
-import { dumpFile } from '../../src/serve/pool-service.js';
+import { dumpFile } from '../../src/thin/dump.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
 import { restoreXml, type RestoreOptions, type XmlInput } from '../../src/thin/restore.js';
 import { haveTools, run, testIf, tool09, tool1x } from '../support/oracles.js';
@@ -100,7 +100,7 @@ async function buildRandom(rng: Rng, opts: { devices?: number; perDevice?: numbe
   const provision = async (id: number, v: number) => {
     const b = await md.allocDataBlock();
     if (b === undefined) return;
-    await md.insert(id, v, b);
+    await md.openDevice(id).insert(v, b);
   };
   const change = async (id: number, n: number) => {
     for (let i = 0; i < n; i++) {
@@ -108,8 +108,8 @@ async function buildRandom(rng: Rng, opts: { devices?: number; perDevice?: numbe
       const v = rng.int(6000);
       if (r < 0.5) await provision(id, v);
       else if (r < 0.7) for (let k = 0; k < rng.range(2, 40); k++) await provision(id, v + k);
-      else if (r < 0.9) await md.remove(id, v);
-      else await md.removeRange(id, v, v + rng.range(1, 200));
+      else if (r < 0.9) await md.openDevice(id).remove(v);
+      else await md.openDevice(id).removeRange(v, v + rng.range(1, 200));
     }
   };
   for (let d = 0; d < (opts.devices ?? 2); d++) {
@@ -217,16 +217,16 @@ oracleBoth('1.x thin_dump of snapshots sharing whole subtrees and leaves restore
   await md.createThin(1);
   for (let v = 0; v < 20_000; v++) {
     const b = (await md.allocDataBlock())!;
-    await md.insert(1, v * 2, b);
+    await md.openDevice(1).insert(v * 2, b);
   }
   await md.createSnap(2, 1);
   await md.createSnap(3, 1);
   await md.createSnap(4, 3);
   for (let i = 0; i < 50; i++) {
     const b = (await md.allocDataBlock())!;
-    await md.insert(3, rng.int(40_000), b);
+    await md.openDevice(3).insert(rng.int(40_000), b);
   }
-  await md.remove(4, 10);
+  await md.openDevice(4).remove(10);
   await md.commit();
   await file.close();
   const xml1x = await tool(tool1x('thin_dump'), [path]);
@@ -314,7 +314,7 @@ test('a million mappings stream through without holding the document', async () 
   const f = await FileBlockFile.open(path, { readOnly: true });
   const md = await ThinMetadata.open(f, { readOnly: true });
   assert.is(md.device(3).mappedBlocks, n / 4);
-  assert.equal(await md.lookup(2, 3 * 1234), { block: 2 * (n / 4) + 1234, time: 0, shared: false });
+  assert.equal(await md.openDevice(2).lookup(3 * 1234), { block: 2 * (n / 4) + 1234, time: 0, shared: false });
   assert.is(md.usage.dataBlocks.used, n);
   await f.close();
 });

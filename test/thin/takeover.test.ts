@@ -1,5 +1,5 @@
 /**
- * Issue 2, Must show 3: we take over metadata others wrote. thin_restore's output (the vectors,
+ * We take over metadata others wrote. thin_restore's output (the vectors,
  * and the real thin_restore run now on their XML) and the kernel's metadata open read-write,
  * change (devices, snapshots, mappings, removals), commit, and thin_check stays clean.
  */
@@ -9,7 +9,8 @@ import { statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileBlockFile } from '../../src/io/block-file.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
-import { checkMetadata, formatReport } from '../../src/thin/check.js';
+import { checkMetadata } from '../../src/thin/check.js';
+import { formatReport } from '../../src/thin/check-report.js';
 import { Rng, testSeed } from '../support/rng.js';
 import { run, testIf, tool09, tool1x } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';
@@ -38,9 +39,9 @@ async function takeOver(path: string, rng: Rng): Promise<void> {
       if (rng.chance(0.7)) {
         const b = await md.allocDataBlock();
         if (b === undefined) break;
-        await md.insert(id, v, b);
+        await md.openDevice(id).insert(v, b);
       } else {
-        await md.removeRange(id, v, v + rng.range(1, 50));
+        await md.openDevice(id).removeRange(v, v + rng.range(1, 50));
       }
     }
     if (ids.length > 1) await md.deleteDevice(ids[0]!);

@@ -1,10 +1,10 @@
 /**
- * Must show 1 of issue 2: every vector opens, and its devices, details and mappings equal the
+ * Every vector opens, and its devices, details and mappings equal the
  * real thin_dump of it (stored outputs for 01-11, the installed thin_dump for kernel/).
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { dumpFile } from '../../src/serve/pool-service.js';
+import { dumpFile } from '../../src/thin/dump.js';
 import { fixtureCopy, kernelVectors, readFixture, topVectors } from '../support/vectors.js';
 import { haveTools, run, testIf } from '../support/oracles.js';
 

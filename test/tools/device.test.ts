@@ -5,7 +5,7 @@
  * out-of-space pool (4, with reads of provisioned blocks still working and extend curing it).
  */
 import { test } from 'uvu';
-import type { DeviceListing } from '../../src/thin/pool.js';
+import type { DeviceListing } from '../../src/pool/pool.js';
 import * as assert from 'uvu/assert';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';

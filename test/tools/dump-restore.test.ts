@@ -1,5 +1,5 @@
 /**
- * Must show 4 of issue 3: `pool dump` restores with the real thin_restore (0.9 and 1.x) into
+ * `pool dump` restores with the real thin_restore (0.9 and 1.x) into
  * metadata that thin_check (0.9 and 1.x) accepts and thin_dump prints back identically; a real
  * thin_dump XML (0.9 and 1.x forms) restores with `pool restore` next to a copy of the data file
  * and serves the same mappings: every device reads back with the source's sha256. Also restore

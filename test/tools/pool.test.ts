@@ -243,7 +243,7 @@ test('needs_check: writes exit 6, status and check still work', async () => {
 
 /** A child process that opens the pool and holds it until killed. */
 async function holdPool(dir: string): Promise<ChildProcess> {
-  const poolJs = new URL('../../src/thin/pool.js', import.meta.url).href;
+  const poolJs = new URL('../../src/pool/pool.js', import.meta.url).href;
   const code = `const { Pool } = await import(${JSON.stringify(poolJs)}); await Pool.open(${JSON.stringify(dir)}); process.stdout.write('ready\\n'); setInterval(() => {}, 1e6);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {

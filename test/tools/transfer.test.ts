@@ -1,5 +1,5 @@
 /**
- * Must show 3 of issue 3: `device import` then `device export` of a 1 GiB sparse raw image with
+ * `device import` then `device export` of a 1 GiB sparse raw image with
  * a few MiB of random islands (aligned and unaligned, at both ends) is byte-identical (`cmp`), and
  * the exported file's allocated size matches the data (within a block per island), not the
  * virtual size. Also through pipes (`-` both ways), from a stdin redirect, sizes rounded to 512,
@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, ftruncateSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { LocalPoolService } from '../../src/serve/pool-service.js';
+import { LocalPoolService } from '../../src/serve/local-pool-service.js';
 import { importDevice } from '../../src/serve/transfer.js';
 import { cli, cliJson, cliOk, CLI } from '../support/cli.js';
 import { haveTools, run, testIf } from '../support/oracles.js';

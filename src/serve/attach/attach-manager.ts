@@ -21,7 +21,7 @@ import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BusyError, IoError } from '../../errors.js';
 import type { AttachRequest, Attachment, BlockAttacher } from '../../snapshots/attach.js';
-import type { Pool } from '../../thin/pool.js';
+import type { Pool } from '../../pool/pool.js';
 import { type AttachMethod, type AttachMount, type AttachRecord, attachDir, removeAttachRecord, writeAttachRecord } from './attach-records.js';
 import {
   blockDeviceBusy, flushBuffers, freeze, fuseUnmount, isMountpoint, kernelNbdAvailable, loopAttach, loopDetach, mountsOfBlockDevice,

@@ -17,7 +17,7 @@ import { DEFAULT_BASE_SIZE } from '../../snapshots/base-device.js';
 import { SnapshotStore } from '../../snapshots/snapshot-store.js';
 import { Snapshotter } from '../../snapshots/snapshotter.js';
 import type { BaseFs } from '../../snapshots/types.js';
-import { Pool } from '../../thin/pool.js';
+import { Pool } from '../../pool/pool.js';
 import { GiB } from '../../units.js';
 import type { AttachMethod } from '../attach/attach-records.js';
 import { Daemon } from '../daemon.js';

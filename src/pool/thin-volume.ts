@@ -10,18 +10,22 @@
  * the shared one); then map all new blocks in one metadata operation. The mapping changes stay
  * in the open transaction until a flush commits them.
  *
+ * The volume reaches its pool only through {@link VolumeHost} and its mappings only through its
+ * device's {@link ThinDevice} handle; its name, size and read-only flag are set by the pool.
+ *
  * @example
  * const vol = pool.volume('web');
  * await vol.write(4096, Buffer.from('hello'));
  * const back = await vol.read(4096, 5);
  */
-import { IoError, NoSpaceError, NotFoundError, ReadOnlyError } from '../errors.js';
+import { NoSpaceError, NotFoundError, ReadOnlyError } from '../errors.js';
 import { NOT_CACHED } from '../pdata/btree.js';
+import { isZero } from '../io/zeroes.js';
 import { MiB } from '../units.js';
+import type { LookupResult, ThinDevice } from '../thin/thin-device.js';
 import { BlockLocks } from './block-locks.js';
-import type { DeviceRecord } from './catalog.js';
-import type { LookupResult } from './metadata.js';
-import type { Pool } from './pool.js';
+import { type Piece, writePieces } from './block-writes.js';
+import type { VolumeHost, VolumeState } from './volume-host.js';
 
 /** A run of a read: `data === null` is unprovisioned (reads as zeros). */
 export interface VolumeSegment {
@@ -37,49 +41,28 @@ export interface VolumeExtent {
   mapped: boolean;
 }
 
-const ZERO = Buffer.alloc(MiB);
 const RESOLVED: Promise<void> = Promise.resolve();
 /** Results of the synchronous read path. */
 const NOW_MISS = 0;
 const NOW_READ = 1;
 const NOW_HOLE = 2;
 
-/** True when every byte of `buf` is zero. */
-export function isZero(buf: Uint8Array): boolean {
-  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  for (let off = 0; off < b.length; off += MiB) {
-    const n = Math.min(MiB, b.length - off);
-    if (b.compare(ZERO, 0, n, off, off + n) !== 0) return false;
-  }
-  return true;
-}
-
-/** `n` zero bytes as slices of one shared buffer (for vectored writes). */
-function zeros(n: number, out: Uint8Array[]): void {
-  while (n > 0) {
-    const k = Math.min(n, MiB);
-    out.push(ZERO.subarray(0, k));
-    n -= k;
-  }
-}
-
-interface Piece {
-  vblock: number;
-  /** Byte range inside the block. */
-  start: number;
-  end: number;
-  /** Source bytes (null: write zeros). */
-  src: Uint8Array | null;
-  mapping: LookupResult | undefined;
-  /** Newly allocated data block (unmapped or shared before). */
-  fresh?: number;
-}
-
 export class ThinVolume {
   private readonly locks = new BlockLocks();
   private removed = false;
+  private state: VolumeState;
+  readonly id: number;
 
-  constructor(private readonly pool: Pool, readonly id: number) {}
+  /** Made by the pool (`Pool.volume`), which keeps {@link setState} up to date. */
+  constructor(private readonly host: VolumeHost, private readonly device: ThinDevice, state: VolumeState) {
+    this.id = device.id;
+    this.state = { ...state };
+  }
+
+  /** Called by the pool when the device's name, size or read-only flag changes. */
+  setState(state: VolumeState): void {
+    this.state = { ...state };
+  }
 
   /** Called by the pool when the device is deleted: every later call fails. */
   markRemoved(): void {
@@ -88,29 +71,20 @@ export class ThinVolume {
 
   /** Device size in bytes. */
   get size(): number {
-    const r = this.record;
-    return r.sizeBytes ?? this.pool.deviceSize(this.id);
+    if (this.removed) throw new NotFoundError(`Cannot use device id ${this.id}: it was removed`, { id: this.id });
+    return this.state.size;
   }
-
-  /** The device's catalog record (renames and resizes change it in place). */
-  private get record(): DeviceRecord {
-    if (this.rec === undefined || this.rec.id !== this.id) this.rec = this.pool.catalog.devices.find((d) => d.id === this.id);
-    if (!this.rec) throw new NotFoundError(`Cannot use device id ${this.id}: it was removed`, { id: this.id });
-    return this.rec;
-  }
-
-  private rec: DeviceRecord | undefined;
 
   get blockSize(): number {
-    return this.pool.blockSize;
+    return this.host.blockSize;
   }
 
   get name(): string {
-    return this.pool.label(this.id);
+    return this.state.name;
   }
 
   get readOnly(): boolean {
-    return !!this.pool.catalog.devices.find((d) => d.id === this.id)?.readOnly;
+    return this.state.readOnly;
   }
 
   private checkRange(offset: number, length: number, action: string): void {
@@ -122,15 +96,15 @@ export class ThinVolume {
   }
 
   private checkWritable(action: string): void {
-    const mode = this.pool.mode;
-    if (mode === 'ro' || mode === 'fail') throw new ReadOnlyError(`Cannot ${action} ${this.name}: the pool is in ${mode} mode${this.pool.md.needsCheck ? ' (needs_check is set)' : ''}`, { mode });
+    const mode = this.host.mode;
+    if (mode === 'ro' || mode === 'fail') throw new ReadOnlyError(`Cannot ${action} ${this.name}: the pool is in ${mode} mode${this.host.needsCheck ? ' (needs_check is set)' : ''}`, { mode });
     if (this.readOnly) throw new ReadOnlyError(`Cannot ${action} ${this.name}: the device is read-only`, { device: this.name });
   }
 
+  /** The mapping of `vblock`: from cached metadata when it is there, else a promise of the locked lookup. */
   private lookup(vblock: number): LookupResult | undefined | Promise<LookupResult | undefined> {
-    const md = this.pool.md;
-    const r = md.lookupCached(this.id, vblock);
-    return r === NOT_CACHED ? md.lookup(this.id, vblock) : r;
+    const r = this.device.lookupCached(vblock);
+    return r === NOT_CACHED ? this.device.lookup(vblock) : r;
   }
 
   // ---- reads ------------------------------------------------------------------------------
@@ -163,15 +137,15 @@ export class ThinVolume {
    * takes the asynchronous path), {@link NOW_HOLE} for an unprovisioned block (`buf` untouched).
    */
   private readOneBlockNow(offset: number, buf: Uint8Array): number {
-    const gate = this.pool.gate;
+    const gate = this.host.gate;
     if (!gate.tryEnterShared()) return NOW_MISS;
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
-      const m = this.pool.md.lookupCached(this.id, vb);
+      const m = this.device.lookupCached(vb);
       if (m === NOT_CACHED) return NOW_MISS;
       if (!m) return NOW_HOLE;
-      return this.pool.dataFile.readCached(buf, m.block * bs + (offset - vb * bs)) ? NOW_READ : NOW_MISS;
+      return this.host.dataFile.readCached(buf, m.block * bs + (offset - vb * bs)) ? NOW_READ : NOW_MISS;
     } finally {
       gate.leaveShared();
     }
@@ -182,11 +156,11 @@ export class ThinVolume {
       if (!(await this.readOneBlock(offset, buf))) buf.fill(0);
       return;
     }
-    await this.pool.gate.sharedly(async () => {
+    await this.host.gate.sharedly(async () => {
       await this.runs(offset, buf.length, async (pos, len, dataOffset) => {
         const dst = buf.subarray(pos - offset, pos - offset + len);
         if (dataOffset < 0) dst.fill(0);
-        else await this.pool.dataFile.read(dst, dataOffset);
+        else await this.host.dataFile.read(dst, dataOffset);
       });
     });
   }
@@ -195,24 +169,24 @@ export class ThinVolume {
   async readSegments(offset: number, length: number): Promise<VolumeSegment[]> {
     this.checkRange(offset, length, 'read');
     if (length > 0 && this.inOneBlock(offset, length)) {
-      const data = this.pool.buffers.get(length);
+      const data = this.host.buffers.get(length);
       const now = this.readOneBlockNow(offset, data);
       if (now === NOW_READ) return [{ offset, length, data }];
       if (now === NOW_MISS && (await this.readOneBlock(offset, data))) return [{ offset, length, data }];
-      this.pool.buffers.put(data);
+      this.host.buffers.put(data);
       return [{ offset, length, data: null }];
     }
     const out: VolumeSegment[] = [];
-    await this.pool.gate.sharedly(async () => {
+    await this.host.gate.sharedly(async () => {
       const reads: Promise<void>[] = [];
       await this.runs(offset, length, async (pos, len, dataOffset) => {
         if (dataOffset < 0) {
           out.push({ offset: pos, length: len, data: null });
           return;
         }
-        const data = this.pool.buffers.get(len);
+        const data = this.host.buffers.get(len);
         out.push({ offset: pos, length: len, data });
-        reads.push(this.pool.dataFile.read(data, dataOffset));
+        reads.push(this.host.dataFile.read(data, dataOffset));
       });
       await Promise.all(reads);
     });
@@ -229,7 +203,7 @@ export class ThinVolume {
    * when the block is provisioned, false (nothing read) when it is not.
    */
   private readOneBlock(offset: number, into: Uint8Array): Promise<boolean> {
-    const w = this.pool.gate.enterShared();
+    const w = this.host.gate.enterShared();
     return w ? w.then(() => this.readOneBlockHeld(offset, into)) : this.readOneBlockHeld(offset, into);
   }
 
@@ -240,23 +214,23 @@ export class ThinVolume {
       let m = this.lookup(vb);
       if (m instanceof Promise) m = await m;
       if (!m) return false;
-      await this.pool.dataFile.read(into, m.block * bs + (offset - vb * bs));
+      await this.host.dataFile.read(into, m.block * bs + (offset - vb * bs));
       return true;
     } finally {
-      this.pool.gate.leaveShared();
+      this.host.gate.leaveShared();
     }
   }
 
   /** Gives the buffers of a {@link readSegments} result back for reuse (the caller is done with them). */
   releaseSegments(segments: readonly VolumeSegment[]): void {
-    for (const s of segments) if (s.data) this.pool.buffers.put(s.data);
+    for (const s of segments) if (s.data) this.host.buffers.put(s.data);
   }
 
   /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */
   async extents(offset: number, length: number): Promise<VolumeExtent[]> {
     this.checkRange(offset, length, 'map');
     const out: VolumeExtent[] = [];
-    await this.pool.gate.sharedly(() =>
+    await this.host.gate.sharedly(() =>
       this.runs(offset, length, async (pos, len, dataOffset) => {
         const mapped = dataOffset >= 0;
         const last = out[out.length - 1];
@@ -291,7 +265,7 @@ export class ThinVolume {
         }
       }
     } else {
-      await this.pool.md.mappings(this.id, first, last + 1, (v, m) => {
+      await this.device.mappings(first, last + 1, (v, m) => {
         vblocks.push(Number(v));
         blocks.push(m.block);
       });
@@ -380,13 +354,13 @@ export class ThinVolume {
 
   /** Commits the pool: every completed write and mapping change becomes durable. */
   async flush(): Promise<void> {
-    await this.pool.commit();
+    await this.host.commit();
   }
 
   /** FUA: a commit when this write or an earlier uncommitted one changed the device's mappings, else a data sync. */
   private async makeDurable(mappingChanged: boolean): Promise<void> {
-    if (mappingChanged || this.pool.md.changedThisTransaction(this.id)) await this.pool.commit();
-    else await this.pool.syncData();
+    if (mappingChanged || this.device.changedThisTransaction()) await this.host.commit();
+    else await this.host.syncData();
   }
 
   private async unmap(first: number, end: number): Promise<boolean> {
@@ -396,10 +370,10 @@ export class ThinVolume {
       const b = Math.min(end, a + CHUNK);
       const keys: number[] = [];
       for (let k = a; k < b; k++) keys.push(k);
-      await this.pool.gate.sharedly(async () => {
+      await this.host.gate.sharedly(async () => {
         await this.locks.acquireAll(keys);
         try {
-          const n = await this.pool.guard(() => this.pool.md.removeRange(this.id, a, b));
+          const n = await this.host.guard(() => this.device.removeRange(a, b));
           if (n) changed = true;
         } finally {
           this.locks.releaseAll(keys);
@@ -419,7 +393,7 @@ export class ThinVolume {
     const last = Math.floor((offset + length - 1) / bs);
     const keys: number[] = [];
     for (let k = first; k <= last; k++) keys.push(k);
-    const gateWait = this.pool.gate.enterShared();
+    const gateWait = this.host.gate.enterShared();
     if (gateWait) await gateWait;
     try {
       if (keys.length === 1) {
@@ -434,7 +408,7 @@ export class ThinVolume {
         this.locks.releaseAll(keys);
       }
     } finally {
-      this.pool.gate.leaveShared();
+      this.host.gate.leaveShared();
     }
   }
 
@@ -457,83 +431,24 @@ export class ThinVolume {
     if (pieces.length === 0) return false;
     let fresh: number[] = [];
     if (needAlloc) {
-      fresh = await this.pool.allocate(needAlloc);
+      fresh = await this.host.allocate(needAlloc);
       let i = 0;
       for (const p of pieces) if (!p.mapping || p.mapping.shared) p.fresh = fresh[i++];
     }
     try {
-      await this.writeData(pieces);
+      await writePieces(this.host.dataFile, this.blockSize, pieces);
     } catch (err) {
-      if (fresh.length) await this.pool.guard(() => this.pool.md.releaseDataBlocks(fresh));
+      if (fresh.length) await this.host.release(fresh);
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
-        throw new NoSpaceError(`Cannot write ${length} bytes at offset ${offset} of ${this.name}: the host file system holding ${this.pool.dataFile.path} is full`, { host: true, path: this.pool.dataFile.path });
+        throw new NoSpaceError(`Cannot write ${length} bytes at offset ${offset} of ${this.name}: the host file system holding ${this.host.dataFile.path} is full`, { host: true, path: this.host.dataFile.path });
       }
       throw err;
     }
     if (!fresh.length) return false;
     const entries: Array<[number, number]> = [];
     for (const p of pieces) if (p.fresh !== undefined) entries.push([p.vblock, p.fresh]);
-    await this.pool.guard(() => this.pool.md.insertMany(this.id, entries));
+    await this.host.guard(() => this.device.insertMany(entries));
     return true;
-  }
-
-  /** Writes every piece's bytes; pieces landing on consecutive data blocks go out as one vectored write. */
-  private async writeData(pieces: Piece[]): Promise<void> {
-    const bs = this.blockSize;
-    const file = this.pool.dataFile;
-    if (pieces.length === 1 && pieces[0]!.fresh === undefined && pieces[0]!.src) {
-      // The common small write: in place into one exclusive block.
-      const p = pieces[0]!;
-      return file.write(p.src!, p.mapping!.block * bs + p.start);
-    }
-    const writes: Promise<void>[] = [];
-    let bufs: Uint8Array[] = [];
-    let runPos = -1;
-    let runEnd = -1;
-    const flush = () => {
-      if (bufs.length) writes.push(file.writev(bufs, runPos));
-      bufs = [];
-      runPos = runEnd = -1;
-    };
-    const emit = (pos: number, chunks: Uint8Array[], len: number) => {
-      if (pos !== runEnd || bufs.length + chunks.length > 512) flush();
-      if (runPos < 0) runPos = pos;
-      bufs.push(...chunks);
-      runEnd = pos + len;
-    };
-    for (const p of pieces) {
-      const body = p.src ?? ZERO.subarray(0, 0);
-      const bodyLen = p.end - p.start;
-      const bodyChunks: Uint8Array[] = [];
-      if (p.src) bodyChunks.push(body);
-      else zeros(bodyLen, bodyChunks);
-      if (p.fresh === undefined) {
-        emit(p.mapping!.block * bs + p.start, bodyChunks, bodyLen);
-        continue;
-      }
-      const base = p.fresh * bs;
-      if (p.start === 0 && p.end === bs) {
-        emit(base, bodyChunks, bs);
-      } else if (!p.mapping) {
-        const chunks: Uint8Array[] = [];
-        zeros(p.start, chunks);
-        chunks.push(...bodyChunks);
-        zeros(bs - p.end, chunks);
-        emit(base, chunks, bs);
-      } else {
-        // copy-on-write of one shared block: old bytes around the new ones
-        flush();
-        const old = Buffer.allocUnsafe(bs);
-        await file.read(old, p.mapping.block * bs);
-        if (p.src) old.set(p.src, p.start);
-        else old.fill(0, p.start, p.end);
-        emit(base, [old], bs);
-      }
-    }
-    flush();
-    const results = await Promise.allSettled(writes);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason instanceof Error ? failed.reason : new IoError(String(failed.reason));
   }
 }

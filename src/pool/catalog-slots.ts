@@ -1,6 +1,7 @@
 /**
- * The catalog: what dm-thin does not store (device names, sizes, origins, pool settings), kept
- * in two alternating files `catalog.0` and `catalog.1`.
+ * The catalog on disk: what dm-thin does not store (device names, sizes, origins, pool
+ * settings), kept in two alternating files `catalog.0` and `catalog.1`. The records in memory
+ * and their commit-time write are {@link Catalog} (catalog.ts).
  *
  * Each slot is a header line `thinpool-catalog 1 <generation> <superblock csum> <body crc32c> <body bytes>`
  * and a JSON body. A commit writes the next generation into the older slot and syncs it before

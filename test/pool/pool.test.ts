@@ -1,5 +1,5 @@
 /**
- * Issue 3, Must show 1 and 2: a seeded random workload over 20 devices equals a byte model
+ * A seeded random workload over 20 devices equals a byte model
  * (with dm-thin's discard rule), thin_check 0.9 and 1.x are clean and thin_ls's counts equal
  * ours; a 1-byte write into a snapshot of a device with 1 GiB mapped allocates one block.
  */
@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { statSync } from 'node:fs';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { GiB, MiB, KiB } from '../../src/units.js';
 import { Rng, testSeed } from '../support/rng.js';
 import { tempDir } from '../support/tmp.js';

@@ -1,5 +1,5 @@
 /**
- * Issue 3, Must show 5: out of data space (pool and host), metadata full, lock contention
+ * Out of data space (pool and host), metadata full, lock contention
  * between processes, takeover of a dead holder's lock, and catalog consistency after a crash at
  * every step of a commit.
  */
@@ -10,13 +10,13 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { BusyError, NoSpaceError, ReadOnlyError } from '../../src/errors.js';
-import { Pool } from '../../src/thin/pool.js';
+import { Pool } from '../../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../../src/units.js';
 import { tempDir } from '../support/tmp.js';
 import { isRoot, testIf } from '../support/oracles.js';
 import { assertThinCheckClean, haveThinTools } from '../support/thin-oracle.js';
 
-const POOL_JS = new URL('../../src/thin/pool.js', import.meta.url).pathname;
+const POOL_JS = new URL('../../src/pool/pool.js', import.meta.url).pathname;
 
 /** A child process that opens the pool (with an optional commit fault) and runs `script`. */
 function child(dir: string, script: string): ChildProcess {

@@ -1,0 +1,50 @@
+/**
+ * What the two phases of a connection ({@link Handshake}, {@link Transmission}) use of the
+ * connection that runs them: the context, the receive buffer, whole-reply sends, flow control
+ * and the ways to end. {@link NbdConnection} implements it; the phases never touch the stream.
+ */
+import type { NbdExportProvider } from './export.js';
+import type { ReceiveBuffer } from './receive-buffer.js';
+import type { Transmission } from './transmission.js';
+
+/** What a connection needs from its server. */
+export interface ConnectionContext {
+  /** Number used in log messages. */
+  id: number;
+  provider: NbdExportProvider;
+  /** Largest READ/WRITE payload accepted (also the in-flight byte budget). */
+  maxPayload: number;
+  log: (msg: string) => void;
+  /** After the server ends its side, how long to wait for the peer to close before destroying the socket. */
+  closeGraceMs: number;
+  /** How long `NbdConnection.shutdown` waits for in-flight work before destroying the socket. */
+  shutdownTimeoutMs: number;
+  /** A client that has not entered transmission after this long is dropped (0: never). */
+  handshakeTimeoutMs: number;
+}
+
+export interface ConnectionHost {
+  readonly ctx: ConnectionContext;
+  /** Bytes received and not parsed yet. */
+  readonly rx: ReceiveBuffer;
+  /** `shutdown()` was called: no new work. */
+  readonly shuttingDown: boolean;
+  /** Logs `connection N: msg`. */
+  log(msg: string): void;
+  /** Writes one whole reply; `sent` runs once the stream is done with the buffers. */
+  send(bufs: Uint8Array[], sent?: () => void): void;
+  /** True while more than `2 * maxPayload` bytes of replies wait to be sent. */
+  writeBacklogged(): boolean;
+  /** Stops reading until the budget frees up; returns false (for `step`). */
+  block(): false;
+  /** Ends softly: no more parsing; in-flight requests finish, then the stream ends. */
+  beginClose(): void;
+  /** Ends at once (protocol violation). */
+  abort(): void;
+  /** GO or EXPORT_NAME succeeded: requests from now on. */
+  startTransmission(tx: Transmission): void;
+  /** A request of the transmission settled (its reply is queued or it failed). */
+  settled(): void;
+  /** A bug in the server's own code: logged, the connection ends. */
+  internalError(err: unknown): void;
+}

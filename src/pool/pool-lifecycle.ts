@@ -1,0 +1,190 @@
+/**
+ * A pool directory's files from birth to removal: create (data file, formatted metadata, first
+ * catalog slot), open (lock, files, metadata, catalog reconciled with the superblock), adopt
+ * (links to a metadata + data pair made elsewhere) and destroy. {@link Pool}'s static methods
+ * are the public door; this file holds what they do to the directory.
+ */
+import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { ExistsError, NotFoundError } from '../errors.js';
+import { FileBlockFile } from '../io/block-file.js';
+import { ThinMetadata } from '../thin/metadata.js';
+import { estimateMetadataBytes } from '../thin/metadata-size.js';
+import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
+import { type CatalogBody, type LoadedCatalog, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog-slots.js';
+import { PoolLock } from './pool-lock.js';
+
+export const MIN_BLOCK_SIZE = 64 * KiB;
+export const MAX_BLOCK_SIZE = GiB;
+
+/** The files a pool directory holds (besides `lock` and, while served, the sockets). */
+export const POOL_FILES = ['metadata', 'data', 'catalog.0', 'catalog.1'] as const;
+
+export interface PoolCreateOptions {
+  dir: string;
+  /** Capacity in bytes (rounded down to whole blocks). */
+  dataSize: number;
+  /** Metadata file size in bytes (default: estimated for the data size and 1000 devices, at least 2 MiB). */
+  metadataSize?: number;
+  /** Data block size in bytes: 64 KiB .. 1 GiB, a multiple of 64 KiB (default 64 KiB). */
+  blockSize?: number;
+  /** Free space (bytes) under which the pool auto-extends (default 10% of the data size). */
+  lowWaterMark?: number;
+  /** Grow the capacity when free space falls under the low-water mark (default true). */
+  autoExtend?: boolean;
+  /** Bytes added per auto-extension (default 20% of the data size, at least one block). */
+  autoExtendStep?: number;
+  /** Largest capacity auto-extension reaches (default 4 x the data size). */
+  autoExtendMax?: number;
+}
+
+/** Points of a commit where a fault-injection hook runs (tests kill the process there). */
+export type CommitPoint = 'metadata-written' | 'catalog-written' | 'superblock-written';
+
+export interface PoolOpenOptions {
+  /**
+   * Fault injection: called at each point of every commit (tests kill the process there to
+   * show the pool reopens consistently whatever the point).
+   */
+  commitHook?: (point: CommitPoint) => void | Promise<void>;
+  /** Commit on a timer when there are changes (milliseconds; 0 = only on flush/close). */
+  commitIntervalMs?: number;
+  /** Metadata blocks cached in memory. */
+  cacheBlocks?: number;
+}
+
+/** What opening a pool directory gives: its lock, both files, the metadata and the catalog. */
+export interface OpenedPool {
+  dir: string;
+  lock: PoolLock;
+  metadataFile: FileBlockFile;
+  dataFile: FileBlockFile;
+  md: ThinMetadata;
+  catalog: LoadedCatalog;
+  /** Closes the files and releases the lock (for a failure before the pool takes them over). */
+  abandon(): Promise<void>;
+}
+
+function checkBlockSize(bs: number): void {
+  if (!Number.isInteger(bs) || bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || bs % MIN_BLOCK_SIZE !== 0) {
+    throw new RangeError(`Cannot use a block size of ${bs} bytes: it must be a multiple of 64 KiB between 64 KiB and 1 GiB`);
+  }
+}
+
+/** Fails when `dir` holds a pool's files already: `Cannot <action> DIR: it already holds <what> (files)`. */
+async function checkEmpty(dir: string, action: string, what: string): Promise<void> {
+  const existing = (await readdir(dir)).filter((f) => (POOL_FILES as readonly string[]).includes(f));
+  if (existing.length) throw new ExistsError(`Cannot ${action} ${dir}: it already holds ${what} (${existing.join(', ')})`, { dir });
+}
+
+/** Writes a new pool's files into `opts.dir` (which must be empty or missing); the pool is not left open. */
+export async function createPoolFiles(opts: PoolCreateOptions): Promise<void> {
+  const bs = opts.blockSize ?? MIN_BLOCK_SIZE;
+  checkBlockSize(bs);
+  const nrDataBlocks = Math.floor(opts.dataSize / bs);
+  if (!(nrDataBlocks >= 1)) throw new RangeError(`Cannot create a pool of ${opts.dataSize} bytes: it must hold at least one ${formatSize(bs)} block`);
+  const metaBytes = opts.metadataSize ?? estimateMetadataBytes(nrDataBlocks);
+  if (metaBytes < 64 * KiB) throw new RangeError(`Cannot create a pool with ${metaBytes} bytes of metadata: at least 64 KiB`);
+  await mkdir(opts.dir, { recursive: true });
+  await checkEmpty(opts.dir, 'create a pool in', 'one');
+  const lock = await PoolLock.acquire(opts.dir);
+  try {
+    const data = await FileBlockFile.open(join(opts.dir, 'data'), { create: true });
+    await data.truncate(nrDataBlocks * bs);
+    await data.close();
+    const meta = await FileBlockFile.open(join(opts.dir, 'metadata'), { create: true });
+    const md = await ThinMetadata.format(meta, { dataBlockSize: bs / 512, nrDataBlocks, nrMetadataBlocks: Math.floor(metaBytes / METADATA_BLOCK_SIZE) });
+    const settings: PoolSettings = {
+      lowWaterMarkBlocks: opts.lowWaterMark !== undefined ? Math.floor(opts.lowWaterMark / bs) : Math.max(1, Math.floor(nrDataBlocks / 10)),
+      autoExtend: opts.autoExtend ?? true,
+      autoExtendStepBlocks: Math.max(1, opts.autoExtendStep !== undefined ? Math.floor(opts.autoExtendStep / bs) : Math.ceil(nrDataBlocks / 5)),
+      autoExtendMaxBlocks: opts.autoExtendMax !== undefined ? Math.floor(opts.autoExtendMax / bs) : nrDataBlocks * 4,
+      created: new Date().toISOString(),
+    };
+    const body: CatalogBody = { settings, devices: [], outsideChanges: null };
+    await writeSlot(opts.dir, 0, encodeSlot(1, md.superblockChecksum, body));
+    await md.close();
+    await meta.close();
+  } finally {
+    await lock.release();
+  }
+}
+
+/**
+ * Opens the pool files in `dir` under its lock. Metadata changed outside thinpool (kernel, LVM,
+ * thin_restore) is reconciled with the catalog. The data file is grown to the capacity when it
+ * is shorter (the kernel insists on that too).
+ */
+export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Promise<OpenedPool> {
+  try {
+    await stat(join(dir, 'metadata'));
+  } catch {
+    throw new NotFoundError(`Cannot open pool ${dir}: no pool there (no metadata file)`, { dir });
+  }
+  try {
+    await stat(join(dir, 'data'));
+  } catch {
+    throw new NotFoundError(`Cannot open pool ${dir}: its data file is missing`, { dir });
+  }
+  const lock = await PoolLock.acquire(dir);
+  let meta: FileBlockFile | undefined;
+  let data: FileBlockFile | undefined;
+  const abandon = async () => {
+    await meta?.close();
+    await data?.close();
+    await lock.release();
+  };
+  try {
+    meta = await FileBlockFile.open(join(dir, 'metadata'));
+    data = await FileBlockFile.open(join(dir, 'data'));
+    const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
+    const catalog = await loadCatalog(dir, md.superblockChecksum, md.deviceIds(), () => ({
+      lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
+      autoExtend: true,
+      autoExtendStepBlocks: Math.max(1, Math.ceil(md.nrDataBlocks / 5)),
+      autoExtendMaxBlocks: md.nrDataBlocks * 4,
+      created: new Date().toISOString(),
+    }));
+    const want = md.nrDataBlocks * md.blockBytes;
+    if ((await data.size()) < want) await data.truncate(want);
+    return { dir, lock, metadataFile: meta, dataFile: data, md, catalog, abandon };
+  } catch (err) {
+    await abandon();
+    throw err;
+  }
+}
+
+/**
+ * Links a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
+ * `devicemapper/{metadata,data}`, a kernel pool) into the pool directory `opts.dir`; nothing is
+ * rewritten until the first change.
+ */
+export async function adoptPoolFiles(opts: { dir: string; metadata: string; data: string }): Promise<void> {
+  const metadata = resolve(opts.metadata);
+  const data = resolve(opts.data);
+  const probe = await FileBlockFile.open(metadata, { readOnly: true });
+  let need: number;
+  try {
+    const md = await ThinMetadata.open(probe, { readOnly: true });
+    need = md.nrDataBlocks * md.blockBytes;
+  } finally {
+    await probe.close();
+  }
+  const dataSize = (await stat(data)).size;
+  if (dataSize < need) throw new RangeError(`Cannot adopt ${data}: it holds ${dataSize} bytes but the metadata maps ${need} (the kernel would refuse it too)`);
+  await mkdir(opts.dir, { recursive: true });
+  await checkEmpty(opts.dir, 'adopt into', 'a pool');
+  await symlink(metadata, join(opts.dir, 'metadata'));
+  await symlink(data, join(opts.dir, 'data'));
+}
+
+/** Deletes a pool directory's files (the pool must not be open). */
+export async function destroyPoolFiles(dir: string): Promise<void> {
+  const lock = await PoolLock.acquire(dir);
+  try {
+    for (const f of POOL_FILES) await rm(join(dir, f), { force: true });
+  } finally {
+    await lock.release();
+  }
+  await rm(join(dir, 'lock'), { force: true });
+}

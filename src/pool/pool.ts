@@ -1,0 +1,579 @@
+/**
+ * A thin pool as users meet it: a directory holding `metadata` (dm-thin format), `data` (the
+ * data blocks, a sparse file whose apparent size is the pool's capacity), the two catalog slots
+ * and `lock`. One process owns an open pool. The kernel's `dm-thin.c` (pool and thin targets)
+ * over `dm-thin-metadata.c` is the model: the pool owns the metadata, the data file and the
+ * commit; each thin device's byte I/O is a {@link ThinVolume} that reaches the pool only
+ * through {@link VolumeHost}.
+ *
+ * Its parts: the directory's files (pool-lifecycle.ts), the catalog (catalog.ts), the mode and
+ * metadata-full guard (pool-modes.ts), data allocation and auto-extension (data-space.ts), and
+ * when commits and data syncs run (commit-scheduler.ts).
+ *
+ * @example
+ * const pool = await Pool.create({ dir: '/var/lib/thinpool', dataSize: 10 * GiB });
+ * const web = await pool.createDevice('web', 1 * GiB);
+ * await pool.volume('web').write(0, Buffer.from('hello'));
+ * await pool.snapshot('web', 'web-snap');
+ * await pool.close();
+ */
+import { statfs } from 'node:fs/promises';
+import { BusyError } from '../errors.js';
+import type { FileBlockFile } from '../io/block-file.js';
+import { checkMetadata } from '../thin/check.js';
+import type { CheckReport } from '../thin/check-issues.js';
+import { lsDevices } from '../thin/ls.js';
+import type { ThinMetadata } from '../thin/metadata.js';
+import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
+import { METADATA_BLOCK_SIZE } from '../units.js';
+import { BufferPool } from './buffer-pool.js';
+import { Catalog } from './catalog.js';
+import { type DeviceChange, checkDeviceSize, planChanges } from './device-changes.js';
+import type { DeviceRecord, OutsideChanges } from './catalog-slots.js';
+import { CommitScheduler } from './commit-scheduler.js';
+import { DataSpace } from './data-space.js';
+import { Gate } from './gate.js';
+import {
+  type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
+} from './pool-lifecycle.js';
+import type { PoolLock } from './pool-lock.js';
+import { PoolModes } from './pool-modes.js';
+import { ThinVolume } from './thin-volume.js';
+import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
+
+export interface PoolStatus {
+  dir: string;
+  transactionId: number;
+  blockSize: number;
+  dataBlocks: { used: number; total: number };
+  metadataBlocks: { used: number; total: number };
+  heldRoot: number | null;
+  mode: PoolMode;
+  needsCheck: boolean;
+  lowWaterMark: number;
+  autoExtend: { enabled: boolean; step: number; max: number };
+  hostFreeBytes: number;
+  catalog: 'in-sync' | 'reconciled';
+  outsideChanges: OutsideChanges | null;
+  devices: number;
+}
+
+export interface DeviceListing {
+  name: string | null;
+  id: number;
+  sizeBytes: number;
+  origin: string | null;
+  mappedBlocks: number;
+  exclusiveBlocks: number;
+  sharedBlocks: number;
+  creationTime: number;
+  snapshotTime: number;
+  transactionId: number;
+  readOnly: boolean;
+  /** The file system the device holds, when thinpool made it. */
+  fs?: string;
+  /** The container snapshot the device carries (src/snapshots), if any. */
+  snapshot?: { key: string; kind: string; parent: string | null };
+  /** Set while the device waits to be deleted once released (deferred removal). */
+  pendingRemoval?: string;
+}
+
+export class Pool implements VolumeHost {
+  readonly gate = new Gate();
+  /** Read buffers reused across requests (see {@link ThinVolume.releaseSegments}). */
+  readonly buffers = new BufferPool();
+  readonly dir: string;
+  readonly md: ThinMetadata;
+  readonly metadataFile: FileBlockFile;
+  readonly dataFile: FileBlockFile;
+  /** The device records and settings (names, sizes, origins). */
+  readonly catalog: Catalog;
+  private readonly lock: PoolLock;
+  private readonly modes: PoolModes;
+  private readonly space: DataSpace;
+  private readonly scheduler: CommitScheduler;
+  private readonly volumes = new Map<number, ThinVolume>();
+  private readonly inUse = new Map<number, number>();
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private commitHook: PoolOpenOptions['commitHook'];
+
+  private constructor(opened: OpenedPool) {
+    this.dir = opened.dir;
+    this.md = opened.md;
+    this.metadataFile = opened.metadataFile;
+    this.dataFile = opened.dataFile;
+    this.lock = opened.lock;
+    this.catalog = new Catalog(opened.dir, opened.catalog);
+    this.modes = new PoolModes(this.md);
+    this.space = new DataSpace(this.dir, this.md, this.dataFile, this.catalog, this.modes);
+    this.scheduler = new CommitScheduler(this.gate, this.dataFile, () => this.commitLocked());
+  }
+
+  /** Creates a new pool in `dir` (which must be empty or missing) and opens it. */
+  static async create(opts: PoolCreateOptions, openOpts: PoolOpenOptions = {}): Promise<Pool> {
+    await createPoolFiles(opts);
+    return Pool.open(opts.dir, openOpts);
+  }
+
+  /**
+   * Opens the pool in `dir`, taking its lock. Metadata changed outside thinpool (kernel, LVM,
+   * thin_restore) is reconciled with the catalog; {@link status} reports it.
+   */
+  static async open(dir: string, opts: PoolOpenOptions = {}): Promise<Pool> {
+    const opened = await openPoolFiles(dir, opts);
+    const pool = new Pool(opened);
+    pool.commitHook = opts.commitHook;
+    try {
+      for (const d of pool.catalog.devices) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);
+    } catch (err) {
+      await opened.abandon();
+      throw err;
+    }
+    if (opts.commitIntervalMs) {
+      pool.timer = setInterval(() => {
+        if (pool.md.hasChanges || pool.catalog.dirty) pool.commit().catch(() => undefined);
+      }, opts.commitIntervalMs);
+      pool.timer.unref();
+    }
+    return pool;
+  }
+
+  /**
+   * Takes over a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
+   * `devicemapper/{metadata,data}`, a kernel pool): the pool directory links to the files, which
+   * are not rewritten until the first change. Devices come in unnamed (`id:N`).
+   */
+  static async adopt(opts: { dir: string; metadata: string; data: string }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
+    await adoptPoolFiles(opts);
+    return Pool.open(opts.dir, openOpts);
+  }
+
+  /** Deletes a pool directory's files (the pool must not be open). */
+  static destroy(dir: string): Promise<void> {
+    return destroyPoolFiles(dir);
+  }
+
+  // ---- state ----------------------------------------------------------------------------
+
+  get blockSize(): number {
+    return this.md.blockBytes;
+  }
+
+  get mode(): PoolMode {
+    return this.modes.mode;
+  }
+
+  get needsCheck(): boolean {
+    return this.md.needsCheck;
+  }
+
+  /** What opening found worth telling the user (changes made outside thinpool). */
+  get notices(): readonly string[] {
+    return this.catalog.notices;
+  }
+
+  /** Pool status as `thinpool pool status --json` prints it. */
+  async status(): Promise<PoolStatus> {
+    const u = this.md.usage;
+    const s = this.catalog.settings;
+    let hostFreeBytes = 0;
+    try {
+      const fs = await statfs(this.dir);
+      hostFreeBytes = fs.bavail * fs.bsize;
+    } catch {
+      hostFreeBytes = -1;
+    }
+    return {
+      dir: this.dir,
+      transactionId: this.md.transactionId,
+      blockSize: this.blockSize,
+      dataBlocks: u.dataBlocks,
+      metadataBlocks: u.metadataBlocks,
+      heldRoot: this.md.heldRoot || null,
+      mode: this.modes.mode,
+      needsCheck: this.md.needsCheck,
+      lowWaterMark: s.lowWaterMarkBlocks * this.blockSize,
+      autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * this.blockSize, max: s.autoExtendMaxBlocks * this.blockSize },
+      hostFreeBytes,
+      catalog: this.catalog.state,
+      outsideChanges: this.catalog.outsideChanges,
+      devices: this.catalog.devices.length,
+    };
+  }
+
+  /** The record of a device given by name or `id:N`. */
+  record(dev: string): DeviceRecord {
+    return this.catalog.record(dev);
+  }
+
+  /** `name`, or `id:N` for an unnamed device. */
+  label(id: number): string {
+    return this.catalog.label(id);
+  }
+
+  /** Size in bytes of device `id`: its recorded size, or up to its highest mapped block when unknown. */
+  deviceSize(id: number): number {
+    return this.catalog.sizeOf(id);
+  }
+
+  private async refreshUnknownSize(id: number): Promise<void> {
+    const hi = await this.md.openDevice(id).highestMapped();
+    this.catalog.setUnknownSize(id, (Number(hi) + 1) * this.blockSize);
+    this.pushState(id);
+  }
+
+  /** The listing of every device (with thin_ls's mapped/exclusive/shared counts). */
+  async devices(): Promise<DeviceListing[]> {
+    const counts = new Map((await lsDevices(this.md)).map((c) => [c.id, c]));
+    return this.catalog.devices
+      .slice()
+      .sort((a, b) => a.id - b.id)
+      .map((r) => {
+        const c = counts.get(r.id);
+        const d = this.md.device(r.id);
+        return {
+          name: r.name,
+          id: r.id,
+          sizeBytes: this.deviceSize(r.id),
+          origin: r.origin === null ? null : r.originName ?? `id:${r.origin}`,
+          mappedBlocks: d.mappedBlocks,
+          exclusiveBlocks: c?.exclusiveBlocks ?? 0,
+          sharedBlocks: c?.sharedBlocks ?? 0,
+          creationTime: d.creationTime,
+          snapshotTime: d.snapshottedTime,
+          transactionId: d.transactionId,
+          readOnly: !!r.readOnly,
+          ...(r.fs ? { fs: r.fs } : {}),
+          ...(r.snapshot ? { snapshot: { key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
+          ...(r.pendingRemoval ? { pendingRemoval: r.pendingRemoval } : {}),
+        };
+      });
+  }
+
+  /** One device's listing. */
+  async device(dev: string): Promise<DeviceListing> {
+    const r = this.record(dev);
+    return (await this.devices()).find((d) => d.id === r.id)!;
+  }
+
+  // ---- devices ---------------------------------------------------------------------------
+
+  private writable(action: string): void {
+    if (this.closed) throw new BusyError(`Cannot ${action}: the pool is closed`);
+    this.modes.refuseChanges(action);
+  }
+
+  /** Creates a thin device of `sizeBytes` (a multiple of 512). */
+  async createDevice(name: string, sizeBytes: number, opts: { readOnly?: boolean } = {}): Promise<DeviceRecord> {
+    this.writable(`create device ${name}`);
+    this.catalog.checkNewName(name, `create device ${name}`);
+    checkDeviceSize(sizeBytes);
+    return this.gate.exclusively(async () => {
+      const id = this.catalog.nextId(this.md.deviceIds());
+      await this.guard(() => this.md.createThin(id));
+      const rec: DeviceRecord = { id, name, sizeBytes, origin: null, originName: null, created: new Date().toISOString(), ...(opts.readOnly ? { readOnly: true } : {}) };
+      this.catalog.add(rec);
+      await this.commitLocked();
+      return rec;
+    });
+  }
+
+  /** Snapshots `dev` as `name`: O(1), shares every block until one side writes it. */
+  async snapshot(dev: string, name: string, opts: { readOnly?: boolean } = {}): Promise<DeviceRecord> {
+    this.writable(`snapshot ${dev}`);
+    const origin = this.record(dev);
+    this.catalog.checkNewName(name, `snapshot ${dev}`);
+    return this.gate.exclusively(async () => {
+      const id = this.catalog.nextId(this.md.deviceIds());
+      await this.guard(() => this.md.createSnap(id, origin.id));
+      const rec: DeviceRecord = {
+        id, name, sizeBytes: this.deviceSize(origin.id), origin: origin.id, originName: origin.name, created: new Date().toISOString(),
+        ...(opts.readOnly ? { readOnly: true } : {}),
+      };
+      this.catalog.add(rec);
+      await this.commitLocked();
+      return rec;
+    });
+  }
+
+  /** Marks a device as used (an export); a used device cannot be removed. Returns the release function. */
+  use(id: number): () => void {
+    this.inUse.set(id, (this.inUse.get(id) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.inUse.get(id) ?? 1) - 1;
+      if (n) this.inUse.set(id, n);
+      else this.inUse.delete(id);
+    };
+  }
+
+  /** Devices in use (exported) and how many users each has. */
+  users(): Array<[id: number, users: number]> {
+    return [...this.inUse.entries()];
+  }
+
+  /** Deletes a device; blocks only it used are freed (and their space returned to the host after the commit). */
+  async remove(dev: string): Promise<void> {
+    this.writable(`remove ${dev}`);
+    const r = this.record(dev);
+    if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+    // A container snapshot goes through its snapshotter (which knows its parents and children).
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
+    await this.gate.exclusively(async () => {
+      // An export may have attached while this waited for the gate.
+      if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+      await this.guard(() => this.md.deleteDevice(r.id));
+      this.catalog.remove(r.id);
+      this.volumes.get(r.id)?.markRemoved();
+      this.volumes.delete(r.id);
+      await this.commitLocked();
+    });
+  }
+
+  async rename(dev: string, name: string): Promise<void> {
+    this.writable(`rename ${dev}`);
+    const r = this.record(dev);
+    if (r.name === name) return;
+    this.catalog.checkNewName(name, `rename ${dev}`);
+    await this.gate.exclusively(async () => {
+      this.catalog.rename(r, name);
+      this.pushState(r.id);
+      await this.commitLocked();
+    });
+  }
+
+  /** Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of the last one. */
+  async resize(dev: string, sizeBytes: number): Promise<void> {
+    this.writable(`resize ${dev}`);
+    checkDeviceSize(sizeBytes);
+    const r = this.record(dev);
+    const old = this.deviceSize(r.id);
+    if (sizeBytes < old) {
+      const vol = this.volume(`id:${r.id}`);
+      const bs = this.blockSize;
+      const tailEnd = Math.min(old, Math.ceil(sizeBytes / bs) * bs);
+      if (tailEnd > sizeBytes) await vol.writeZeroes(sizeBytes, tailEnd - sizeBytes, { noHole: false });
+      await this.gate.exclusively(async () => {
+        await this.guard(() => this.md.openDevice(r.id).removeRange(Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
+      });
+    }
+    await this.gate.exclusively(async () => {
+      this.catalog.resize(r, sizeBytes);
+      this.pushState(r.id);
+      await this.commitLocked();
+    });
+  }
+
+  // ---- batches of device changes (container snapshots keep their records this way) -------
+
+  /**
+   * Applies `changes` in order as one commit (see `device-changes.ts`): every step is checked
+   * first against the devices as the earlier steps leave them (names free, devices present,
+   * none removed while in use), then the metadata and the catalog records change together, then
+   * one commit. Returns one record per step (for `remove`, the record as it was).
+   */
+  async change(changes: readonly DeviceChange[]): Promise<DeviceRecord[]> {
+    this.writable('change devices');
+    return this.gate.exclusively(async () => {
+      const plan = planChanges(changes, {
+        records: this.catalog.devices,
+        metadataIds: this.md.deviceIds(),
+        nextDeviceId: this.catalog.settings.nextDeviceId,
+        inUse: (id) => this.inUseById(id),
+        sizeOf: (id) => this.deviceSize(id),
+      });
+      // Every step is valid: change the metadata, then the records, then commit once.
+      for (const p of plan.steps) {
+        if (p.c.op === 'create') await this.guard(() => this.md.createThin(p.rec.id));
+        else if (p.c.op === 'snapshot') await this.guard(() => this.md.createSnap(p.rec.id, p.originId!));
+        else if (p.c.op === 'remove') await this.guard(() => this.md.deleteDevice(p.rec.id));
+      }
+      const changed = [...plan.edits].map(([id, next]) => ({ target: this.catalog.recordById(id), next }));
+      this.catalog.applyBatch(plan.created, plan.removed, changed, plan.nextDeviceId);
+      for (const id of plan.removed) {
+        this.volumes.get(id)?.markRemoved();
+        this.volumes.delete(id);
+      }
+      for (const { target } of changed) this.pushState(target.id);
+      await this.commitLocked();
+      // Callers see the records as the catalog holds them (removed ones as they were).
+      return plan.steps.map((p) => (p.c.op === 'remove' ? p.rec : this.catalog.recordById(p.rec.id)));
+    });
+  }
+
+  /** Records whose removal waits for the device to be released (see {@link DeviceRecord.pendingRemoval}). */
+  pendingRemovals(): DeviceRecord[] {
+    return this.catalog.devices.filter((d) => d.pendingRemoval !== undefined);
+  }
+
+  /** True while something (an export, an attachment) uses the device. */
+  inUseById(id: number): boolean {
+    return (this.inUse.get(id) ?? 0) > 0;
+  }
+
+  // ---- end of batches ----------------------------------------------------------------------
+
+  /** The volume (byte-level I/O) of a device. */
+  volume(dev: string): ThinVolume {
+    const r = this.record(dev);
+    let v = this.volumes.get(r.id);
+    if (!v) {
+      v = new ThinVolume(this, this.md.openDevice(r.id), this.stateOf(r.id));
+      this.volumes.set(r.id, v);
+    }
+    return v;
+  }
+
+  private stateOf(id: number): VolumeState {
+    return { name: this.catalog.label(id), size: this.catalog.sizeOf(id), readOnly: !!this.catalog.recordById(id).readOnly };
+  }
+
+  /** Tells device `id`'s volume (if it has one) its name, size and read-only flag again. */
+  private pushState(id: number): void {
+    this.volumes.get(id)?.setState(this.stateOf(id));
+  }
+
+  // ---- pool-wide -------------------------------------------------------------------------
+
+  /** Grows the data capacity and/or the metadata device. */
+  async extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void> {
+    this.writable('extend the pool');
+    await this.gate.exclusively(async () => {
+      if (opts.dataSize !== undefined) {
+        const n = Math.floor(opts.dataSize / this.blockSize);
+        if (n < this.md.nrDataBlocks) throw new RangeError(`Cannot shrink the pool's data from ${this.md.nrDataBlocks} to ${n} blocks`);
+        await this.space.grow(n);
+      }
+      if (opts.metadataSize !== undefined) {
+        const n = Math.floor(opts.metadataSize / METADATA_BLOCK_SIZE);
+        if (n < this.md.nrMetadataBlocks) throw new RangeError(`Cannot shrink the metadata from ${this.md.nrMetadataBlocks} to ${n} blocks`);
+        await this.guard(() => this.md.resizeMetadata(n));
+      }
+      await this.commitLocked();
+    });
+    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.mode = 'rw';
+  }
+
+  /** Sets the user's transaction id (dmsetup's `set_transaction_id OLD NEW`). */
+  async setTransactionId(old: number, next: number): Promise<void> {
+    this.writable('set the transaction id');
+    await this.gate.exclusively(async () => {
+      await this.md.setTransactionId(old, next);
+      await this.commitLocked();
+    });
+  }
+
+  async reserveMetadataSnap(): Promise<number> {
+    this.writable('reserve a metadata snapshot');
+    return this.gate.exclusively(async () => {
+      const h = await this.guard(() => this.md.reserveMetadataSnap());
+      await this.commitLocked();
+      return h;
+    });
+  }
+
+  async releaseMetadataSnap(): Promise<void> {
+    this.writable('release the metadata snapshot');
+    await this.gate.exclusively(async () => {
+      await this.guard(() => this.md.releaseMetadataSnap());
+      await this.commitLocked();
+    });
+  }
+
+  /**
+   * Allocates up to `n` data blocks for a write, auto-extending the pool under its low-water
+   * mark. Fails with a NoSpaceError (and mode out-of-data-space) when none is left.
+   */
+  allocate(n: number): Promise<number[]> {
+    return this.space.allocate(n);
+  }
+
+  /** Gives back data blocks a failed write did not map. */
+  release(blocks: readonly number[]): Promise<void> {
+    return this.guard(() => this.md.releaseDataBlocks(blocks));
+  }
+
+  /**
+   * Runs a metadata change; when the metadata device fills up the transaction is dropped, the
+   * pool turns read-only and needs_check is set (never a half-written transaction).
+   */
+  guard<T>(fn: () => Promise<T>): Promise<T> {
+    return this.modes.guard(fn);
+  }
+
+  /**
+   * Clears NEEDS_CHECK after a full check of the committed metadata finds no damage (like
+   * `thin_check --clear-needs-check-flag`); the pool is writable again.
+   */
+  async clearNeedsCheck(): Promise<CheckReport> {
+    return this.gate.exclusively(async () => {
+      const report = await checkMetadata(this.metadataFile);
+      if (!report.ok) return report;
+      if (this.modes.frozen) this.modes.mode = 'rw';
+      if (this.md.needsCheck) {
+        await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
+        await this.commitLocked();
+      }
+      return { ...report, needsCheck: false };
+    });
+  }
+
+  /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */
+  commit(): Promise<void> {
+    return this.scheduler.commit();
+  }
+
+  /**
+   * Makes completed data writes durable (fdatasync of the data file). Concurrent callers share
+   * syncs: one that arrives during a sync waits for the next one, which covers its writes.
+   */
+  syncData(): Promise<void> {
+    return this.scheduler.syncData();
+  }
+
+  /** Commit with the gate already held exclusively. */
+  async commitLocked(): Promise<void> {
+    if (this.modes.frozen) return;
+    await this.syncData();
+    if (!this.md.hasChanges && !this.catalog.dirty) return;
+    let written = false;
+    try {
+      await this.md.commit({
+        beforeSuperblock: async (csum) => {
+          await this.commitHook?.('metadata-written');
+          await this.catalog.write(csum);
+          written = true;
+          await this.commitHook?.('catalog-written');
+        },
+        afterSuperblock: async (freed) => {
+          await this.commitHook?.('superblock-written');
+          await this.space.punch(freed);
+        },
+      });
+    } catch (err) {
+      await this.modes.commitFailed(err);
+    }
+    if (!written && this.catalog.dirty) {
+      await this.catalog.write(this.md.superblockChecksum);
+      await this.commitHook?.('catalog-written');
+    }
+  }
+
+  /** Commits, closes both files and releases the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.timer) clearInterval(this.timer);
+    try {
+      if (!this.modes.frozen) await this.commit();
+    } finally {
+      this.closed = true;
+      await this.md.close();
+      await this.metadataFile.close();
+      await this.dataFile.close();
+      await this.lock.release();
+    }
+  }
+}
