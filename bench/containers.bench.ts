@@ -11,7 +11,7 @@
  * NBD module is here) and its removal (containerd's garbage collector, after `--rm`) detaches
  * it: that work is inside the measured run only as far as containerd waits for it.
  *
- * BENCH_CONTAINERS_ROUNDS (default 15). Run: npm run bench -- containers (root; writes
+ * BENCH_CONTAINERS_ROUNDS (default 25). Run: npm run bench -- containers (root; writes
  * images/bench-containers.json and .svg).
  */
 import { spawn } from 'node:child_process';
@@ -39,7 +39,7 @@ function timedCtr(ctd: Containerd, args: string[]): Promise<number> {
 
 export async function containersBench(): Promise<Record<string, unknown>> {
   if (process.getuid?.() !== 0) throw new Error('containers: needs root (containerd, runc, loop devices)');
-  const ROUNDS = envNum('BENCH_CONTAINERS_ROUNDS', 15);
+  const ROUNDS = envNum('BENCH_CONTAINERS_ROUNDS', 25);
   const WARMUP = 1;
   const started = now();
   const loadBefore = loadavg();
