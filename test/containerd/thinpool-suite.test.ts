@@ -4,7 +4,8 @@
  * (the snapshotter makes it in the case's empty root, with the default 10 GiB ext4 base device):
  * every case passes, 128LayersMount included, and each process exits 0 on SIGTERM leaving no
  * process of its group and no mount (its attachments released). Rename is skipped by the suite
- * itself (`t.Skip` in containerd's issues.go). Skipped without root, go or containerd's Go sources.
+ * itself (`t.Skip` in containerd's issues.go). THINPOOL_SUITE_FS=xfs runs it on an xfs base
+ * device (1 GiB). Skipped without root, go or containerd's Go sources.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -18,7 +19,8 @@ if (why) {
   test.skip(`containerd snapshotter suite on thinpool [skipped: ${why}]`, () => {});
 } else {
   const go = await goPrograms();
-  const command = `${process.execPath} ${join(REPO_ROOT, 'dist/tools/thinpool.js')} -p {root} snapshotter --address {socket}`;
+  const xfs = process.env.THINPOOL_SUITE_FS === 'xfs';
+  const command = `${process.execPath} ${join(REPO_ROOT, 'dist/tools/thinpool.js')} -p {root} snapshotter --address {socket}${xfs ? ' --fs xfs --base-size 1G' : ''}`;
   const t0 = Date.now();
   const suite = await runSuite(go.snapshotterSuite, command);
   const count = (s: string) => suite.results.filter((r) => r.status === s).length;
