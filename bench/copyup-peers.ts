@@ -292,7 +292,7 @@ function thinpoolDevicePeer(dir: string, capacity: number): CopyupPeer {
     level: 'block',
     how: {
       system: `${what}, not committed (the mapping change rides the next commit). Bytes copied and space: newly allocated data blocks x block size`,
-      durable: `${what}, then flush() (a commit: data fdatasync, metadata, catalog, superblock). Bytes copied and space: newly allocated data blocks x block size`,
+      durable: `${what}, then flush() (a commit in two sync rounds: data fdatasync, metadata blocks and catalog log entry together; then the superblock). Bytes copied and space: newly allocated data blocks x block size`,
     },
     async probe() {
       return null;

@@ -29,6 +29,8 @@ export class Catalog {
   private readonly byName = new Map<string, DeviceRecord>();
   /** Origin id -> ids of the devices snapshotted from it (for the origin name they show). */
   private readonly children = new Map<number, Set<number>>();
+  /** Ids of the records with a {@link DeviceRecord.pendingRemoval}. */
+  private readonly removalsDue = new Set<number>();
   private settingsValue: PoolSettings;
   private outside: OutsideChanges | null;
   private stateValue: 'in-sync' | 'reconciled';
@@ -63,6 +65,7 @@ export class Catalog {
 
   private index(r: DeviceRecord): void {
     this.byId.set(r.id, r);
+    if (r.pendingRemoval !== undefined) this.removalsDue.add(r.id);
     if (r.name !== null) this.byName.set(r.name, r);
     if (r.origin !== null) {
       let s = this.children.get(r.origin);
@@ -73,6 +76,7 @@ export class Catalog {
 
   private unindex(r: DeviceRecord): void {
     this.byId.delete(r.id);
+    this.removalsDue.delete(r.id);
     if (r.name !== null && this.byName.get(r.name) === r) this.byName.delete(r.name);
     if (r.origin !== null) {
       const s = this.children.get(r.origin);
@@ -93,6 +97,16 @@ export class Catalog {
   /** Every device record (in no particular order). */
   records(): IterableIterator<DeviceRecord> {
     return this.byId.values();
+  }
+
+  /** Every device record, as a new array (a listing: O(devices); look one up with {@link find} or {@link byNameOrUndefined}). */
+  get devices(): DeviceRecord[] {
+    return [...this.byId.values()];
+  }
+
+  /** Records whose removal waits for the device to be released (an index: no scan). */
+  pendingRemovals(): DeviceRecord[] {
+    return [...this.removalsDue].map((id) => this.byId.get(id)!);
   }
 
   /** Reconciled until thinpool itself changes the devices: the outside changes stay on show. */
@@ -227,6 +241,25 @@ export class Catalog {
   rename(r: DeviceRecord, name: string): void {
     this.update(r.id, { name });
     for (const child of [...(this.children.get(r.id) ?? [])]) this.update(child, { originName: name });
+  }
+
+  /**
+   * Applies a finished batch of record changes (see `Pool.change`): records added, removed, or
+   * changed in place (volumes hold on to records, so they are edited, not replaced). Each change
+   * is recorded for the next commit's log entry like {@link put} and {@link remove}.
+   */
+  applyBatch(added: readonly DeviceRecord[], removed: readonly number[], changed: ReadonlyArray<{ target: DeviceRecord; next: DeviceRecord }>, nextDeviceId: number): void {
+    for (const { target, next } of changed) {
+      this.remember(target.id);
+      this.unindex(target);
+      for (const k of Object.keys(target)) if (!(k in next)) delete (target as unknown as Record<string, unknown>)[k];
+      Object.assign(target, next);
+      this.index(target);
+    }
+    for (const r of added) this.put(r);
+    for (const id of removed) this.remove(id);
+    this.reserveIdsThrough(nextDeviceId - 1);
+    this.touchDevices();
   }
 
   /** Records a device's new size. */

@@ -7,8 +7,10 @@
  * through {@link VolumeHost}.
  *
  * Its parts: the directory's files (pool-lifecycle.ts), the catalog (catalog.ts), the mode and
- * metadata-full guard (pool-modes.ts), data allocation and auto-extension (data-space.ts), and
- * when commits and data syncs run (commit-scheduler.ts).
+ * metadata-full guard (pool-modes.ts), data allocation and auto-extension (data-space.ts), when
+ * commits and data syncs run (commit-scheduler.ts), the commit's two sync rounds
+ * (pool-commit.ts), batches of device changes (device-changes.ts), the listing and status
+ * shapes (device-listing.ts).
  *
  * @example
  * const pool = await Pool.create({ dir: '/var/lib/thinpool', dataSize: 10 * GiB });
@@ -17,21 +19,23 @@
  * await pool.snapshot('web', 'web-snap');
  * await pool.close();
  */
-import { statfs } from 'node:fs/promises';
 import { BusyError } from '../errors.js';
 import type { BlockFile, FileBlockFile } from '../io/block-file.js';
 import { checkMetadata } from '../thin/check.js';
 import type { CheckReport } from '../thin/check-issues.js';
-import { lsDevices } from '../thin/ls.js';
 import type { ThinMetadata } from '../thin/metadata.js';
 import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
 import { METADATA_BLOCK_SIZE } from '../units.js';
 import { BufferPool } from './buffer-pool.js';
 import { Catalog } from './catalog.js';
-import type { DeviceRecord, OutsideChanges } from './catalog-slots.js';
+import { type DeviceChange, checkDeviceSize, planChanges } from './device-changes.js';
+import type { DeviceRecord } from './catalog-slots.js';
 import { CommitScheduler } from './commit-scheduler.js';
 import { DataSpace } from './data-space.js';
+import { type DeviceListing, type PoolStatus, listDevices, poolStatus } from './device-listing.js';
+import { DeviceUsers } from './device-users.js';
 import { Gate } from './gate.js';
+import { commitRounds } from './pool-commit.js';
 import {
   type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
 } from './pool-lifecycle.js';
@@ -40,36 +44,7 @@ import { PoolModes } from './pool-modes.js';
 import { ThinVolume } from './thin-volume.js';
 import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
 
-export interface PoolStatus {
-  dir: string;
-  transactionId: number;
-  blockSize: number;
-  dataBlocks: { used: number; total: number };
-  metadataBlocks: { used: number; total: number };
-  heldRoot: number | null;
-  mode: PoolMode;
-  needsCheck: boolean;
-  lowWaterMark: number;
-  autoExtend: { enabled: boolean; step: number; max: number };
-  hostFreeBytes: number;
-  catalog: 'in-sync' | 'reconciled';
-  outsideChanges: OutsideChanges | null;
-  devices: number;
-}
-
-export interface DeviceListing {
-  name: string | null;
-  id: number;
-  sizeBytes: number;
-  origin: string | null;
-  mappedBlocks: number;
-  exclusiveBlocks: number;
-  sharedBlocks: number;
-  creationTime: number;
-  snapshotTime: number;
-  transactionId: number;
-  readOnly: boolean;
-}
+export type { DeviceListing, PoolStatus } from './device-listing.js';
 
 export class Pool implements VolumeHost {
   readonly gate = new Gate();
@@ -86,7 +61,7 @@ export class Pool implements VolumeHost {
   private readonly space: DataSpace;
   private readonly scheduler: CommitScheduler;
   private readonly volumes = new Map<number, ThinVolume>();
-  private readonly inUse = new Map<number, number>();
+  private readonly inUse = new DeviceUsers();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private commitHook: PoolOpenOptions['commitHook'];
@@ -176,31 +151,7 @@ export class Pool implements VolumeHost {
 
   /** Pool status as `thinpool pool status --json` prints it. */
   async status(): Promise<PoolStatus> {
-    const u = this.md.usage;
-    const s = this.catalog.settings;
-    let hostFreeBytes = 0;
-    try {
-      const fs = await statfs(this.dir);
-      hostFreeBytes = fs.bavail * fs.bsize;
-    } catch {
-      hostFreeBytes = -1;
-    }
-    return {
-      dir: this.dir,
-      transactionId: this.md.transactionId,
-      blockSize: this.blockSize,
-      dataBlocks: u.dataBlocks,
-      metadataBlocks: u.metadataBlocks,
-      heldRoot: this.md.heldRoot || null,
-      mode: this.modes.mode,
-      needsCheck: this.md.needsCheck,
-      lowWaterMark: s.lowWaterMarkBlocks * this.blockSize,
-      autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * this.blockSize, max: s.autoExtendMaxBlocks * this.blockSize },
-      hostFreeBytes,
-      catalog: this.catalog.state,
-      outsideChanges: this.catalog.outsideChanges,
-      devices: this.catalog.count,
-    };
+    return poolStatus(this.dir, this.md, this.catalog, this.modes.mode);
   }
 
   /** The record of a device given by name or `id:N`. */
@@ -225,27 +176,8 @@ export class Pool implements VolumeHost {
   }
 
   /** The listing of every device (with thin_ls's mapped/exclusive/shared counts). */
-  async devices(): Promise<DeviceListing[]> {
-    const counts = new Map((await lsDevices(this.md)).map((c) => [c.id, c]));
-    return [...this.catalog.records()]
-      .sort((a, b) => a.id - b.id)
-      .map((r) => {
-        const c = counts.get(r.id);
-        const d = this.md.device(r.id);
-        return {
-          name: r.name,
-          id: r.id,
-          sizeBytes: this.deviceSize(r.id),
-          origin: r.origin === null ? null : r.originName ?? `id:${r.origin}`,
-          mappedBlocks: d.mappedBlocks,
-          exclusiveBlocks: c?.exclusiveBlocks ?? 0,
-          sharedBlocks: c?.sharedBlocks ?? 0,
-          creationTime: d.creationTime,
-          snapshotTime: d.snapshottedTime,
-          transactionId: d.transactionId,
-          readOnly: !!r.readOnly,
-        };
-      });
+  devices(): Promise<DeviceListing[]> {
+    return listDevices(this.md, this.catalog);
   }
 
   /** One device's listing. */
@@ -301,30 +233,24 @@ export class Pool implements VolumeHost {
 
   /** Marks a device as used (an export); a used device cannot be removed. Returns the release function. */
   use(id: number): () => void {
-    this.inUse.set(id, (this.inUse.get(id) ?? 0) + 1);
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      const n = (this.inUse.get(id) ?? 1) - 1;
-      if (n) this.inUse.set(id, n);
-      else this.inUse.delete(id);
-    };
+    return this.inUse.use(id);
   }
 
   /** Devices in use (exported) and how many users each has. */
   users(): Array<[id: number, users: number]> {
-    return [...this.inUse.entries()];
+    return this.inUse.entries();
   }
 
   /** Deletes a device; blocks only it used are freed (and their space returned to the host after the commit). */
   async remove(dev: string): Promise<void> {
     this.writable(`remove ${dev}`);
     const r = this.record(dev);
-    if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+    if (this.inUse.has(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+    // A container snapshot goes through its snapshotter (which knows its parents and children).
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
     await this.gate.exclusively(async () => {
       // An export may have attached while this waited for the gate.
-      if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+      if (this.inUse.has(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
       await this.guard(() => this.md.deleteDevice(r.id));
       this.catalog.remove(r.id);
       this.volumes.get(r.id)?.markRemoved();
@@ -366,6 +292,56 @@ export class Pool implements VolumeHost {
       await this.commitLocked();
     });
   }
+
+  // ---- batches of device changes (container snapshots keep their records this way) -------
+
+  /**
+   * Applies `changes` in order as one commit (see `device-changes.ts`): every step is checked
+   * first against the devices as the earlier steps leave them (names free, devices present,
+   * none removed while in use), then the metadata and the catalog records change together, then
+   * one commit. Returns one record per step (for `remove`, the record as it was).
+   */
+  async change(changes: readonly DeviceChange[]): Promise<DeviceRecord[]> {
+    this.writable('change devices');
+    return this.gate.exclusively(async () => {
+      const plan = planChanges(changes, {
+        byId: (id) => this.catalog.find(id),
+        byName: (name) => this.catalog.byNameOrUndefined(name),
+        hasDevice: (id) => this.md.hasDevice(id),
+        nextDeviceId: this.catalog.settings.nextDeviceId,
+        inUse: (id) => this.inUseById(id),
+        sizeOf: (id) => this.deviceSize(id),
+      });
+      // Every step is valid: change the metadata, then the records, then commit once.
+      for (const p of plan.steps) {
+        if (p.c.op === 'create') await this.guard(() => this.md.createThin(p.rec.id));
+        else if (p.c.op === 'snapshot') await this.guard(() => this.md.createSnap(p.rec.id, p.originId!));
+        else if (p.c.op === 'remove') await this.guard(() => this.md.deleteDevice(p.rec.id));
+      }
+      const changed = [...plan.edits].map(([id, next]) => ({ target: this.catalog.recordById(id), next }));
+      this.catalog.applyBatch(plan.created, plan.removed, changed, plan.nextDeviceId);
+      for (const id of plan.removed) {
+        this.volumes.get(id)?.markRemoved();
+        this.volumes.delete(id);
+      }
+      for (const { target } of changed) this.pushState(target.id);
+      await this.commitLocked();
+      // Callers see the records as the catalog holds them (removed ones as they were).
+      return plan.steps.map((p) => (p.c.op === 'remove' ? p.rec : this.catalog.recordById(p.rec.id)));
+    });
+  }
+
+  /** Records whose removal waits for the device to be released (see {@link DeviceRecord.pendingRemoval}). */
+  pendingRemovals(): DeviceRecord[] {
+    return this.catalog.pendingRemovals();
+  }
+
+  /** True while something (an export, an attachment) uses the device. */
+  inUseById(id: number): boolean {
+    return this.inUse.has(id);
+  }
+
+  // ---- end of batches ----------------------------------------------------------------------
 
   /** The volume (byte-level I/O) of a device. */
   volume(dev: string): ThinVolume {
@@ -485,47 +461,9 @@ export class Pool implements VolumeHost {
     return this.scheduler.syncData();
   }
 
-  /**
-   * Commit with the gate already held exclusively. Round 1, in flight together: the data file's
-   * fdatasync (when writes completed since the last), the metadata blocks written and synced,
-   * the catalog's change (a log entry, or a checkpoint) written and synced. Round 2: the
-   * superblock written and synced. Then the freed data blocks are punched. A commit that changed
-   * only the catalog is its log entry (beside the data sync).
-   */
-  async commitLocked(): Promise<void> {
-    if (this.modes.frozen) return;
-    const hook = this.commitHook;
-    const dataDirty = !this.scheduler.dataClean();
-    let dataDone = !dataDirty;
-    const syncData = async () => {
-      if (dataDone) return;
-      dataDone = true;
-      await this.syncData();
-      await hook?.('data-synced');
-    };
-    const catalogDue = () => this.catalog.dirty || this.catalog.tag !== this.md.superblockChecksum >>> 0;
-    let catalogDone = false;
-    const writeCatalog = async (csum: number) => {
-      catalogDone = true;
-      await this.catalog.commit(csum);
-      await hook?.('catalog-written');
-    };
-    try {
-      if (this.md.hasChanges) {
-        await this.md.commit({
-          alongsideBlocks: (csum) => settleAll([syncData(), writeCatalog(csum)]),
-          blocksWritten: () => hook?.('metadata-written'),
-          afterSuperblock: async (freed) => {
-            await hook?.('superblock-written');
-            await this.space.punch(freed);
-          },
-        });
-      }
-      // Nothing in the metadata to write: the catalog's entry (if any) is the commit.
-      await settleAll([syncData(), !catalogDone && catalogDue() ? writeCatalog(this.md.superblockChecksum) : undefined]);
-    } catch (err) {
-      await this.modes.commitFailed(err);
-    }
+  /** Commit with the gate already held exclusively: two sync rounds (see pool-commit.ts). */
+  commitLocked(): Promise<void> {
+    return commitRounds({ md: this.md, catalog: this.catalog, scheduler: this.scheduler, space: this.space, modes: this.modes, hook: this.commitHook });
   }
 
   /** Commits, closes both files and releases the lock. */
@@ -545,14 +483,3 @@ export class Pool implements VolumeHost {
   }
 }
 
-/** Waits for every promise to settle, then rethrows the first failure (no step is left running behind an error). */
-async function settleAll(ps: ReadonlyArray<Promise<void> | undefined>): Promise<void> {
-  const rs = await Promise.allSettled(ps);
-  for (const r of rs) if (r.status === 'rejected') throw r.reason;
-}
-
-function checkDeviceSize(sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-    throw new RangeError(`Cannot use a device size of ${sizeBytes} bytes: it must be a positive multiple of 512`);
-  }
-}
