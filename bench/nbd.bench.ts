@@ -24,7 +24,7 @@
  * servers, each on its own pool with environment variables of its own, measured in the same
  * rounds (rows for information): `name:VAR=VAL+VAR=VAL,name2:...`, e.g.
  * `uring:UV_USE_IO_URING=1,nobatch:THINPOOL_WRITE_BATCH=0` (how the write-path options were
- * compared); they go into images/bench-nbd-variants.* instead.
+ * compared); they are rows of the same images/bench-nbd.json.
  *
  * Run: npm run bench -- nbd   (writes images/bench-nbd.json and .svg)
  */
@@ -452,7 +452,7 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
       fioIops: fioStats,
       targets: rows,
     };
-    const outName = diag ? 'bench-nbd-diag' : variants.length ? 'bench-nbd-variants' : 'bench-nbd';
+    const outName = diag ? 'bench-nbd-diag' : 'bench-nbd';
     writeResults(outName, result);
     await writeCharts(outName, nbdCharts(result));
     return result;

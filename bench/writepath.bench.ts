@@ -213,7 +213,10 @@ function procStatus(pid: number): Record<string, number> {
 async function daemonMemory(dir: string, poolGiB: number, devices: number, blocksPerDevice: number): Promise<MemoryResult> {
   const t = now();
   const poolDir = join(dir, 'memory-pool');
-  const pool = await Pool.create({ dir: poolDir, dataSize: poolGiB * GiB, blockSize: BS, autoExtend: false }, { commitIntervalMs: 0 });
+  // Sequential inserts leave the mapping tree's leaves half full (even splits, as in the kernel):
+  // about 32 bytes of metadata per mapped block, more than the default size estimate allows.
+  const metadataSize = Math.max(64 * MiB, Math.ceil((devices * blocksPerDevice * 48) / MiB) * MiB);
+  const pool = await Pool.create({ dir: poolDir, dataSize: poolGiB * GiB, metadataSize, blockSize: BS, autoExtend: false }, { commitIntervalMs: 0 });
   try {
     for (let d = 0; d < devices; d++) {
       const rec = await pool.createDevice(`dev-${d}`, blocksPerDevice * BS);
