@@ -1,10 +1,12 @@
 /**
- * Tiny runs of the copyup and snapshots benchmark suites (BENCH_TINY=1: two sizes or depths,
- * two samples) complete into a temporary output directory and leave the committed results in
+ * Tiny runs of the copyup, snapshots and writepath benchmark suites (BENCH_TINY=1: two sizes or
+ * depths, two samples) complete into a temporary output directory and leave the committed results in
  * images/ alone; their JSON matches its JSON Schema (bench/*.schema.json), every size x system x
  * mode has samples or the reason it was skipped, the measured bytes copied are whole files for
  * copy-up and one block for block CoW, the pending rows are listed, the charts parse as SVG and
- * the markdown tables name every system. No timing is asserted.
+ * the markdown tables name every system; the writepath run has its three rows, one log entry of
+ * the same size per commit whatever the device count, and the daemon's peak RSS. No timing is
+ * asserted.
  */
 import { Ajv } from 'ajv';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -16,6 +18,8 @@ import type { CopyupResult } from '../../bench/copyup.bench.js';
 import { copyupBench } from '../../bench/copyup.bench.js';
 import { IMAGES } from '../../bench/harness.js';
 import { snapshotsBench, type SnapshotsResult } from '../../bench/snapshots.bench.js';
+import { writepathBench } from '../../bench/writepath.bench.js';
+import { haveTools, testIf } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';
 
 const ROOT = new URL('../../../', import.meta.url).pathname;
@@ -125,6 +129,20 @@ test('a tiny snapshots run completes: schema, every depth x system covered, crea
   for (const s of r.systems) assert.ok(md.includes(`| ${s.label} |`));
   assert.is(svgLines(join(out, 'bench-snapshots.svg')), r.systems.filter((s) => !s.skipped).length + 1);
   assert.equal(readdirSync(work), [], 'the suite removed its files');
+});
+
+testIf(test, haveTools('qemu-img', 'qemu-io', 'nbdcopy'), 'qemu-img, qemu-io or nbdcopy missing')('a tiny writepath run completes: durable first write, commit vs devices, daemon memory', async () => {
+  const r = await writepathBench();
+  assert.equal(Object.keys(r.durable), ['1']);
+  for (const x of r.durable['1']!.samples) assert.ok(x.thinpoolMicros > 0 && x.qcow2Micros > 0 && x.phases.round2 >= 0);
+  assert.equal(Object.keys(r.commits).sort(), ['10', '200']);
+  const entryBytes = new Set(Object.values(r.commits).flatMap((c) => c.samples.map((x) => x.catalogBytes)));
+  assert.is(entryBytes.size, 1, `one log entry size for every commit, got ${[...entryBytes].join(', ')}`);
+  assert.is(r.memory.mappedBlocks, 16384, 'a 1 GiB pool of 64 KiB blocks, every block mapped');
+  assert.is(r.memory.bytesRead, 16384 * 65536);
+  assert.ok(r.memory.vmHwmKiB > 0);
+  assert.is(r.targets.length, 3);
+  assert.ok(existsSync(join(out, 'bench-writepath.json')) && existsSync(join(out, 'bench-writepath.svg')));
 });
 
 test('test runs leave the committed results in images/ alone', () => {
