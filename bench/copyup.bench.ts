@@ -99,13 +99,15 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
     const gone = systems.map((s) => cells.find((c) => c.system === s && c.skipped)).filter(Boolean);
     return `not measured: ${gone.map((c) => `${c!.label} skipped (${c!.skipped})`).join('; ') || 'a side is missing'}`;
   };
-  const paired = (id: string, goal: string, size: number, a: CopyupCell | undefined, b: CopyupCell | undefined, target: string, test: (r: number) => boolean, info = false) => {
+  const paired = (id: string, goal: string, size: number, [sa, sb]: [string, string], mode: Mode, target: string, test: (r: number) => boolean, info = false) => {
+    const a = cellOf(cells, size, sa, mode);
+    const b = cellOf(cells, size, sb, mode);
     const ra = micros(a);
     const rb = micros(b);
     const measured = ra && rb ? pairedRatio(ra, rb) : null;
     goals.push({
       id, goal, measured, target, met: measured === null ? null : test(measured),
-      detail: measured === null ? missing(size, id.startsWith('overlay') ? 'overlayfs' : id.startsWith('metacopy') ? 'overlayfs-metacopy' : 'userspace-copyup', 'thinpool-device') : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
+      detail: measured === null ? missing(size, sa, sb) : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
       ...(info ? { info } : {}),
     });
   };
@@ -125,11 +127,15 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
     });
   }
   for (const [size, target] of [[256, 200], [1024, 800]] as const) {
-    const thin = cellOf(cells, size, 'thinpool-device', 'system');
-    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs', 'system'), thin, `>= ${target}`, (r) => r >= target);
-    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs-metacopy', 'system'), thin, '-', () => true, true);
-    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'userspace-copyup', 'system'), thin, '-', () => true, true);
+    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, size, ['overlayfs', 'thinpool-device'], 'system', `>= ${target}`, (r) => r >= target);
+    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, size, ['overlayfs-metacopy', 'thinpool-device'], 'system', '-', () => true, true);
+    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, size, ['userspace-copyup', 'thinpool-device'], 'system', '-', () => true, true);
   }
+  // Through a mounted container file system (ext4 on a thin snapshot): the goal at 256 MiB, system mode.
+  paired('ext4-256', 'overlayfs copy-up / thinpool ext4 (mounted snapshot), 256 MiB, system mode', 256, ['overlayfs', 'thinpool-ext4'], 'system', '>= 20', (r) => r >= 20);
+  paired('ext4-1024', 'overlayfs copy-up / thinpool ext4 (mounted snapshot), 1024 MiB, system mode', 1024, ['overlayfs', 'thinpool-ext4'], 'system', '-', () => true, true);
+  paired('ext4-256-durable', 'overlayfs copy-up + fsync / thinpool ext4 write + fsync, 256 MiB, durable mode', 256, ['overlayfs', 'thinpool-ext4'], 'durable', '-', () => true, true);
+  paired('ext4-1024-durable', 'overlayfs copy-up + fsync / thinpool ext4 write + fsync, 1024 MiB, durable mode', 1024, ['overlayfs', 'thinpool-ext4'], 'durable', '-', () => true, true);
   // Durable: both are block-level CoW of one 64 KiB block, flat in size, so every size's rounds are pooled.
   const a: number[] = [];
   const b: number[] = [];
