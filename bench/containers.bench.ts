@@ -149,7 +149,7 @@ export function containersGoals(cells: ContainersCell[], writeSizesMiB: number[]
     if (!writeSizesMiB.includes(size)) continue;
     const mc = t && o ? pairedRatio(o.samples.map((s) => s.ctrMicros), t.samples.map((s) => s.ctrMicros)) : null;
     goals.push({
-      id: `first-write-${size}-ctr`, goal: `the same containers, \`ctr run\` start to exit: overlayfs / thinpool time`, measured: mc, target: '-', met: mc === null ? null : true, info: true,
+      id: `first-write-${size}-ctr`, goal: `the ${size} MiB first-write containers, \`ctr run\` start to exit: overlayfs / thinpool time`, measured: mc, target: '-', met: mc === null ? null : true, info: true,
       detail: mc === null ? 'not measured' : `overlayfs ${fmtMicros(stats(o!.samples.map((s) => s.ctrMicros)).median)} / thinpool ${fmtMicros(stats(t!.samples.map((s) => s.ctrMicros)).median)} (medians)`,
     });
   }
@@ -372,8 +372,8 @@ export function containersCharts(r: ContainersResult): ChartSpec[] {
   if (fw.length) {
     const ys = fw.map((c) => c.latencyMicros.median / 1000);
     const ticks = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000].filter((t) => t >= Math.min(...ys) / 2 && t <= Math.max(...ys) * 2);
-    charts.push(lineChart('First write of 4 KiB into a file of the image, inside the container (dd + sync; median, log-log)', { title: 'file size (MiB)', log: true, values: r.config.writeSizesMiB }, { title: 'first write (ms)', log: true, values: ticks },
-      fw.map((c) => ({ x: c.sizeMiB!, y: c.latencyMicros.median / 1000, series: c.label }))));
+    charts.push(lineChart('First write into a file of the image, in the container', { title: 'file size (MiB)', log: true, values: r.config.writeSizesMiB }, { title: 'first write (ms)', log: true, values: ticks },
+      fw.map((c) => ({ x: c.sizeMiB!, y: c.latencyMicros.median / 1000, series: c.label })), { subtitle: 'dd of 4 KiB (conv=notrunc) + sync, timed inside; median; log-log; lower is better' }));
   }
   const many = of('many');
   if (many.length) {

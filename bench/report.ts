@@ -70,7 +70,12 @@ export function containersReport(r: ContainersResult): string {
   const cfg = r.config;
   const ids = r.systems.map((s) => s.id);
   const of = (measure: ContainersCell['measure'], sizeMiB: number | null) => ids.map((id) => r.cells.find((c) => c.measure === measure && c.system === id && c.sizeMiB === sizeMiB));
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+  // The median as the suite computes it (the mean of the two middle samples of an even count).
+  const med = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const i = (s.length - 1) / 2;
+    return (s[Math.floor(i)]! + s[Math.ceil(i)]!) / 2;
+  };
   const lat = (c: ContainersCell | undefined) => (c ? `${fmtMicros(c.latencyMicros.median)} (${fmtMicros(c.latencyMicros.p95)})` : 'not measured');
   out.push(`Containers from one image on ${r.systems.map((s) => s.label).join(' and ')}, alternating: median (p95); ${cfg.runRounds} rounds of \`ctr run\`, ${cfg.writeRounds} of each first write, ${cfg.many} containers per snapshotter; commit ${r.source.commit.slice(0, 10)}, load average ${r.loadAverage.before[0]!.toFixed(1)} -> ${r.loadAverage.after[0]!.toFixed(1)}.`);
   out.push('');
