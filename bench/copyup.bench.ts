@@ -11,8 +11,9 @@
  * Every round takes one sample of every (size, system, mode), in an order (of sizes and of
  * systems) that flips every round; round 0 is a warm-up. Inputs (the lower files, the thin devices
  * holding the same bytes) are made before the rounds; each sample's fresh state (overlay mount with a fresh upper dir,
- * fresh qcow2, fresh snapshot) is made untimed. Peers that cannot run here are skipped and named;
- * rows that need layers not built yet are listed as pending (copyup-peers.ts).
+ * fresh qcow2, fresh snapshot, a fresh snapshot attached and mounted) is made untimed. Peers that
+ * cannot run here are skipped and named; a row that needs a layer not built yet would be listed as
+ * pending (copyup-peers.ts; none is).
  *
  * Run: npm run bench -- copyup   (images/bench-copyup.json, .svg, -bytes.svg, .md; see bench/README.md)
  */
@@ -312,8 +313,8 @@ function bytesCharts(r: CopyupResult) {
   const sys = r.cells.filter((c) => c.samples && c.mode === 'system');
   const x = { title: 'file size (MiB)', log: true, values: r.config.sizesMiB };
   return [
-    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'the three copy-up lines coincide (each copies the whole file); so do qcow2 and thinpool (one 64 KiB cluster / block)' }),
+    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'copy-up: the whole file; qcow2, thinpool device: one 64 KiB cluster / block; ext4: + its journal' }),
     lineChart('Space used by the new layer after the first write (median, system mode)', x, { title: 'space (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: Math.max(c.spaceAfterBytes!, 1) / 1024, series: systemName(c) })),
-      { subtitle: 'copy-up: du of the upper dir; qcow2: the image file (its tables included); thinpool: data blocks allocated' }),
+      { subtitle: 'copy-up: du of the upper dir; qcow2: the image file (its tables included); thinpool: data blocks allocated (ext4: the mount included)' }),
   ];
 }
