@@ -5,7 +5,7 @@
 import { barChart, lineChart, type ChartSpec } from './charts.js';
 import type { SnapshotterId } from './containers-ctr.js';
 import { fmtBytes, fmtMicros } from './format.js';
-import { pairedRatio, stats, writeCharts, writeText } from './harness.js';
+import { pairedRatio, stats, writeCharts, writeText, type BenchGoal } from './harness.js';
 import { containersReport } from './report.js';
 export const MiB = 1024 * 1024;
 
@@ -45,15 +45,7 @@ export interface ContainersCell {
   removeMicros?: number;
 }
 
-export interface ContainersGoal {
-  id: string;
-  goal: string;
-  measured: number | null;
-  target: string;
-  met: boolean | null;
-  detail: string;
-  info?: boolean;
-}
+export type ContainersGoal = BenchGoal;
 
 export interface ContainersResult {
   suite: 'containers';

@@ -19,14 +19,13 @@
  * only in the page cache when the timer stops, and the copy-on-write happens at writeback).
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, existsSync, fsyncSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { BusyError } from '../src/errors.js';
 import { mountDevice, umountDir } from '../src/serve/mounts.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { CLI, makePool, startDaemon, type DaemonHandle } from '../test/support/daemon.js';
-import { preadFile, verify, type CopyupPeer, type FileUnderTest } from './copyup-peer.js';
-import { now } from './harness.js';
+import { preadFile, timedFileWrite, verify, type CopyupPeer, type FileUnderTest } from './copyup-peer.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
@@ -150,12 +149,7 @@ export function thinpoolExt4Peer(dir: string, capacity: number): CopyupPeer {
         statSync(target);
         execFileSync('sync', ['-f', mnt]);
         const u1 = await used();
-        const t0 = now();
-        const fd = openSync(target, constants.O_WRONLY);
-        writeSync(fd, f.data, 0, f.data.length, f.offset);
-        if (mode === 'durable') fsyncSync(fd);
-        closeSync(fd);
-        const micros = (now() - t0) * 1e6;
+        const micros = timedFileWrite(target, f, mode);
         execFileSync('sync', ['-f', mnt]);
         const u2 = await used();
         verify(f, preadFile(target, f.offset, f.data.length), preadFile(target, f.offset - 4096, 4096), label);

@@ -2,8 +2,9 @@
  * What a system of the copyup suite is ({@link CopyupPeer}), the file it writes into, one sample,
  * and the untimed checks and measures the peers share (du, reading back the write).
  */
-import { closeSync, lstatSync, openSync, readdirSync, readSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, lstatSync, openSync, readdirSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { now } from './harness.js';
 
 export type Mode = 'system' | 'durable';
 export const MODES: readonly Mode[] = ['system', 'durable'];
@@ -82,4 +83,17 @@ export function verify(f: FileUnderTest, got: Buffer, before: Buffer, what: stri
   if (!got.equals(f.data)) throw new Error(`${what}: the written 4 KiB do not read back`);
   const lower = preadFile(f.path, f.offset - before.length, before.length);
   if (!before.equals(lower)) throw new Error(`${what}: the bytes before the write differ from the lower file`);
+}
+
+/**
+ * The timed first write into a file of a mounted file system (overlayfs, the thinpool ext4 row):
+ * open, write the 4 KiB in the middle, fsync in durable mode, close. Returns microseconds.
+ */
+export function timedFileWrite(target: string, f: FileUnderTest, mode: Mode): number {
+  const t0 = now();
+  const fd = openSync(target, constants.O_WRONLY);
+  writeSync(fd, f.data, 0, f.data.length, f.offset);
+  if (mode === 'durable') fsyncSync(fd);
+  closeSync(fd);
+  return (now() - t0) * 1e6;
 }

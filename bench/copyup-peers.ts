@@ -8,14 +8,14 @@
  * {@link makePeers}.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, constants, fsyncSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pool } from '../src/pool/pool.js';
 import { CopyUpFs } from './copyup-baseline.js';
 import { now } from './harness.js';
-import { allocatedBytes, qcow2OwnDataBytes, qemuIo, runTool } from './qemu-io.js';
+import { allocatedBytes, qcow2OwnDataBytes, qemuIo, qemuMissing, runTool } from './qemu-io.js';
 
-import { duBytes, preadFile, verify, type CopyupPeer, type Mode } from './copyup-peer.js';
+import { duBytes, preadFile, timedFileWrite, verify, type CopyupPeer, type Mode } from './copyup-peer.js';
 import { thinpoolExt4Peer } from './copyup-ext4.js';
 
 export { duBytes, MODES, preadFile, verify, type CopyupPeer, type FileUnderTest, type FirstWriteSample, type Mode } from './copyup-peer.js';
@@ -97,12 +97,7 @@ function overlayPeer(dir: string, metacopy: boolean): CopyupPeer {
           extraMicros.chmod = (now() - t) * 1e6;
         }
         const spaceBeforeBytes = duBytes(m.upper);
-        const t0 = now();
-        const fd = openSync(target, constants.O_WRONLY);
-        writeSync(fd, f.data, 0, f.data.length, f.offset);
-        if (mode === 'durable') fsyncSync(fd);
-        closeSync(fd);
-        const micros = (now() - t0) * 1e6;
+        const micros = timedFileWrite(target, f, mode);
         const bytesCopied = statSync(join(m.upper, f.rel)).blocks * 512;
         const spaceAfterBytes = duBytes(m.upper);
         verify(f, preadFile(join(m.upper, f.rel), f.offset, f.data.length), preadFile(join(m.upper, f.rel), f.offset - 4096, 4096), name);
@@ -171,14 +166,7 @@ function qcow2Peer(dir: string): CopyupPeer {
     level: 'block',
     how: { system: how('system'), durable: how('durable') },
     async probe() {
-      for (const t of ['qemu-io', 'qemu-img']) {
-        try {
-          execFileSync(t, ['--version'], { stdio: 'ignore' });
-        } catch {
-          return `${t} is not installed (Debian: qemu-utils)`;
-        }
-      }
-      return null;
+      return qemuMissing();
     },
     async prepare() {},
     async sample(f, mode, round) {

@@ -24,7 +24,7 @@ import { loadavg, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { lineChart, type LinePoint } from './charts.js';
 import { makePeers, MODES, PENDING, type CopyupPeer, type FileUnderTest, type FirstWriteSample, type Mode } from './copyup-peers.js';
-import { benchDir, envList, envNum, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
+import { benchDir, envList, envNum, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText, type BenchGoal } from './harness.js';
 import { fmtBytes, fmtMicros } from './format.js';
 import { copyupReport } from './report.js';
 
@@ -46,17 +46,7 @@ export interface CopyupCell {
   skipped?: string;
 }
 
-export interface CopyupGoal {
-  id: string;
-  goal: string;
-  /** The measured ratio, or null when this run could not measure it (a peer skipped, a size not run). */
-  measured: number | null;
-  target: string;
-  met: boolean | null;
-  detail: string;
-  /** Shown for information, no target of the issue. */
-  info?: boolean;
-}
+export type CopyupGoal = BenchGoal;
 
 export interface CopyupResult {
   suite: 'copyup';

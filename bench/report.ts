@@ -6,11 +6,12 @@
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import type { ContainersCell, ContainersResult } from './containers-results.js';
-import type { CopyupCell, CopyupGoal, CopyupResult } from './copyup.bench.js';
+import type { CopyupCell, CopyupResult } from './copyup.bench.js';
+import type { BenchGoal } from './harness.js';
 import type { SnapshotsResult } from './snapshots.bench.js';
 import { fmtBytes, fmtMicros, fmtRatio } from './format.js';
 
-function goalLine(g: CopyupGoal | { goal: string; measured: number | null; target: string; met: boolean | null; detail: string; info?: boolean }): string {
+function goalLine(g: Omit<BenchGoal, 'id'>): string {
   const verdict = g.info ? 'information' : g.met === null ? 'not measured' : g.met ? 'met' : '**not met**';
   return `| ${g.goal} | ${g.measured === null ? '-' : fmtRatio(g.measured)} | ${g.target} | ${verdict} | ${g.detail} |`;
 }
