@@ -50,7 +50,8 @@ export async function runFsTask<T extends FsTask>(task: T, signal?: AbortSignal)
   switch (task.op) {
     case 'apply': {
       const tar = openUncompressed(createReadStream(task.blob, { highWaterMark: 256 * 1024 }), { name: task.layer, diffId: task.diffId });
-      return (await applyLayer(task.root, tar, { layer: task.layer, ...(signal ? { signal } : {}) })) as R;
+      // applyLayer says "of layer X": X without a leading "layer ".
+      return (await applyLayer(task.root, tar, { layer: task.layer.replace(/^layer /, ''), ...(signal ? { signal } : {}) })) as R;
     }
     case 'diff': {
       const d = await diffTrees(task.lower, task.upper);

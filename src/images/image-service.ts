@@ -36,6 +36,7 @@ import { writeOciArchive } from './oci-archive-writer.js';
 import { writeOciLayout } from './oci-layout-writer.js';
 import type { Descriptor } from './oci-types.js';
 import { readImage } from './read-image.js';
+import { removeStaleScratch } from './scratch-dirs.js';
 
 export type { LayerResult };
 
@@ -111,9 +112,12 @@ export class ImageService implements ServiceCore {
 
   /** A new scratch directory under `POOL/run/images` (same file system as the blobs). */
   async scratch(): Promise<string> {
-    const dir = join(this.pool.dir, 'run', 'images');
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    return mkdtemp(join(dir, 'op-'));
+    await mkdir(this.scratchRoot, { recursive: true, mode: 0o700 });
+    return mkdtemp(join(this.scratchRoot, 'op-'));
+  }
+
+  private get scratchRoot(): string {
+    return join(this.pool.dir, 'run', 'images');
   }
 
   /** Runs a change alone (every image and container change goes through here). */
@@ -238,9 +242,16 @@ export class ImageService implements ServiceCore {
     });
   }
 
-  /** `image prune` (and `pool cleanup`): what no image and no container needs. */
+  /**
+   * `image prune` (and `pool cleanup`): what no image and no container needs, and the scratch
+   * directories interrupted operations left (nothing runs meanwhile: the mutex is held).
+   */
   prune(): Promise<PruneResult> {
-    return this.exclusive(() => this.store.prune());
+    return this.exclusive(async () => {
+      const r = await this.store.prune();
+      await removeStaleScratch(this.scratchRoot);
+      return r;
+    });
   }
 
 }

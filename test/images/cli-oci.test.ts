@@ -79,7 +79,8 @@ it('an umoci image with every file kind loads; a mounted container of each tag e
       assert.match(cid, /^[0-9a-f]{64}$/);
       const ours = await containerTree(t, `c-${v}`);
       const ref = await snapshotTree(await unpack(layout, v, join(work, `ref-${v}`)));
-      assert.ok(ours.size > 300 && ref.size > 300, `whole trees compared (${ours.size} paths)`);
+      // Every kind of entry the layers make is there (busybox, its applet links, the base layer's files).
+      assert.ok(ours.size > 30 && ref.size > 30, `whole trees compared (${ours.size} paths)`);
       assert.equal(treeDifferences(ref, ours, { mtimes: 'all', skip: notRoot }), [], `tag ${v}: the container equals umoci unpack`);
     }
     assert.equal(loaded.map((r) => r.layers.map((l) => l.reused)), [[false], [true, false], [true, true, false]], 'each load applies only its new layer');
