@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import type { ContainersCell, ContainersResult } from './containers.bench.js';
+import type { ContainersCell, ContainersResult } from './containers-results.js';
 import type { CopyupCell, CopyupGoal, CopyupResult } from './copyup.bench.js';
 import type { SnapshotsResult } from './snapshots.bench.js';
 import { fmtBytes, fmtMicros, fmtRatio } from './format.js';
