@@ -47,8 +47,8 @@ export async function imagesDemoProbe(): Promise<{ skip: string | null; busybox:
   if (process.getuid?.() !== 0) return { skip: 'not root (containers are mounted: loop devices and mount need root)', busybox };
   for (const t of ['nbdfuse', 'losetup', 'mkfs.ext4', 'mount', 'chroot']) if (!(await findProgram(t))) return { skip: `${t} is not installed`, busybox };
   if (!busybox) return { skip: 'busybox is not installed (Debian: busybox-static)', busybox };
-  const ldd = await run('file', ['-L', busybox]).then((r) => r.stdout, () => '');
-  if (ldd && !/statically linked|static-pie/.test(ldd)) return { skip: `${busybox} is not statically linked (Debian: busybox-static)`, busybox };
+  const kind = await run('file', ['-L', busybox]).then((r) => r.stdout, () => '');
+  if (kind && !/statically linked|static-pie/.test(kind)) return { skip: `${busybox} is not statically linked (Debian: busybox-static)`, busybox };
   return { skip: null, busybox };
 }
 
