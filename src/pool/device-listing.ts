@@ -41,7 +41,7 @@ export interface DeviceListing {
   /** The file system the device holds, when thinpool made it. */
   fs?: string;
   /** The container snapshot the device carries (src/snapshots), if any. */
-  snapshot?: { key: string; kind: string; parent: string | null };
+  snapshot?: { namespace?: string; key: string; kind: string; parent: string | null };
   /** Set while the device waits to be deleted once released (deferred removal). */
   pendingRemoval?: string;
 }
@@ -67,7 +67,7 @@ export async function listDevices(md: ThinMetadata, catalog: Catalog): Promise<D
         transactionId: d.transactionId,
         readOnly: !!r.readOnly,
         ...(r.fs ? { fs: r.fs } : {}),
-        ...(r.snapshot ? { snapshot: { key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
+        ...(r.snapshot ? { snapshot: { ...(r.snapshot.namespace ? { namespace: r.snapshot.namespace } : {}), key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
         ...(r.pendingRemoval ? { pendingRemoval: r.pendingRemoval } : {}),
       };
     });

@@ -247,7 +247,7 @@ export class Pool implements VolumeHost {
     const r = this.record(dev);
     if (this.inUse.has(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
     // A container snapshot goes through its snapshotter (which knows its parents and children).
-    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through ${r.snapshot.namespace === 'thinpool' ? 'thinpool image rm or container rm' : 'containerd (ctr snapshots rm)'}`, { id: r.id });
     await this.gate.exclusively(async () => {
       // An export may have attached while this waited for the gate.
       if (this.inUse.has(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
