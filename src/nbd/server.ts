@@ -2,14 +2,14 @@
  * The NBD server: listens on unix sockets and TCP ports and runs one {@link NbdConnection} per
  * client against the exports of an {@link NbdExportProvider}.
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
-import { chmod, unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BusyError, RangeErrorWithCode } from '../errors.js';
 import { MiB } from '../units.js';
 import { NbdConnection } from './connection.js';
 import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
+import { type SocketFile, listenUnixSocket, removeSocketFile } from './unix-socket.js';
 
 export interface NbdServerOptions {
   /** Where exports come from; consulted on every INFO/GO/LIST/EXPORT_NAME. */
@@ -48,7 +48,7 @@ export class NbdServer {
   private readonly closeGraceMs: number;
   private readonly shutdownTimeoutMs: number;
   private readonly handshakeTimeoutMs: number;
-  private readonly listeners: { server: Server; unixPath?: string }[] = [];
+  private readonly listeners: { server: Server; unixFile?: SocketFile }[] = [];
   private readonly conns = new Set<NbdConnection>();
   private nextId = 1;
   private closing: Promise<void> | undefined;
@@ -68,22 +68,16 @@ export class NbdServer {
 
   /**
    * Listens on a unix socket at `path` and sets its mode. A stale socket file (nobody accepting)
-   * is replaced; a live one is an error ({@link BusyError}). The file is removed by {@link close}.
+   * is replaced; a live one is an error ({@link BusyError}), and so is anything at `path` that is
+   * not a socket (an `ExistsError`: a regular file there is never deleted). The socket file is
+   * removed by {@link close}.
    * @example await server.listenUnix(join(dir, 'nbd.sock'));
    */
   async listenUnix(path: string, mode = 0o600): Promise<void> {
     this.assertOpen();
     const server = this.makeServer(false);
-    try {
-      await listen(server, path);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'EADDRINUSE') throw err;
-      if (await isLive(path)) throw new BusyError(`Cannot listen on ${path}: another server is accepting connections there`, { path });
-      await unlink(path).catch(() => {});
-      await listen(server, path);
-    }
-    this.adopt(server, path);
-    await chmod(path, mode);
+    const file = await listenUnixSocket(server, path, mode);
+    this.adopt(server, file);
   }
 
   /**
@@ -148,7 +142,7 @@ export class NbdServer {
     for (const c of conns) c.shutdown();
     await Promise.all(conns.map((c) => c.closed));
     await Promise.all(stopped);
-    for (const l of this.listeners) if (l.unixPath) await unlink(l.unixPath).catch(() => {});
+    for (const l of this.listeners) if (l.unixFile) await removeSocketFile(l.unixFile);
   }
 
   private assertOpen(): void {
@@ -163,13 +157,13 @@ export class NbdServer {
     return server;
   }
 
-  private adopt(server: Server, unixPath?: string): void {
+  private adopt(server: Server, unixFile?: SocketFile): void {
     server.on('error', (err) => this.log(`listener error: ${err.message}`));
-    this.listeners.push(unixPath === undefined ? { server } : { server, unixPath });
+    this.listeners.push(unixFile === undefined ? { server } : { server, unixFile });
   }
 }
 
-function listen(server: Server, pathOrPort: string | number, host?: string): Promise<void> {
+function listen(server: Server, port: number, host: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
@@ -177,18 +171,6 @@ function listen(server: Server, pathOrPort: string | number, host?: string): Pro
       server.off('error', onError);
       resolve();
     };
-    if (typeof pathOrPort === 'string') server.listen(pathOrPort, done);
-    else server.listen(pathOrPort, host, done);
-  });
-}
-
-function isLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
+    server.listen(port, host, done);
   });
 }
