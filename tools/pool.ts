@@ -252,6 +252,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
       const ids = devices.map((d) => d.name ?? `id:${d.id}`);
       print(`restored ${summary.devices} device${summary.devices === 1 ? '' : 's'} (${ids.join(', ') || 'none'}), ${summary.mappings} mappings, into ${dir}: ${summary.nrDataBlocks} data blocks of ${formatSize(summary.dataBlockSize * 512)}, ${summary.metadataBlocksUsed} of ${summary.nrMetadataBlocks} metadata blocks used`);
       if (devices.some((d) => d.name === null)) print('the XML carries no names: address the devices as id:N, or name them with thinpool device rename id:N NAME');
+      if (summary.replaced) print(`note: ${summary.replaced} mapping element${summary.replaced === 1 ? '' : 's'} mapped a block its device had mapped already; the later one was kept`);
       if (createdData) print(`note: ${join(dir, 'data')} was created empty, so the mappings read zeros until the original pool's data file is put there`);
     });
 
