@@ -8,7 +8,10 @@ import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ExistsError, NotFoundError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
+import { newBlock } from '../pdata/block-manager.js';
+import { MAX_METADATA_BLOCKS } from '../pdata/space-map-disk.js';
 import { ThinMetadata } from '../thin/metadata.js';
+import { superblockValidator, unpackSuperblock } from '../thin/superblock.js';
 import { estimateMetadataBytes } from '../thin/metadata-size.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import { type CatalogBody, type LoadedCatalog, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog-slots.js';
@@ -56,6 +59,8 @@ export interface PoolOpenOptions {
 /** What opening a pool directory gives: its lock, both files, the metadata and the catalog. */
 export interface OpenedPool {
   dir: string;
+  /** What opening did that the user should hear about (a short metadata file grown). */
+  notices: string[];
   lock: PoolLock;
   metadataFile: FileBlockFile;
   dataFile: FileBlockFile;
@@ -137,6 +142,9 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
   try {
     meta = await FileBlockFile.open(join(dir, 'metadata'));
     data = await FileBlockFile.open(join(dir, 'data'));
+    const notices: string[] = [];
+    const grown = await growShortMetadata(meta);
+    if (grown) notices.push(grown);
     const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
     const catalog = await loadCatalog(dir, md.superblockChecksum, md.deviceIds(), () => ({
       lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
@@ -147,11 +155,37 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
     }));
     const want = md.nrDataBlocks * md.blockBytes;
     if ((await data.size()) < want) await data.truncate(want);
-    return { dir, lock, metadataFile: meta, dataFile: data, md, catalog, abandon };
+    return { dir, notices, lock, metadataFile: meta, dataFile: data, md, catalog, abandon };
   } catch (err) {
     await abandon();
     throw err;
   }
+}
+
+/**
+ * A metadata file shorter than its space map (a copy that dropped trailing unused blocks, a
+ * truncation just past the last block in use) is grown back to the space map's size before it
+ * is opened: the blocks past its end read as zeros either way, and only free blocks may lie
+ * there, exactly what `pool check` accepts with a warning (a reachable block past the end is
+ * damage that both the check and the open report). Returns the notice, or undefined when the
+ * file was long enough or its superblock is not valid (the open then says why).
+ */
+async function growShortMetadata(meta: FileBlockFile): Promise<string | undefined> {
+  const size = await meta.size();
+  if (size < METADATA_BLOCK_SIZE) return undefined;
+  const block = newBlock(0);
+  await meta.read(block.data, 0);
+  try {
+    superblockValidator.check(block);
+  } catch {
+    return undefined;
+  }
+  const sb = unpackSuperblock(block);
+  const want = sb.metadataSm.nrBlocks;
+  const have = Math.floor(size / METADATA_BLOCK_SIZE);
+  if (!(want > have && want <= MAX_METADATA_BLOCKS)) return undefined;
+  await meta.truncate(want * METADATA_BLOCK_SIZE);
+  return `the metadata file held ${have} blocks, fewer than its space map's ${want}; it was grown back to ${formatSize(want * METADATA_BLOCK_SIZE)} (the blocks past its old end were unused)`;
 }
 
 /**

@@ -90,6 +90,7 @@ export class Pool implements VolumeHost {
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private commitHook: PoolOpenOptions['commitHook'];
+  private readonly openNotices: readonly string[];
 
   private constructor(opened: OpenedPool) {
     this.dir = opened.dir;
@@ -97,6 +98,7 @@ export class Pool implements VolumeHost {
     this.metadataFile = opened.metadataFile;
     this.dataFile = opened.dataFile;
     this.lock = opened.lock;
+    this.openNotices = opened.notices;
     this.catalog = new Catalog(opened.dir, opened.catalog);
     this.modes = new PoolModes(this.md);
     this.space = new DataSpace(this.dir, this.md, this.dataFile, this.catalog, this.modes);
@@ -163,7 +165,7 @@ export class Pool implements VolumeHost {
 
   /** What opening found worth telling the user (changes made outside thinpool). */
   get notices(): readonly string[] {
-    return this.catalog.notices;
+    return [...this.openNotices, ...this.catalog.notices];
   }
 
   /** Pool status as `thinpool pool status --json` prints it. */
