@@ -6,7 +6,7 @@
  */
 import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ExistsError, NotFoundError } from '../errors.js';
+import { ExistsError, NoSpaceError, NotFoundError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
 import { newBlock } from '../pdata/block-manager.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map-disk.js';
@@ -99,6 +99,7 @@ export async function createPoolFiles(opts: PoolCreateOptions): Promise<void> {
     await data.close();
     const meta = await FileBlockFile.open(join(opts.dir, 'metadata'), { create: true });
     const md = await ThinMetadata.format(meta, { dataBlockSize: bs / 512, nrDataBlocks, nrMetadataBlocks: Math.floor(metaBytes / METADATA_BLOCK_SIZE) });
+    await reserveMetadata(meta, 'create the pool');
     const settings: PoolSettings = {
       lowWaterMarkBlocks: opts.lowWaterMark !== undefined ? Math.floor(opts.lowWaterMark / bs) : Math.max(1, Math.floor(nrDataBlocks / 10)),
       autoExtend: opts.autoExtend ?? true,
@@ -145,6 +146,12 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
     const notices: string[] = [];
     const grown = await growShortMetadata(meta);
     if (grown) notices.push(grown);
+    try {
+      await reserveMetadata(meta, `open pool ${dir}`);
+    } catch (err) {
+      if (!(err instanceof NoSpaceError)) throw err;
+      notices.push(`${err.message}; until space is freed on the host, a commit may fail`);
+    }
     const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
     const catalog = await loadCatalog(dir, md.superblockChecksum, md.deviceIds(), () => ({
       lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
@@ -159,6 +166,24 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
   } catch (err) {
     await abandon();
     throw err;
+  }
+}
+
+/**
+ * Gives the whole metadata file real blocks on the host (it is created sparse), so that no
+ * metadata write of a commit can ever fail because the host file system filled up with data:
+ * a full host then fails the data writes that do not fit, with ENOSPC, and nothing else (the
+ * kernel's metadata device is a real device for the same reason).
+ * @throws NoSpaceError (`host: true`) when the host cannot give the space.
+ */
+export async function reserveMetadata(meta: FileBlockFile, action: string): Promise<void> {
+  const size = await meta.size();
+  try {
+    await meta.allocate(0, size);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+    throw new NoSpaceError(`Cannot ${action}: the host file system holding ${meta.path} has no room to reserve its ${formatSize(size)} of metadata`, { host: true, path: meta.path });
   }
 }
 

@@ -10,8 +10,21 @@ import { MetadataSpaceError } from '../pdata/transaction-manager.js';
 import type { ThinMetadata } from '../thin/metadata.js';
 import type { PoolMode } from './volume-host.js';
 
+/** A change of the pool's mode, or of the host file system's room for data, with why. */
+export interface PoolEvent {
+  kind: 'mode' | 'host-space';
+  /** The mode before and after (kind `mode`), or `ok`/`full` (kind `host-space`). */
+  from: string;
+  to: string;
+  /** One line for the log, e.g. `mode rw -> out-of-data-space: ...`. */
+  message: string;
+}
+
 export class PoolModes {
   private value: PoolMode;
+  private hostFullValue = false;
+  /** Told about every mode change and host-space change (the daemon logs them). */
+  readonly listeners = new Set<(e: PoolEvent) => void>();
 
   constructor(private readonly md: ThinMetadata) {
     this.value = md.needsCheck ? 'ro' : 'rw';
@@ -21,8 +34,36 @@ export class PoolModes {
     return this.value;
   }
 
-  set mode(m: PoolMode) {
-    this.value = m;
+  /** Changes the mode, telling the listeners when it is a change; `why` ends the log line. */
+  change(to: PoolMode, why: string): void {
+    const from = this.value;
+    if (from === to) return;
+    this.value = to;
+    this.emit({ kind: 'mode', from, to, message: `mode ${from} -> ${to}: ${why}` });
+  }
+
+  /** True since a data write found the host file system full, until one found room again. */
+  get hostFull(): boolean {
+    return this.hostFullValue;
+  }
+
+  /** Records whether the host had room for the last data write that needed new host blocks. */
+  hostSpace(full: boolean, path: string): void {
+    if (full === this.hostFullValue) return;
+    this.hostFullValue = full;
+    this.emit(full
+      ? { kind: 'host-space', from: 'ok', to: 'full', message: `host file system full: ${path} cannot grow; writes that need new space fail with ENOSPC, the rest of the pool works on` }
+      : { kind: 'host-space', from: 'full', to: 'ok', message: `host file system has room again: writes to ${path} that need new space succeed again` });
+  }
+
+  private emit(e: PoolEvent): void {
+    for (const l of this.listeners) {
+      try {
+        l(e);
+      } catch {
+        // a listener's failure is not the pool's
+      }
+    }
   }
 
   /** True in `ro` and `fail`: nothing is committed and no change is accepted. */
@@ -49,7 +90,7 @@ export class PoolModes {
         await this.failMetadataFull();
         throw new NoSpaceError(`Cannot change the metadata: the metadata device is full (${this.md.nrMetadataBlocks} blocks); uncommitted changes were dropped, the pool is read-only and needs_check is set (extend the metadata and run thinpool pool check)`, { metadata: true });
       }
-      if (this.md.hasChanges && (err as { code?: string }).code === 'ECORRUPT') this.value = 'fail';
+      if (this.md.hasChanges && (err as { code?: string }).code === 'ECORRUPT') this.change('fail', `a metadata change found damage: ${(err as Error).message}`);
       throw err;
     }
   }
@@ -60,12 +101,12 @@ export class PoolModes {
       await this.failMetadataFull();
       throw new NoSpaceError(`Cannot commit: the metadata device is full (${this.md.nrMetadataBlocks} blocks); the pool is read-only and needs_check is set`, { metadata: true });
     }
-    this.value = 'fail';
+    this.change('fail', `the commit failed: ${(err as Error)?.message ?? String(err)}`);
     throw err;
   }
 
   private async failMetadataFull(): Promise<void> {
-    this.value = 'ro';
+    this.change('ro', `the metadata device is full (${this.md.nrMetadataBlocks} blocks); uncommitted changes were dropped and needs_check is set`);
     await this.md.abort();
     await this.md.setNeedsCheck();
   }

@@ -18,7 +18,7 @@
  * await pool.close();
  */
 import { statfs } from 'node:fs/promises';
-import { BusyError } from '../errors.js';
+import { BusyError, NoSpaceError } from '../errors.js';
 import type { FileBlockFile } from '../io/block-file.js';
 import { checkMetadata } from '../thin/check.js';
 import type { CheckReport } from '../thin/check-issues.js';
@@ -36,7 +36,7 @@ import {
   type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
 } from './pool-lifecycle.js';
 import type { PoolLock } from './pool-lock.js';
-import { PoolModes } from './pool-modes.js';
+import { type PoolEvent, PoolModes } from './pool-modes.js';
 import { ThinVolume } from './thin-volume.js';
 import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
 
@@ -52,6 +52,8 @@ export interface PoolStatus {
   lowWaterMark: number;
   autoExtend: { enabled: boolean; step: number; max: number };
   hostFreeBytes: number;
+  /** The last data write that needed new host space found the host file system full. */
+  hostFull: boolean;
   catalog: 'in-sync' | 'reconciled';
   outsideChanges: OutsideChanges | null;
   devices: number;
@@ -163,6 +165,20 @@ export class Pool implements VolumeHost {
     return this.md.needsCheck;
   }
 
+  /**
+   * Calls `listener` on every mode change and whenever the host file system fills up or has room
+   * again (one log line each: `event.message`). Returns the function that stops it.
+   */
+  onEvent(listener: (event: PoolEvent) => void): () => void {
+    this.modes.listeners.add(listener);
+    return () => this.modes.listeners.delete(listener);
+  }
+
+  /** See {@link VolumeHost.noteHostSpace}. */
+  noteHostSpace(room: boolean): void {
+    if (room === this.modes.hostFull) this.modes.hostSpace(!room, this.dataFile.path);
+  }
+
   /** What opening found worth telling the user (changes made outside thinpool). */
   get notices(): readonly string[] {
     return [...this.openNotices, ...this.catalog.notices];
@@ -191,6 +207,7 @@ export class Pool implements VolumeHost {
       lowWaterMark: s.lowWaterMarkBlocks * this.blockSize,
       autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * this.blockSize, max: s.autoExtendMaxBlocks * this.blockSize },
       hostFreeBytes,
+      hostFull: this.modes.hostFull,
       catalog: this.catalog.state,
       outsideChanges: this.catalog.outsideChanges,
       devices: this.catalog.devices.length,
@@ -391,11 +408,16 @@ export class Pool implements VolumeHost {
       if (opts.metadataSize !== undefined) {
         const n = Math.floor(opts.metadataSize / METADATA_BLOCK_SIZE);
         if (n < this.md.nrMetadataBlocks) throw new RangeError(`Cannot shrink the metadata from ${this.md.nrMetadataBlocks} to ${n} blocks`);
+        // The host space first: a metadata device that cannot hold its blocks is never grown.
+        await this.metadataFile.allocate(0, n * METADATA_BLOCK_SIZE).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
+          throw new NoSpaceError(`Cannot extend the metadata to ${n} blocks: the host file system holding ${this.metadataFile.path} is full`, { host: true, path: this.metadataFile.path });
+        });
         await this.guard(() => this.md.resizeMetadata(n));
       }
       await this.commitLocked();
     });
-    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.mode = 'rw';
+    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.change('rw', `the pool was extended to ${this.md.nrDataBlocks} data blocks`);
   }
 
   /** Sets the user's transaction id (dmsetup's `set_transaction_id OLD NEW`). */
@@ -453,7 +475,7 @@ export class Pool implements VolumeHost {
     return this.gate.exclusively(async () => {
       const report = await checkMetadata(this.metadataFile);
       if (!report.ok) return report;
-      if (this.modes.frozen) this.modes.mode = 'rw';
+      if (this.modes.frozen) this.modes.change('rw', 'a full check found no damage (needs_check cleared)');
       if (this.md.needsCheck) {
         await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
         await this.commitLocked();

@@ -64,6 +64,8 @@ export class Daemon {
     }
     const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000 });
     const log = opts.log ?? (() => undefined);
+    // Every mode change and host-space change gets a log line (the pool itself never prints).
+    pool.onEvent((e) => log(`pool: ${e.message}`));
     try {
       if (opts.defaultDevice !== undefined) pool.record(opts.defaultDevice);
       for (const r of opts.readOnly ?? []) pool.record(r);
