@@ -352,18 +352,29 @@ export class Pool implements VolumeHost {
     });
   }
 
-  /** Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of the last one. */
+  /**
+   * Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of
+   * the last one, and is refused ({@link BusyError}) while the device is in use (exported).
+   */
   async resize(dev: string, sizeBytes: number): Promise<void> {
     this.writable(`resize ${dev}`);
     checkDeviceSize(sizeBytes);
     const r = this.record(dev);
     const old = this.deviceSize(r.id);
+    // A client of an export read the size once, at connect; NBD cannot tell it the device
+    // shrank, so it would go on reading and writing past the new end. Growing is harmless.
+    const refuseInUse = () => {
+      const users = this.inUse.get(r.id);
+      if (users) throw new BusyError(`Cannot shrink ${dev} from ${old} to ${sizeBytes} bytes: it is in use (${users} export client${users === 1 ? '' : 's'} connected, which cannot be told the new size); disconnect them first`, { id: r.id, users });
+    };
+    if (sizeBytes < old) refuseInUse();
     if (sizeBytes < old) {
       const vol = this.volume(`id:${r.id}`);
       const bs = this.blockSize;
       const tailEnd = Math.min(old, Math.ceil(sizeBytes / bs) * bs);
       if (tailEnd > sizeBytes) await vol.writeZeroes(sizeBytes, tailEnd - sizeBytes, { noHole: false });
       await this.gate.exclusively(async () => {
+        refuseInUse(); // a client may have attached while the tail was zeroed
         await this.guard(() => this.md.openDevice(r.id).removeRange(Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
       });
     }
