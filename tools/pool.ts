@@ -130,11 +130,12 @@ export function registerPool(program: Command, ctx: Ctx): void {
     .description('take over a metadata + data pair made elsewhere (LVM thin, Docker loop-lvm devicemapper/{metadata,data}, a kernel pool) without rewriting them until the first change')
     .requiredOption('--metadata <file>', 'the dm-thin metadata file (or device)')
     .requiredOption('--data <file>', 'the data file (or device)')
+    .option('--force', 'take the files from another thinpool pool directory that links them (it must be closed; it then refuses to open them)')
     .option('--json', 'print the devices found as JSON')
-    .action(async (o: { metadata: string; data: string; json?: boolean }, cmd: Command) => {
+    .action(async (o: { metadata: string; data: string; force?: boolean; json?: boolean }, cmd: Command) => {
       const dir = ctx.poolDir(cmd);
       ctx.doing(`adopt ${o.metadata} and ${o.data} into ${dir}`);
-      const p = await Pool.adopt({ dir, metadata: o.metadata, data: o.data });
+      const p = await Pool.adopt({ dir, metadata: o.metadata, data: o.data, force: !!o.force });
       let devices;
       let status;
       try {

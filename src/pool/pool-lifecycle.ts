@@ -6,7 +6,7 @@
  */
 import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ExistsError, NoSpaceError, NotFoundError } from '../errors.js';
+import { BusyError, ExistsError, NoSpaceError, NotFoundError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
 import { newBlock } from '../pdata/block-manager.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map-disk.js';
@@ -15,6 +15,7 @@ import { superblockValidator, unpackSuperblock } from '../thin/superblock.js';
 import { estimateMetadataBytes } from '../thin/metadata-size.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import { type CatalogBody, type LoadedCatalog, type PoolSettings, encodeSlot, loadCatalog, writeSlot } from './catalog-slots.js';
+import { lockPoolFile, markOwner, ownerOf, poolIdentity } from './file-owner.js';
 import { PoolLock } from './pool-lock.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;
@@ -143,6 +144,7 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
   try {
     meta = await FileBlockFile.open(join(dir, 'metadata'));
     data = await FileBlockFile.open(join(dir, 'data'));
+    await claimPoolFiles(dir, meta, data);
     const notices: string[] = [];
     const grown = await growShortMetadata(meta);
     if (grown) notices.push(grown);
@@ -167,6 +169,26 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
     await abandon();
     throw err;
   }
+}
+
+/**
+ * Makes the open metadata and data files this pool's: their flocks taken (no other process, and
+ * no other open in this one, gets them while the pool is open), then refused if they belong to
+ * another pool directory (see file-owner.ts), then marked as this directory's.
+ */
+async function claimPoolFiles(dir: string, meta: FileBlockFile, data: FileBlockFile): Promise<void> {
+  const action = `open pool ${dir}`;
+  await lockPoolFile(meta, 'metadata', action);
+  await lockPoolFile(data, 'data', action);
+  const me = await poolIdentity(dir);
+  for (const role of ['metadata', 'data'] as const) {
+    const owner = await ownerOf(join(dir, role), role);
+    if (owner && owner !== me) {
+      throw new BusyError(`Cannot ${action}: its ${role} file belongs to pool ${owner}, which links the same file (it was adopted there); open that pool, or take the files over with thinpool pool adopt --force`, { owner, role }, 'ELOCKED');
+    }
+  }
+  await markOwner(join(dir, 'metadata'), me);
+  await markOwner(join(dir, 'data'), me);
 }
 
 /**
@@ -218,9 +240,18 @@ async function growShortMetadata(meta: FileBlockFile): Promise<string | undefine
  * `devicemapper/{metadata,data}`, a kernel pool) into the pool directory `opts.dir`; nothing is
  * rewritten until the first change.
  */
-export async function adoptPoolFiles(opts: { dir: string; metadata: string; data: string }): Promise<void> {
+export async function adoptPoolFiles(opts: { dir: string; metadata: string; data: string; force?: boolean }): Promise<void> {
   const metadata = resolve(opts.metadata);
   const data = resolve(opts.data);
+  // A live pool's files are never taken, --force or not.
+  for (const [path, role] of [[metadata, 'metadata'], [data, 'data']] as const) {
+    const f = await FileBlockFile.open(path, { readOnly: true });
+    try {
+      await lockPoolFile(f, role, `adopt ${path}`);
+    } finally {
+      await f.close();
+    }
+  }
   const probe = await FileBlockFile.open(metadata, { readOnly: true });
   let need: number;
   try {
@@ -233,8 +264,18 @@ export async function adoptPoolFiles(opts: { dir: string; metadata: string; data
   if (dataSize < need) throw new RangeError(`Cannot adopt ${data}: it holds ${dataSize} bytes but the metadata maps ${need} (the kernel would refuse it too)`);
   await mkdir(opts.dir, { recursive: true });
   await checkEmpty(opts.dir, 'adopt into', 'a pool');
+  const me = await poolIdentity(opts.dir);
+  for (const [path, role] of [[metadata, 'metadata'], [data, 'data']] as const) {
+    const owner = await ownerOf(path, role);
+    if (owner && owner !== me && !opts.force) {
+      throw new BusyError(`Cannot adopt ${path} into ${opts.dir}: it is the ${role} file of pool ${owner} (closed now), and two pools on the same files overwrite each other's devices; give --force to move the files to ${opts.dir} (pool ${owner} then refuses to open them)`, { owner, role }, 'ELOCKED');
+    }
+  }
   await symlink(metadata, join(opts.dir, 'metadata'));
   await symlink(data, join(opts.dir, 'data'));
+  // The files are this directory's now (with --force: no longer the old owner's).
+  await markOwner(metadata, me);
+  await markOwner(data, me);
 }
 
 /** Deletes a pool directory's files (the pool must not be open). */

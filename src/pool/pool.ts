@@ -139,9 +139,11 @@ export class Pool implements VolumeHost {
   /**
    * Takes over a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
    * `devicemapper/{metadata,data}`, a kernel pool): the pool directory links to the files, which
-   * are not rewritten until the first change. Devices come in unnamed (`id:N`).
+   * are not rewritten until the first change. Devices come in unnamed (`id:N`). Files another
+   * pool has open are refused; files of another (closed) pool directory only with `force`,
+   * which makes them this pool's (the other then refuses to open them).
    */
-  static async adopt(opts: { dir: string; metadata: string; data: string }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
+  static async adopt(opts: { dir: string; metadata: string; data: string; force?: boolean }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
     await adoptPoolFiles(opts);
     return Pool.open(opts.dir, openOpts);
   }
