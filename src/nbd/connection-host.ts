@@ -4,6 +4,7 @@
  * and the ways to end. {@link NbdConnection} implements it; the phases never touch the stream.
  */
 import type { NbdExportProvider } from './export.js';
+import type { PayloadBudget } from './payload-budget.js';
 import type { ReceiveBuffer } from './receive-buffer.js';
 import type { Transmission } from './transmission.js';
 
@@ -12,8 +13,10 @@ export interface ConnectionContext {
   /** Number used in log messages. */
   id: number;
   provider: NbdExportProvider;
-  /** Largest READ/WRITE payload accepted (also the in-flight byte budget). */
+  /** Largest READ/WRITE payload accepted (also the connection's in-flight byte budget). */
   maxPayload: number;
+  /** The server-wide budget of payload and read-reply bytes held in memory. */
+  budget: PayloadBudget;
   log: (msg: string) => void;
   /** After the server ends its side, how long to wait for the peer to close before destroying the socket. */
   closeGraceMs: number;
@@ -37,6 +40,8 @@ export interface ConnectionHost {
   writeBacklogged(): boolean;
   /** Stops reading until the budget frees up; returns false (for `step`). */
   block(): false;
+  /** The server's budget granted a waiting request: read on if nothing else holds the connection back. */
+  wake(): void;
   /** Ends softly: no more parsing; in-flight requests finish, then the stream ends. */
   beginClose(): void;
   /** Ends at once (protocol violation). */

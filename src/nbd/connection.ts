@@ -8,10 +8,12 @@
  *
  * Memory is bounded per connection: option data is capped at `MAX_OPTION_DATA`, a request
  * payload at `maxPayload`, and reading stops (the socket is paused) while the bytes of in-flight
- * requests or of unsent replies exceed the budget.
+ * requests or of unsent replies exceed the budget; and across connections by the server's
+ * {@link PayloadBudget}, which a request waits for with its socket paused.
  */
 import type { Duplex } from 'node:stream';
 import type { ConnectionContext, ConnectionHost } from './connection-host.js';
+import type { PayloadBudget } from './payload-budget.js';
 import { Handshake } from './handshake.js';
 import { packGreeting } from './protocol.js';
 import { ReceiveBuffer } from './receive-buffer.js';
@@ -60,6 +62,7 @@ export class NbdConnection {
       send: (bufs, sent) => this.send(bufs, sent),
       writeBacklogged: () => this.stream.writableLength >= this.writeLimit(),
       block: () => this.block(),
+      wake: () => this.unblock(),
       beginClose: () => this.beginClose(),
       abort: () => this.abort(),
       startTransmission: (tx) => {
@@ -208,7 +211,7 @@ export class NbdConnection {
 
   private unblock(): void {
     if (!this.blocked || this.phase >= P_CLOSING) return;
-    if (this.tx ? this.tx.overloaded() : this.stream.writableLength >= this.writeLimit()) return;
+    if (this.tx ? !this.tx.mayRead() : this.stream.writableLength >= this.writeLimit()) return;
     this.blocked = false;
     this.stream.resume();
     this.pump();

@@ -9,6 +9,7 @@ import { MiB } from '../units.js';
 import { NbdConnection } from './connection.js';
 import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
+import { PayloadBudget } from './payload-budget.js';
 import { type SocketFile, listenUnixSocket, removeSocketFile } from './unix-socket.js';
 
 export interface NbdServerOptions {
@@ -24,6 +25,14 @@ export interface NbdServerOptions {
   shutdownTimeoutMs?: number;
   /** A client still negotiating after this long is dropped (ms, default 30000; 0 disables). */
   handshakeTimeoutMs?: number;
+  /**
+   * Bytes of WRITE payloads and READ replies all connections together may hold in memory
+   * (default 8 x maxPayload = 256 MiB; at least maxPayload). Past it, connections stop reading
+   * their sockets until it frees (see {@link PayloadBudget}).
+   */
+  maxBufferedBytes?: number;
+  /** While requests wait for that budget, a WRITE payload that received nothing for this long has its connection closed (ms, default 30000; 0 never). */
+  payloadStallMs?: number;
 }
 
 /** Default and largest sensible payload. */
@@ -48,6 +57,8 @@ export class NbdServer {
   private readonly closeGraceMs: number;
   private readonly shutdownTimeoutMs: number;
   private readonly handshakeTimeoutMs: number;
+  /** The server-wide bound on payload and read-reply bytes in memory. */
+  readonly budget: PayloadBudget;
   private readonly listeners: { server: Server; unixFile?: SocketFile }[] = [];
   private readonly conns = new Set<NbdConnection>();
   private nextId = 1;
@@ -64,6 +75,11 @@ export class NbdServer {
     this.closeGraceMs = opts.closeGraceMs ?? 2000;
     this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    const buffered = opts.maxBufferedBytes ?? 8 * maxPayload;
+    if (!Number.isSafeInteger(buffered) || buffered < maxPayload) {
+      throw new RangeErrorWithCode(`Cannot create NBD server: maxBufferedBytes ${buffered}, expected an integer of at least maxPayload ${maxPayload}`);
+    }
+    this.budget = new PayloadBudget(buffered, opts.payloadStallMs ?? 30_000);
   }
 
   /**
@@ -107,6 +123,7 @@ export class NbdServer {
       id: this.nextId++,
       provider: this.provider,
       maxPayload: this.maxPayload,
+      budget: this.budget,
       log: this.log,
       closeGraceMs: this.closeGraceMs,
       shutdownTimeoutMs: this.shutdownTimeoutMs,
