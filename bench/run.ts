@@ -1,6 +1,6 @@
 /**
  * Runs the benchmark suites named on the command line (all when none):
- * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images`. Each suite prints its figures and writes
+ * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images|containers`. Each suite prints its figures and writes
  * JSON + SVG (and, for copyup and snapshots, a markdown table) into images/, or into $BENCH_OUT.
  * BENCH_TINY=1 runs the smallest configuration of copyup and snapshots (what the tests run).
  * `node dist/bench/run.js render FILE.json` redraws the charts and table of a copyup or snapshots
@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
+import { containersBench, containersCharts } from './containers.bench.js';
 import { imagesBench } from './images.bench.js';
 import { copyupBench, writeCopyupOutputs, type CopyupResult } from './copyup.bench.js';
 import { writeCharts } from './harness.js';
@@ -23,6 +24,7 @@ const suites: Record<string, () => Promise<unknown>> = {
   copyup: copyupBench,
   snapshots: snapshotsBench,
   images: imagesBench,
+  containers: containersBench,
 };
 
 const wanted = process.argv.slice(2);
@@ -32,12 +34,13 @@ if (wanted[0] === 'render') {
     process.env.BENCH_OUT = dirname(resolve(file));
     const name = basename(file, '.json');
     // Results written before suites named themselves are known by their file name.
-    const suite: string = json.suite ?? /^bench-(metadata|pool|nbd)/.exec(name)?.[1] ?? '';
+    const suite: string = json.suite ?? /^bench-(metadata|pool|nbd|containers)/.exec(name)?.[1] ?? '';
     if (suite === 'copyup') await writeCopyupOutputs(json as CopyupResult);
     else if (suite === 'snapshots') await writeSnapshotsOutputs(json as SnapshotsResult);
     else if (suite === 'metadata') await writeCharts(name, metadataCharts(json));
     else if (suite === 'pool') await writeCharts(name, poolCharts(json));
     else if (suite === 'nbd') await writeCharts(name, nbdCharts(json));
+    else if (suite === 'containers') await writeCharts(name, containersCharts(json));
     else {
       console.error(`${file}: cannot render suite '${suite}'; render knows ${Object.keys(suites).join(', ')}`);
       process.exit(2);

@@ -14,6 +14,12 @@ tools=(
   nbdfuse:libnbd-bin
   fusermount3:fuse3
   mkfs.ext4:e2fsprogs
+  debugfs:e2fsprogs
+  fsfreeze:util-linux
+  blockdev:util-linux
+  findmnt:util-linux
+  runuser:util-linux
+  pgrep:procps
   losetup:mount
   fio:fio
   qemu-system-x86_64:qemu-system-x86

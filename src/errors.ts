@@ -34,7 +34,8 @@ export type ErrorCode =
   | 'ENOTSUP'
   | 'ECANCELED'
   | 'EBADIMAGE'
-  | 'EUNSAFE';
+  | 'EUNSAFE'
+  | 'EPRECONDITION';
 
 /** Base of every thinpool error: a stable `code`, an exit code for the CLI and structured data. */
 export class ThinpoolError extends Error {
@@ -83,6 +84,16 @@ export class NoSpaceError extends ThinpoolError {
 export class BusyError extends ThinpoolError {
   constructor(message: string, data: Record<string, unknown> = {}, code: 'EBUSY' | 'ELOCKED' = 'EBUSY') {
     super(code, message, ExitCode.busy, data);
+  }
+}
+
+/**
+ * The thing exists but is in a state that refuses the action (a snapshot with children cannot
+ * be removed, a view cannot be committed): containerd's FailedPrecondition.
+ */
+export class PreconditionError extends ThinpoolError {
+  constructor(message: string, data: Record<string, unknown> = {}) {
+    super('EPRECONDITION', message, ExitCode.busy, data);
   }
 }
 

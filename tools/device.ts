@@ -31,6 +31,10 @@ export function deviceJson(d: DeviceListing): Record<string, unknown> {
     snapshotTime: d.snapshotTime,
     transactionId: d.transactionId,
     readOnly: d.readOnly,
+    // Only on devices that have them (container snapshots), so other pools' JSON stays as it was.
+    ...(d.fs ? { fs: d.fs } : {}),
+    ...(d.snapshot ? { snapshot: d.snapshot } : {}),
+    ...(d.pendingRemoval ? { pendingRemoval: d.pendingRemoval } : {}),
   };
 }
 
@@ -51,7 +55,15 @@ export function devicesTable(devices: DeviceListing[], blockSize: number): strin
     String(d.creationTime),
     String(d.snapshotTime),
   ]);
-  return table(['NAME', 'ID', 'SIZE', 'ORIGIN', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'CTIME', 'STIME'], rows, ['l', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'r']);
+  const heads = ['NAME', 'ID', 'SIZE', 'ORIGIN', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'CTIME', 'STIME'];
+  const align: Array<'l' | 'r'> = ['l', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'r'];
+  // Container snapshots (thinpool snapshotter) get a column naming them; other pools never see it.
+  if (devices.some((d) => d.snapshot || d.pendingRemoval)) {
+    heads.push('SNAPSHOT');
+    align.push('l');
+    devices.forEach((d, i) => rows[i]!.push(d.snapshot ? `${d.snapshot.kind} ${d.snapshot.key}` : d.pendingRemoval ? '(removal pending)' : '-'));
+  }
+  return table(heads, rows, align);
 }
 
 function recordJson(r: DeviceRecord): Record<string, unknown> {

@@ -154,6 +154,20 @@ export function registerPool(program: Command, ctx: Ctx): void {
     });
 
   pool
+    .command('cleanup')
+    .description('release attachments nothing uses (or that a dead daemon left: nbdfuse processes, loop devices, FUSE mounts) and delete devices whose removal waited for that')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }, cmd: Command) => {
+      ctx.doing(`clean up ${ctx.poolDir(cmd)}`);
+      const r = await ctx.withService(cmd, (svc) => svc.cleanup());
+      if (o.json) return printJson(r);
+      for (const l of r.released) print(`released ${l}`);
+      for (const d of r.removed) print(`removed ${d} (its removal had waited for its release)`);
+      for (const l of r.leftovers) print(`left: ${l}`);
+      if (!r.released.length && !r.removed.length && !r.leftovers.length) print('nothing to clean up');
+    });
+
+  pool
     .command('status')
     .description('show the pool\'s usage, mode and settings')
     .option('--json', 'print JSON (sizes in bytes, counts in blocks)')

@@ -36,6 +36,8 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
     .action((opts: ServeCliOptions) =>
       run(async () => {
         const dir = poolDir();
+        // A daemon outlives whoever reads its output: a closed pipe must not stop it.
+        process.stderr.on('error', () => undefined);
         const daemon = await Daemon.start({
           dir,
           ...(opts.socket ? { socket: opts.socket } : {}),

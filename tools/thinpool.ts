@@ -16,6 +16,8 @@ import { registerDevice } from './device.js';
 import { EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, errorLine, exitCodeFor, printError } from './output.js';
 import { registerPool } from './pool.js';
 import { registerServe } from './serve.js';
+import { registerSnapshotter } from './snapshotter.js';
+import { registerMount } from './mount.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -106,6 +108,11 @@ async function main(argv: string[]): Promise<number> {
     ctx.doing(`serve ${ctx.poolDir(program)}`);
     await fn();
   });
+  registerSnapshotter(program, () => ctx.poolDir(program), async (fn) => {
+    ctx.doing(`serve snapshots from ${ctx.poolDir(program)}`);
+    await fn();
+  });
+  registerMount(program, ctx);
   registerDemo(program, ctx);
   for (const cmd of allCommands(program)) {
     cmd.version(pkg.version, '-V, --version', 'print the version');

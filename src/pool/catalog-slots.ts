@@ -25,6 +25,32 @@ export interface DeviceRecord {
   created: string;
   /** Read-only devices (image layers later) refuse writes. */
   readOnly?: boolean;
+  /** The file system the device holds, when thinpool made it (`ext4`, `xfs`). */
+  fs?: string;
+  /** The container snapshot this device carries (src/snapshots); changes in the same commit as the device. */
+  snapshot?: SnapshotFields;
+  /**
+   * Set (an ISO time) when the device's removal was asked while it was still attached: nothing
+   * names it any more, and it is deleted once released (deferred removal).
+   */
+  pendingRemoval?: string;
+}
+
+/** The kinds of containerd snapshot. */
+export type SnapshotKind = 'active' | 'view' | 'committed';
+
+/**
+ * containerd's snapshot fields as the catalog keeps them on the snapshot's device record. Keys
+ * are the caller's strings (any characters); times are RFC 3339 with nanoseconds.
+ */
+export interface SnapshotFields {
+  key: string;
+  kind: SnapshotKind;
+  /** The parent snapshot's key (always a committed one), or null. */
+  parent: string | null;
+  labels: Record<string, string>;
+  created: string;
+  updated: string;
 }
 
 export interface PoolSettings {

@@ -139,6 +139,25 @@ export class Catalog {
     this.touchDevices();
   }
 
+  /**
+   * Applies a finished batch of record changes (see `Pool.change`): records added, removed, or
+   * changed in place (volumes hold on to records, so they are edited, not replaced).
+   */
+  applyBatch(added: readonly DeviceRecord[], removed: readonly number[], changed: ReadonlyArray<{ target: DeviceRecord; next: DeviceRecord }>, nextDeviceId: number): void {
+    for (const { target, next } of changed) {
+      for (const k of Object.keys(target)) if (!(k in next)) delete (target as unknown as Record<string, unknown>)[k];
+      Object.assign(target, next);
+    }
+    for (const r of added) this.body.devices.push(r);
+    if (removed.length) {
+      const gone = new Set(removed);
+      this.body.devices = this.body.devices.filter((d) => !gone.has(d.id));
+      for (const id of removed) this.unknownSizes.delete(id);
+    }
+    if (nextDeviceId > (this.body.settings.nextDeviceId ?? 1)) this.body.settings.nextDeviceId = nextDeviceId;
+    this.touchDevices();
+  }
+
   /** Records a device's new size. */
   resize(r: DeviceRecord, sizeBytes: number): void {
     r.sizeBytes = sizeBytes;

@@ -28,6 +28,7 @@ import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
 import { METADATA_BLOCK_SIZE } from '../units.js';
 import { BufferPool } from './buffer-pool.js';
 import { Catalog } from './catalog.js';
+import { type DeviceChange, checkDeviceSize, planChanges } from './device-changes.js';
 import type { DeviceRecord, OutsideChanges } from './catalog-slots.js';
 import { CommitScheduler } from './commit-scheduler.js';
 import { DataSpace } from './data-space.js';
@@ -71,6 +72,12 @@ export interface DeviceListing {
   snapshotTime: number;
   transactionId: number;
   readOnly: boolean;
+  /** The file system the device holds, when thinpool made it. */
+  fs?: string;
+  /** The container snapshot the device carries (src/snapshots), if any. */
+  snapshot?: { key: string; kind: string; parent: string | null };
+  /** Set while the device waits to be deleted once released (deferred removal). */
+  pendingRemoval?: string;
 }
 
 export class Pool implements VolumeHost {
@@ -258,6 +265,9 @@ export class Pool implements VolumeHost {
           snapshotTime: d.snapshottedTime,
           transactionId: d.transactionId,
           readOnly: !!r.readOnly,
+          ...(r.fs ? { fs: r.fs } : {}),
+          ...(r.snapshot ? { snapshot: { key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
+          ...(r.pendingRemoval ? { pendingRemoval: r.pendingRemoval } : {}),
         };
       });
   }
@@ -331,6 +341,8 @@ export class Pool implements VolumeHost {
     this.writable(`remove ${dev}`);
     const r = this.record(dev);
     if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
+    // A container snapshot goes through its snapshotter (which knows its parents and children).
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
     await this.gate.exclusively(async () => {
       // An export may have attached while this waited for the gate.
       if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
@@ -386,6 +398,55 @@ export class Pool implements VolumeHost {
       await this.commitLocked();
     });
   }
+
+  // ---- batches of device changes (container snapshots keep their records this way) -------
+
+  /**
+   * Applies `changes` in order as one commit (see `device-changes.ts`): every step is checked
+   * first against the devices as the earlier steps leave them (names free, devices present,
+   * none removed while in use), then the metadata and the catalog records change together, then
+   * one commit. Returns one record per step (for `remove`, the record as it was).
+   */
+  async change(changes: readonly DeviceChange[]): Promise<DeviceRecord[]> {
+    this.writable('change devices');
+    return this.gate.exclusively(async () => {
+      const plan = planChanges(changes, {
+        records: this.catalog.devices,
+        metadataIds: this.md.deviceIds(),
+        nextDeviceId: this.catalog.settings.nextDeviceId,
+        inUse: (id) => this.inUseById(id),
+        sizeOf: (id) => this.deviceSize(id),
+      });
+      // Every step is valid: change the metadata, then the records, then commit once.
+      for (const p of plan.steps) {
+        if (p.c.op === 'create') await this.guard(() => this.md.createThin(p.rec.id));
+        else if (p.c.op === 'snapshot') await this.guard(() => this.md.createSnap(p.rec.id, p.originId!));
+        else if (p.c.op === 'remove') await this.guard(() => this.md.deleteDevice(p.rec.id));
+      }
+      const changed = [...plan.edits].map(([id, next]) => ({ target: this.catalog.recordById(id), next }));
+      this.catalog.applyBatch(plan.created, plan.removed, changed, plan.nextDeviceId);
+      for (const id of plan.removed) {
+        this.volumes.get(id)?.markRemoved();
+        this.volumes.delete(id);
+      }
+      for (const { target } of changed) this.pushState(target.id);
+      await this.commitLocked();
+      // Callers see the records as the catalog holds them (removed ones as they were).
+      return plan.steps.map((p) => (p.c.op === 'remove' ? p.rec : this.catalog.recordById(p.rec.id)));
+    });
+  }
+
+  /** Records whose removal waits for the device to be released (see {@link DeviceRecord.pendingRemoval}). */
+  pendingRemovals(): DeviceRecord[] {
+    return this.catalog.devices.filter((d) => d.pendingRemoval !== undefined);
+  }
+
+  /** True while something (an export, an attachment) uses the device. */
+  inUseById(id: number): boolean {
+    return (this.inUse.get(id) ?? 0) > 0;
+  }
+
+  // ---- end of batches ----------------------------------------------------------------------
 
   /** The volume (byte-level I/O) of a device. */
   volume(dev: string): ThinVolume {
@@ -551,11 +612,5 @@ export class Pool implements VolumeHost {
       await this.dataFile.close();
       await this.lock.release();
     }
-  }
-}
-
-function checkDeviceSize(sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-    throw new RangeError(`Cannot use a device size of ${sizeBytes} bytes: it must be a positive multiple of 512`);
   }
 }

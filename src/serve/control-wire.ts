@@ -8,7 +8,7 @@
  * Errors cross as their class, code and data, so exit codes and `instanceof` hold on the client.
  */
 import {
-  BusyError, CanceledError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, ReadOnlyError, type ThinpoolError,
+  BusyError, CanceledError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, PreconditionError, ReadOnlyError, type ThinpoolError,
   UnsupportedError, UsageError,
 } from '../errors.js';
 
@@ -111,6 +111,8 @@ export function deserializeError(e: NonNullable<Message['error']>): Error {
       return new NotFoundError(e.message, data);
     case 'ExistsError':
       return new ExistsError(e.message, data);
+    case 'PreconditionError':
+      return new PreconditionError(e.message, data);
     case 'NoSpaceError':
     case 'MetadataSpaceError':
       return new NoSpaceError(e.message, data);

@@ -10,7 +10,11 @@ import { Pool } from '../pool/pool.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
 import { LocalPoolService } from './local-pool-service.js';
-import type { ServiceStatus } from './pool-service.js';
+import type { CleanupResult, ServiceStatus } from './pool-service.js';
+import { BusyError } from '../errors.js';
+import { AttachManager, type CleanupReport } from './attach/attach-manager.js';
+import type { AttachMethod, AttachMount, AttachRecord } from './attach/attach-records.js';
+import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 
 export interface ServeOptions {
   dir: string;
@@ -25,16 +29,43 @@ export interface ServeOptions {
   readOnly?: string[];
   commitIntervalMs?: number;
   log?: (msg: string) => void;
+  /** How devices are attached as block devices (default: chosen for the host). */
+  attachMethod?: 'auto' | AttachMethod;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
 /** The service the control socket offers: the daemon's pool, plus its exports in `status`. */
 class DaemonService extends LocalPoolService {
+  /** Set once the daemon is up: its attachments. */
+  attacher: AttachManager | undefined;
+  /** Replaces the default cleanup (the snapshotter finishes its own deferred removals). */
+  cleanupHook: (() => Promise<CleanupResult>) | undefined;
+
   constructor(pool: Pool, private readonly exportsOf: PoolExports) {
     super(pool);
   }
   override status = async (): Promise<ServiceStatus> => ({ ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid });
+  private get att(): AttachManager {
+    if (!this.attacher) throw new BusyError('Cannot attach a device: the daemon is starting');
+    return this.attacher;
+  }
+  override attach = async (dev: string, opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> => {
+    const r = this.pool.record(dev);
+    await this.att.attach({ deviceId: r.id, device: r.name ?? `id:${r.id}`, readOnly: opts.readOnly || !!r.readOnly, holder: opts.holder });
+    return this.att.get(r.id)!;
+  };
+  override addMount = async (dev: string, mount: AttachMount): Promise<void> => this.att.addMount(this.pool.record(dev).id, mount);
+  override removeMount = async (dev: string, dir: string): Promise<boolean> => this.att.removeMount(this.pool.record(dev).id, dir);
+  override attachments = async (): Promise<AttachRecord[]> => this.att.list();
+  /** Finishes teardowns the kernel held up, then deletes the deferred removals nothing holds. */
+  override cleanup = async (): Promise<CleanupResult> => {
+    if (this.cleanupHook) return this.cleanupHook();
+    const released = (await this.att.reap()).map((id) => `id ${id}: released`);
+    const pending = this.pool.pendingRemovals().filter((d) => !this.att.held(d.id) && !this.pool.inUseById(d.id));
+    if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+    return { released, removed: pending.map((d) => d.name ?? `id:${d.id}`), leftovers: [] };
+  };
   /** The daemon reports its notices when it starts, not to every client. */
   override get notices(): readonly string[] {
     return [];
@@ -53,7 +84,17 @@ export class Daemon {
     readonly exports: PoolExports,
     readonly nbdSocket: string,
     readonly tcpPorts: number[],
+    /** Devices attached as block devices through this daemon's NBD socket. */
+    readonly attacher: AttachManager,
+    /** What the start found left by an earlier daemon and released. */
+    readonly staleCleanup: CleanupReport,
+    private readonly service: DaemonService,
   ) {}
+
+  /** Lets the layer above (the snapshotter) answer `thinpool pool cleanup`. */
+  setCleanupHook(fn: () => Promise<CleanupResult>): void {
+    this.service.cleanupHook = fn;
+  }
 
   /** Opens the pool and starts serving. */
   static async start(opts: ServeOptions): Promise<Daemon> {
@@ -72,13 +113,22 @@ export class Daemon {
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [] });
       const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`) });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
-      const control = new ControlServer(new DaemonService(pool, exports));
+      const service = new DaemonService(pool, exports);
+      const control = new ControlServer(service);
       try {
         await nbd.listenUnix(nbdSocket, 0o600);
         const ports: number[] = [];
         for (const l of opts.listen ?? []) ports.push(await nbd.listenTcp(l.host, l.port));
+        // Attachments an earlier daemon left (it died) are released before anything new is attached,
+        // then the devices whose removal waited for their release are deleted.
+        const stale = await cleanupStaleAttachments(opts.dir, { log });
+        for (const l of stale.leftovers) log(`attach: ${l}`);
+        const pending = pool.pendingRemovals().filter((d) => !pool.inUseById(d.id));
+        if (pending.length) await pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+        const attacher = new AttachManager(pool, { nbdSocket, method: opts.attachMethod ?? 'auto', log: (m) => log(`attach: ${m}`) });
+        service.attacher = attacher;
         await control.listen(join(opts.dir, 'control.sock'));
-        return new Daemon(pool, nbd, control, exports, nbdSocket, ports);
+        return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale, service);
       } catch (err) {
         await control.close();
         await nbd.close();
@@ -95,6 +145,8 @@ export class Daemon {
     this.stopping ??= (async () => {
       try {
         await this.control.close();
+        // Attachments talk to the NBD server: release them (busy ones too) before it closes.
+        await this.attacher.releaseAll({ force: true });
         await this.nbd.close();
       } finally {
         await this.pool.close();

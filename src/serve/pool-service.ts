@@ -20,6 +20,8 @@ import type { CheckReport } from '../thin/check-issues.js';
 import { type DeltaRange, deltaDevices } from '../thin/delta.js';
 import { dumpXml, type DumpOptions } from '../thin/dump.js';
 import { MAX_CONTROL_PAYLOAD } from './control-wire.js';
+import { type AttachMount, type AttachRecord, readAttachRecords } from './attach/attach-records.js';
+import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 
 export interface ExportInfo {
   name: string;
@@ -40,6 +42,21 @@ export interface DeltaResult {
   right: number;
   blockSize: number;
   ranges: DeltaRange[];
+}
+
+/** What {@link POOL_OPS}.cleanup did. */
+export interface CleanupResult {
+  /** Attachments released, as `device (id N): what`. */
+  released: string[];
+  /** Devices deleted whose removal had been deferred. */
+  removed: string[];
+  /** What could not be released, and why. */
+  leftovers: string[];
+}
+
+/** Attaching needs a daemon's NBD socket: a pool opened by a command refuses. */
+function notServed(what: string): never {
+  throw new UsageError(`Cannot ${what}: the pool is not served (attaching needs the daemon's NBD socket); start thinpool serve (or thinpool snapshotter) first`);
 }
 
 /** One request over the control socket: the operation, its arguments (a trailing Uint8Array travels as the payload), the answer. */
@@ -142,6 +159,31 @@ export const POOL_OPS = {
       const left = p.record(a).id;
       const right = p.record(b).id;
       return { left, right, blockSize: p.blockSize, ranges: await deltaDevices(p.md, left, right) };
+    },
+  }),
+  // ---- attachments and mounts (a daemon's, src/serve/attach; the daemon's service overrides these) ----
+  /** Attaches a device as a block device for `holder` (needs a daemon: its NBD socket). */
+  attach: op({ local: async (_p, dev: string, _opts: { readOnly: boolean; holder: string }): Promise<AttachRecord> => notServed(`attach ${dev}`) }),
+  /** Records a mount made on a device's attachment (`thinpool mount`). */
+  addMount: op({ local: async (_p, dev: string, _mount: AttachMount): Promise<void> => notServed(`record a mount of ${dev}`) }),
+  /** Forgets a mount and releases its hold; false when the device stays attached (still used). */
+  removeMount: op({ local: async (_p, dev: string, _dir: string): Promise<boolean> => notServed(`release the mount of ${dev}`) }),
+  /** The attachments: a daemon's live ones; on a pool nobody serves, the records a dead daemon left. */
+  attachments: op({ local: (p): Promise<AttachRecord[]> => readAttachRecords(p.dir) }),
+  /**
+   * Releases attachments nothing uses any more and deletes the devices whose removal waited for
+   * that. On a pool nobody serves (this process holds its lock) every attachment record is stale.
+   */
+  cleanup: op({
+    local: async (p): Promise<CleanupResult> => {
+      const report = await cleanupStaleAttachments(p.dir);
+      const pending = p.pendingRemovals().filter((d) => !p.inUseById(d.id));
+      if (pending.length) await p.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+      return {
+        released: report.released.map((r) => `${r.device} (id ${r.deviceId}): ${r.what.join(', ') || 'nothing was left'}`),
+        removed: pending.map((d) => d.name ?? `id:${d.id}`),
+        leftovers: report.leftovers,
+      };
     },
   }),
 };

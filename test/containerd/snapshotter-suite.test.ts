@@ -12,63 +12,15 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { mountsUnder } from '../support/containerd.js';
 import { goPrograms, goProgramsUnavailable, type GoPrograms } from '../support/go-programs.js';
-import { isRoot, run } from '../support/oracles.js';
+import { isRoot } from '../support/oracles.js';
+import { runSuite } from '../support/snapshotter-suite.js';
 
 /**
  * The snapshotter under test: a shell command, `{root}` and `{socket}` replaced per case. To test
  * thinpool: `node ${REPO_ROOT}dist/tools/thinpool.js snapshotter --address {socket} -p {root}`.
  */
 const snapshotterCommand = (go: GoPrograms) => process.env.THINPOOL_SNAPSHOTTER_CMD ?? `${go.nativeSnapshotter} -root {root} -address {socket}`;
-
-interface SubtestResult {
-  name: string;
-  status: 'PASS' | 'FAIL' | 'SKIP';
-  seconds: number;
-  /** The lines Go printed under the result (t.Log, t.Fatal, t.Skip messages). */
-  details: string;
-}
-
-/** Runs the suite binary; returns each subtest's result, the exit code and the whole output. */
-async function runSuite(binary: string, command: string, extraArgs: string[] = [], env: Record<string, string> = {}) {
-  const dir = mkdtempSync(join(process.env.THINPOOL_TMPDIR || tmpdir(), 'thinpool-suite-'));
-  try {
-    const child = spawn(binary, ['-test.v', '-test.run', '^TestSnapshotterSuite$', '-test.timeout', '10m', ...extraArgs], {
-      cwd: dir,
-      env: { ...process.env, TMPDIR: dir, THINPOOL_SNAPSHOTTER_CMD: command, ...env },
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1)));
-    // With -test.v, Go streams a case's log lines under `=== RUN|CONT|NAME  Test/Case` headers
-    // (parallel cases interleave) and may print more under its `--- STATUS:` line.
-    const details = new Map<string, string[]>();
-    const results: SubtestResult[] = [];
-    let current: string | undefined;
-    for (const line of out.split('\n')) {
-      const header = /^=== (?:RUN|CONT|NAME|PAUSE)\s+TestSnapshotterSuite\/(\S+)/.exec(line);
-      const result = /^\s*--- (PASS|FAIL|SKIP): TestSnapshotterSuite\/(\S+) \(([\d.]+)s\)/.exec(line);
-      if (header) current = header[1];
-      else if (result) {
-        current = result[2]!;
-        results.push({ name: current, status: result[1] as SubtestResult['status'], seconds: Number(result[3]), details: '' });
-      } else if (/^(=== |--- |PASS$|FAIL$|ok |FAIL\s)/.test(line)) current = undefined;
-      else if (current && /^\s/.test(line)) details.set(current, [...(details.get(current) ?? []), line.trim()]);
-    }
-    for (const r of results) r.details = (details.get(r.name) ?? []).join('\n');
-    const leftover = mountsUnder(dir);
-    for (const m of leftover) await run('umount', ['-l', m]);
-    return { results, code, out, leftover };
-  } finally {
-    if (mountsUnder(dir).length === 0) rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 const why = !isRoot ? 'not root (the suite mounts)' : goProgramsUnavailable();
 if (why) {

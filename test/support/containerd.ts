@@ -79,6 +79,11 @@ export interface Containerd {
   ctrOk(args: string[], opts?: { timeoutMs?: number; input?: string }): Promise<string>;
   /** containerd's log so far. */
   log(): string;
+  /**
+   * Stops containerd alone (SIGTERM by PID; tasks, containers and shims stay) and starts it again
+   * on the same root, state and config; resolves once it answers. `pid` is the new process's.
+   */
+  restart(): Promise<void>;
   /** Stops everything (idempotent); see {@link StopReport}. */
   stop(): Promise<StopReport>;
 }
@@ -324,11 +329,15 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   const writeOwner = () => writeFileSync(join(dir, 'owner.json'), JSON.stringify({ testPid: process.pid, containerdPid: inst.pid, address, namespace }));
   writeOwner();
 
-  const logFd = openSync(logPath, 'a');
-  const child = spawn('containerd', ['--config', configPath], { stdio: ['ignore', logFd, logFd] });
-  closeSync(logFd);
-  inst.pid = child.pid;
-  writeOwner();
+  const launch = (): ChildProcess => {
+    const logFd = openSync(logPath, 'a');
+    const c = spawn('containerd', ['--config', configPath], { stdio: ['ignore', logFd, logFd] });
+    closeSync(logFd);
+    inst.pid = c.pid;
+    writeOwner();
+    return c;
+  };
+  let child = launch();
   const log = () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : '');
 
   const ctr = (args: string[], o: { timeoutMs?: number; input?: string } = {}) => {
@@ -374,6 +383,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       return cleanupSync(inst, report);
     })());
 
+  const waitReady = async () => {
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
@@ -389,7 +399,26 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { dir, root, state, address, ttrpcAddress, configPath, namespace, fifoDir, runcRoot, pid: child.pid!, ctr, ctrOk, log, stop };
+  };
+  await waitReady();
+  const restart = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      if (!(await exited(child, 10_000))) {
+        child.kill('SIGKILL');
+        await exited(child, 5000);
+      }
+    }
+    child = launch();
+    await waitReady();
+  };
+  return {
+    dir, root, state, address, ttrpcAddress, configPath, namespace, fifoDir, runcRoot,
+    get pid() {
+      return child.pid!;
+    },
+    ctr, ctrOk, log, stop, restart,
+  };
 }
 
 /** Runs `fn` with a private containerd and always stops it. */
