@@ -7,6 +7,7 @@ import type { NbdExportProvider } from './export.js';
 import type { PayloadBudget } from './payload-budget.js';
 import type { ReceiveBuffer } from './receive-buffer.js';
 import type { Transmission } from './transmission.js';
+import type { NbdTls } from './tls.js';
 
 /** What a connection needs from its server. */
 export interface ConnectionContext {
@@ -24,6 +25,8 @@ export interface ConnectionContext {
   shutdownTimeoutMs: number;
   /** A client that has not entered transmission after this long is dropped (0: never). */
   handshakeTimeoutMs: number;
+  /** TLS credentials: when set, the client must upgrade with NBD_OPT_STARTTLS before anything else. */
+  tls?: NbdTls;
 }
 
 export interface ConnectionHost {
@@ -52,4 +55,6 @@ export interface ConnectionHost {
   settled(): void;
   /** A bug in the server's own code: logged, the connection ends. */
   internalError(err: unknown): void;
+  /** Sends `ack` (the STARTTLS reply) in clear, then continues over TLS on the same stream. */
+  startTls(ack: Uint8Array): void;
 }

@@ -4,12 +4,13 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { BusyError, RangeErrorWithCode } from '../errors.js';
+import { BusyError, RangeErrorWithCode, UsageError } from '../errors.js';
 import { MiB } from '../units.js';
 import { NbdConnection } from './connection.js';
 import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
 import { PayloadBudget } from './payload-budget.js';
+import type { NbdTls } from './tls.js';
 import { type SocketFile, listenUnixSocket, removeSocketFile } from './unix-socket.js';
 
 export interface NbdServerOptions {
@@ -33,6 +34,11 @@ export interface NbdServerOptions {
   maxBufferedBytes?: number;
   /** While requests wait for that budget, a WRITE payload that received nothing for this long has its connection closed (ms, default 30000; 0 never). */
   payloadStallMs?: number;
+  /**
+   * TLS credentials for the TCP listeners: their clients must negotiate NBD_OPT_STARTTLS before
+   * any other option (the spec's FORCEDTLS). Unix sockets stay plain (their file mode guards them).
+   */
+  tls?: NbdTls;
 }
 
 /** Default and largest sensible payload. */
@@ -57,6 +63,7 @@ export class NbdServer {
   private readonly closeGraceMs: number;
   private readonly shutdownTimeoutMs: number;
   private readonly handshakeTimeoutMs: number;
+  private readonly tls: NbdTls | undefined;
   /** The server-wide bound on payload and read-reply bytes in memory. */
   readonly budget: PayloadBudget;
   private readonly listeners: { server: Server; unixFile?: SocketFile }[] = [];
@@ -75,6 +82,7 @@ export class NbdServer {
     this.closeGraceMs = opts.closeGraceMs ?? 2000;
     this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.tls = opts.tls;
     const buffered = opts.maxBufferedBytes ?? 8 * maxPayload;
     if (!Number.isSafeInteger(buffered) || buffered < maxPayload) {
       throw new RangeErrorWithCode(`Cannot create NBD server: maxBufferedBytes ${buffered}, expected an integer of at least maxPayload ${maxPayload}`);
@@ -97,7 +105,8 @@ export class NbdServer {
   }
 
   /**
-   * Listens on a TCP address; `port` 0 picks a free port.
+   * Listens on a TCP address; `port` 0 picks a free port. With the server's `tls`, clients must
+   * upgrade to TLS first.
    * @returns the bound port
    * @example const port = await server.listenTcp('127.0.0.1', 0);
    */
@@ -113,8 +122,10 @@ export class NbdServer {
   /**
    * Serves one already-connected stream (socket activation, a socketpair, an in-memory duplex).
    * The stream should allow half-open operation so replies can go out after the client's FIN.
+   * `tls` requires the client to upgrade with the server's credentials (default: no TLS).
    */
-  serve(stream: Duplex): void {
+  serve(stream: Duplex, opts: { tls?: boolean } = {}): void {
+    if (opts.tls && !this.tls) throw new UsageError('Cannot serve a connection over TLS: the NBD server has no TLS credentials');
     if (this.closing) {
       stream.destroy();
       return;
@@ -128,6 +139,7 @@ export class NbdServer {
       closeGraceMs: this.closeGraceMs,
       shutdownTimeoutMs: this.shutdownTimeoutMs,
       handshakeTimeoutMs: this.handshakeTimeoutMs,
+      ...(opts.tls && this.tls ? { tls: this.tls } : {}),
     });
     this.conns.add(conn);
     void conn.closed.then(() => this.conns.delete(conn));
@@ -162,6 +174,11 @@ export class NbdServer {
     for (const l of this.listeners) if (l.unixFile) await removeSocketFile(l.unixFile);
   }
 
+  /** True when TCP clients must use TLS. */
+  get tlsRequired(): boolean {
+    return this.tls !== undefined;
+  }
+
   private assertOpen(): void {
     if (this.closing) throw new BusyError('Cannot listen: the NBD server is closed');
   }
@@ -169,7 +186,7 @@ export class NbdServer {
   private makeServer(tcp: boolean): Server {
     const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
       if (tcp) sock.setNoDelay(true);
-      this.serve(sock);
+      this.serve(sock, { tls: tcp && this.tls !== undefined });
     });
     return server;
   }
