@@ -4,6 +4,7 @@
  * data syncs (a caller arriving during an fdatasync waits for the next one, which covers its
  * writes). The commit itself (data sync, metadata, catalog, superblock) is the pool's.
  */
+import { IoError, NoSpaceError, ThinpoolError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import type { Gate } from './gate.js';
 
@@ -41,7 +42,7 @@ export class CommitScheduler {
    */
   syncData(): Promise<void> {
     if (!this.syncRunning) {
-      this.syncRunning = this.dataFile.sync().finally(() => {
+      this.syncRunning = this.dataFile.sync().catch(syncFailed(this.dataFile.path)).finally(() => {
         this.syncRunning = undefined;
       });
       return this.syncRunning;
@@ -52,4 +53,19 @@ export class CommitScheduler {
     });
     return this.syncNext;
   }
+}
+
+/**
+ * A failed data sync as a thinpool error: the host's ENOSPC/EDQUOT (a thin or network file
+ * system that could not store written data) as a NoSpaceError, anything else as an IoError.
+ * Either way the writes since the last sync may not be stored, and nothing is committed.
+ */
+function syncFailed(path: string): (err: unknown) => never {
+  return (err) => {
+    if (err instanceof ThinpoolError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    const msg = `Cannot sync ${path}: ${e?.message ?? String(err)}; data written since the last sync may not be stored, nothing was committed`;
+    if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT') throw new NoSpaceError(msg, { path });
+    throw new IoError(msg, { path, errno: e?.code }, { cause: err });
+  };
 }
