@@ -6,7 +6,7 @@
  * per-case timeout: every reader succeeds or fails with a coded thinpool error (never a
  * TypeError, RangeError or plain Error, never a crash of the worker, never a hang), and whenever
  * thin_check 1.x reports damage our check does too (the reverse cases are counted and printed).
- * THINPOOL_FUZZ_CASES=N sets the number of cases (default 1200).
+ * THINPOOL_META_FUZZ_CASES=N sets the number of cases (default 1200).
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -19,9 +19,9 @@ import type { FuzzReply, FuzzRequest } from '../support/metadata-fuzz-worker.js'
 import { tempDir } from '../support/tmp.js';
 import { kernelVectors, readFixture, topVectors } from '../support/vectors.js';
 
-const CASES = Number(process.env.THINPOOL_FUZZ_CASES || 1200);
+const CASES = Number(process.env.THINPOOL_META_FUZZ_CASES || 1200);
 /** Every Nth case also goes through thin_check 1.x (half a second each, eight at a time). */
-const ORACLE_EVERY = Number(process.env.THINPOOL_FUZZ_ORACLE_EVERY || (process.env.THINPOOL_FUZZ_CASES ? 1 : 4));
+const ORACLE_EVERY = Number(process.env.THINPOOL_META_FUZZ_ORACLE_EVERY || (process.env.THINPOOL_META_FUZZ_CASES ? 1 : 4));
 const CASE_TIMEOUT_MS = 20_000;
 const WORKER = new URL('../support/metadata-fuzz-worker.js', import.meta.url);
 
@@ -60,22 +60,22 @@ async function bases(): Promise<Array<{ name: string; img: Uint8Array; kinds: Re
   return list.map((b) => ({ ...b, img: new Uint8Array(b.img), kinds: blockKinds(b.img) }));
 }
 
-test(`metadata fuzz: ${CASES} mutated images through open, dump, ls and check; compared with thin_check 1.x`, async () => {
-  const bs = await bases();
-  const oracle = process.env.FUZZ_NO_ORACLE ? undefined : tool1x('thin_check') ?? undefined;
-  const scratchDir = tempDir('thinpool-fuzz-');
+type Base = Awaited<ReturnType<typeof bases>>[number];
+
+/**
+ * Runs the cases in a worker, one at a time; a case that does not answer within the timeout is a
+ * hang (the worker is replaced and the rest go on).
+ */
+async function inWorker(bs: Base[], requests: FuzzRequest[], scratchDir: string): Promise<{ results: CaseResult[]; bugs: string[]; hangs: string[] }> {
   const results: CaseResult[] = [];
   const bugs: string[] = [];
   const hangs: string[] = [];
   let next = 0;
-  const caseOf = (i: number): FuzzRequest => ({ i, base: i % bs.length, seed: 1000 + i, oracle: !!oracle && i % ORACLE_EVERY === 0 });
-
-  // One worker at a time; a case that does not answer in time is a hang: the worker is replaced.
-  while (next < CASES) {
+  while (next < requests.length) {
     const w = new Worker(WORKER, { workerData: { bases: bs, scratchDir } });
     await new Promise<void>((resolve) => {
       let timer: NodeJS.Timeout | undefined;
-      let current = -1;
+      let current: FuzzRequest | undefined;
       let done = false;
       const finish = () => {
         if (done) return;
@@ -84,13 +84,12 @@ test(`metadata fuzz: ${CASES} mutated images through open, dump, ls and check; c
         void w.terminate().then(() => resolve());
       };
       const send = () => {
-        if (next >= CASES) return finish();
-        current = next++;
-        w.postMessage(caseOf(current));
+        if (next >= requests.length) return finish();
+        current = requests[next++]!;
+        w.postMessage(current);
         clearTimeout(timer);
         timer = setTimeout(() => {
-          const c = caseOf(current);
-          hangs.push(`${bs[c.base]!.name} #${c.seed}`);
+          hangs.push(`${bs[current!.base]!.name} #${current!.seed}`);
           finish();
         }, CASE_TIMEOUT_MS);
       };
@@ -105,13 +104,41 @@ test(`metadata fuzz: ${CASES} mutated images through open, dump, ls and check; c
         send();
       });
       w.on('error', (err) => {
-        const c = caseOf(current);
-        bugs.push(`${bs[c.base]!.name} #${c.seed}: the worker died: ${err.stack ?? String(err)}`);
+        bugs.push(`${current ? `${bs[current.base]!.name} #${current.seed}` : 'worker'}: the worker died: ${err.stack ?? String(err)}`);
         finish();
       });
       send();
     });
   }
+  return { results, bugs, hangs };
+}
+
+test('regressions the fuzzer found: a node copied under itself (a cycle) and a space map size past the limit are coded errors', async () => {
+  const cases: Array<[string, number]> = [
+    // block 44 replaced by a copy of its ancestor 16: dump and ls walked the cycle forever
+    ['09-three-level-btree.bin.gz', 5245],
+    // the metadata space map's nr_blocks set to 2^31-1 x 3: a plain RangeError from the space map
+    ['kernel/blocksize/bs-128.bin.gz', 5172],
+  ];
+  const bs = cases.map(([name]) => {
+    const img = new Uint8Array(readFixture(name));
+    return { name, img, kinds: blockKinds(img) };
+  });
+  const r = await inWorker(bs, cases.map(([, seed], i) => ({ i, base: i, seed, oracle: false })), tempDir('thinpool-fuzz-'));
+  assert.equal(r.hangs, [], 'hangs');
+  assert.equal(r.bugs, [], 'uncoded errors');
+  for (const res of r.results) {
+    assert.equal(res.open, { r: 'coded', code: 'ECORRUPT' }, res.what);
+    assert.is(res.checkOk, false, `${res.what}: the checker finds damage`);
+  }
+});
+
+test(`metadata fuzz: ${CASES} mutated images through open, dump, ls and check; compared with thin_check 1.x`, async () => {
+  const bs = await bases();
+  const oracle = process.env.FUZZ_NO_ORACLE ? undefined : tool1x('thin_check') ?? undefined;
+  const scratchDir = tempDir('thinpool-fuzz-');
+  const requests = Array.from({ length: CASES }, (_, i): FuzzRequest => ({ i, base: i % bs.length, seed: 1000 + i, oracle: !!oracle && i % ORACLE_EVERY === 0 }));
+  const { results, bugs, hangs } = await inWorker(bs, requests, scratchDir);
 
   // thin_check 1.x on the images kept for it, several at once (it mostly waits)
   const queue = results.filter((r) => r.image);
@@ -139,6 +166,8 @@ test(`metadata fuzz: ${CASES} mutated images through open, dump, ls and check; c
       `; ${bugs.length} uncoded errors, ${hangs.length} hangs`,
   );
   for (const r of reverse.slice(0, 5)) console.log(`  ours only: ${r.what}`);
+  for (const b of bugs.slice(0, 5)) console.log(`  uncoded: ${b}`);
+  for (const h of hangs) console.log(`  hang: ${h}`);
   assert.equal(hangs, [], 'hangs');
   assert.equal(bugs.slice(0, 5), [], `${bugs.length} readers failed with something other than a coded error`);
   assert.equal(missed.slice(0, 5).map((r) => r.what), [], `${missed.length} cases thin_check 1.x finds damaged pass our check`);
