@@ -4,108 +4,28 @@
  * untimed setup of a fresh "after the snapshot" state, the timed first write of 4 KiB into the
  * middle of the file, the measurements (bytes copied, space used) and untimed cleanup.
  *
- * Rows still to come are {@link PENDING}: they plug in as more peers in {@link makePeers}.
+ * A row still to come would be listed in {@link PENDING} until it plugs in as one more peer in
+ * {@link makePeers}.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, constants, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pool } from '../src/pool/pool.js';
 import { CopyUpFs } from './copyup-baseline.js';
 import { now } from './harness.js';
-import { allocatedBytes, qcow2OwnDataBytes, qemuIo, runTool } from './qemu-io.js';
+import { allocatedBytes, qcow2OwnDataBytes, qemuIo, qemuMissing, runTool } from './qemu-io.js';
 
-export type Mode = 'system' | 'durable';
-export const MODES: readonly Mode[] = ['system', 'durable'];
+import { duBytes, preadFile, timedFileWrite, verify, type CopyupPeer, type Mode } from './copyup-peer.js';
+import { thinpoolExt4Peer } from './copyup-ext4.js';
 
-/** The file every peer writes into: S bytes in a lower layer (or the first S bytes of a device). */
-export interface FileUnderTest {
-  bytes: number;
-  /** The lower layer (a directory) holding the file at `rel`. */
-  lowerDir: string;
-  rel: string;
-  /** `lowerDir/rel`. */
-  path: string;
-  /** Where the write goes: the middle of the file, 4 KiB aligned. */
-  offset: number;
-  /** The 4 KiB written. */
-  data: Buffer;
-}
+export { duBytes, MODES, preadFile, verify, type CopyupPeer, type FileUnderTest, type FirstWriteSample, type Mode } from './copyup-peer.js';
 
-export interface FirstWriteSample {
-  round: number;
-  /** The timed first write, in microseconds. */
-  micros: number;
-  /** Bytes the write put into the new layer (measured, see each peer's `how`). */
-  bytesCopied: number;
-  /** Space used by the new layer just before the timed write (after its untimed setup). */
-  spaceBeforeBytes: number;
-  /** Space used by the new layer after the write (see each peer's `how`). */
-  spaceAfterBytes: number;
-  /** Other timings of the sample, untimed by the figure (e.g. metacopy's chmod), in microseconds. */
-  extraMicros?: Record<string, number>;
-}
-
-export interface CopyupPeer {
-  /** Stable id used in the JSON. */
-  id: string;
-  /** Name in tables and charts (the mode's cache setting where it differs). */
-  label(mode: Mode): string;
-  level: 'file' | 'block';
-  /** What is timed and measured, per mode (goes into the JSON). */
-  how: Record<Mode, string>;
-  /** Null when the peer can run here, else why not (not installed, not root, cannot mount). */
-  probe(): Promise<string | null>;
-  /** Once per file size, untimed. */
-  prepare(f: FileUnderTest): Promise<void>;
-  sample(f: FileUnderTest, mode: Mode, round: number): Promise<FirstWriteSample>;
-  /** After the last sample of a size, untimed. */
-  release(f: FileUnderTest): Promise<void>;
-  close(): Promise<void>;
-}
-
-/** Rows the suite will have once the layers they need exist; listed in the output and the JSON. */
-export const PENDING: ReadonlyArray<{ id: string; label: string; needs: string }> = [
-  {
-    id: 'thinpool-ext4',
-    label: 'thinpool through a mounted ext4 container file system (4 KiB into a file of the mounted snapshot, fsync in durable mode)',
-    needs: 'the attach layer (a thin device as a kernel block device to mount)',
-  },
-  {
-    id: 'containers',
-    label: 'real containers: containerd + runc with the overlayfs snapshotter and with thinpool\'s (ctr run, first write into 256 MiB / 1 GiB files, 100 containers x 1 byte of 64 MiB)',
-    needs: 'the containerd snapshotter and the images CLI',
-  },
-];
-
-/** `du -s` in bytes: st_blocks x 512 of a directory and everything under it. */
-export function duBytes(dir: string): number {
-  let total = lstatSync(dir).blocks * 512;
-  for (const name of readdirSync(dir)) {
-    const p = join(dir, name);
-    const st = lstatSync(p);
-    total += st.isDirectory() ? duBytes(p) : st.blocks * 512;
-  }
-  return total;
-}
-
-/** Reads `len` bytes at `pos` of a file (sync, untimed checks). */
-function preadFile(path: string, pos: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, pos);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Checks (untimed) that the new layer reads back the write, and the lower file's bytes just before it. */
-function verify(f: FileUnderTest, got: Buffer, before: Buffer, what: string): void {
-  if (!got.equals(f.data)) throw new Error(`${what}: the written 4 KiB do not read back`);
-  const lower = preadFile(f.path, f.offset - before.length, before.length);
-  if (!before.equals(lower)) throw new Error(`${what}: the bytes before the write differ from the lower file`);
-}
+/**
+ * Rows the suite will have once the layers they need exist; listed in the output and the JSON
+ * (none left: the ext4 row is {@link thinpoolExt4Peer}, and the real-container rows are the
+ * `containers` suite's).
+ */
+export const PENDING: ReadonlyArray<{ id: string; label: string; needs: string }> = [];
 
 // ---- kernel overlayfs -----------------------------------------------------------------------
 
@@ -177,12 +97,7 @@ function overlayPeer(dir: string, metacopy: boolean): CopyupPeer {
           extraMicros.chmod = (now() - t) * 1e6;
         }
         const spaceBeforeBytes = duBytes(m.upper);
-        const t0 = now();
-        const fd = openSync(target, constants.O_WRONLY);
-        writeSync(fd, f.data, 0, f.data.length, f.offset);
-        if (mode === 'durable') fsyncSync(fd);
-        closeSync(fd);
-        const micros = (now() - t0) * 1e6;
+        const micros = timedFileWrite(target, f, mode);
         const bytesCopied = statSync(join(m.upper, f.rel)).blocks * 512;
         const spaceAfterBytes = duBytes(m.upper);
         verify(f, preadFile(join(m.upper, f.rel), f.offset, f.data.length), preadFile(join(m.upper, f.rel), f.offset - 4096, 4096), name);
@@ -251,14 +166,7 @@ function qcow2Peer(dir: string): CopyupPeer {
     level: 'block',
     how: { system: how('system'), durable: how('durable') },
     async probe() {
-      for (const t of ['qemu-io', 'qemu-img']) {
-        try {
-          execFileSync(t, ['--version'], { stdio: 'ignore' });
-        } catch {
-          return `${t} is not installed (Debian: qemu-utils)`;
-        }
-      }
-      return null;
+      return qemuMissing();
     },
     async prepare() {},
     async sample(f, mode, round) {
@@ -348,6 +256,6 @@ function thinpoolDevicePeer(dir: string, capacity: number): CopyupPeer {
  * the largest file plus the snapshots' copies).
  */
 export function makePeers(dir: string, capacity: number): CopyupPeer[] {
-  return [overlayPeer(dir, false), overlayPeer(dir, true), baselinePeer(dir), qcow2Peer(dir), thinpoolDevicePeer(dir, capacity)];
+  return [overlayPeer(dir, false), overlayPeer(dir, true), baselinePeer(dir), qcow2Peer(dir), thinpoolDevicePeer(dir, capacity), thinpoolExt4Peer(dir, capacity)];
 }
 

@@ -11,8 +11,9 @@
  * Every round takes one sample of every (size, system, mode), in an order (of sizes and of
  * systems) that flips every round; round 0 is a warm-up. Inputs (the lower files, the thin devices
  * holding the same bytes) are made before the rounds; each sample's fresh state (overlay mount with a fresh upper dir,
- * fresh qcow2, fresh snapshot) is made untimed. Peers that cannot run here are skipped and named;
- * rows that need layers not built yet are listed as pending (copyup-peers.ts).
+ * fresh qcow2, fresh snapshot, a fresh snapshot attached and mounted) is made untimed. Peers that
+ * cannot run here are skipped and named; a row that needs a layer not built yet would be listed as
+ * pending (copyup-peers.ts; none is).
  *
  * Run: npm run bench -- copyup   (images/bench-copyup.json, .svg, -bytes.svg, .md; see bench/README.md)
  */
@@ -23,7 +24,7 @@ import { loadavg, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { lineChart, type LinePoint } from './charts.js';
 import { makePeers, MODES, PENDING, type CopyupPeer, type FileUnderTest, type FirstWriteSample, type Mode } from './copyup-peers.js';
-import { benchDir, envList, envNum, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
+import { benchDir, envList, envNum, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, writeText, type BenchGoal } from './harness.js';
 import { fmtBytes, fmtMicros } from './format.js';
 import { copyupReport } from './report.js';
 
@@ -45,17 +46,7 @@ export interface CopyupCell {
   skipped?: string;
 }
 
-export interface CopyupGoal {
-  id: string;
-  goal: string;
-  /** The measured ratio, or null when this run could not measure it (a peer skipped, a size not run). */
-  measured: number | null;
-  target: string;
-  met: boolean | null;
-  detail: string;
-  /** Shown for information, no target of the issue. */
-  info?: boolean;
-}
+export type CopyupGoal = BenchGoal;
 
 export interface CopyupResult {
   suite: 'copyup';
@@ -99,13 +90,15 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
     const gone = systems.map((s) => cells.find((c) => c.system === s && c.skipped)).filter(Boolean);
     return `not measured: ${gone.map((c) => `${c!.label} skipped (${c!.skipped})`).join('; ') || 'a side is missing'}`;
   };
-  const paired = (id: string, goal: string, size: number, a: CopyupCell | undefined, b: CopyupCell | undefined, target: string, test: (r: number) => boolean, info = false) => {
+  const paired = (id: string, goal: string, size: number, [sa, sb]: [string, string], mode: Mode, target: string, test: (r: number) => boolean, info = false) => {
+    const a = cellOf(cells, size, sa, mode);
+    const b = cellOf(cells, size, sb, mode);
     const ra = micros(a);
     const rb = micros(b);
     const measured = ra && rb ? pairedRatio(ra, rb) : null;
     goals.push({
       id, goal, measured, target, met: measured === null ? null : test(measured),
-      detail: measured === null ? missing(size, id.startsWith('overlay') ? 'overlayfs' : id.startsWith('metacopy') ? 'overlayfs-metacopy' : 'userspace-copyup', 'thinpool-device') : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
+      detail: measured === null ? missing(size, sa, sb) : `${a!.label} ${fmtMicros(a!.latencyMicros!.median)} / ${b!.label} ${fmtMicros(b!.latencyMicros!.median)} (medians); ratio = median of per-round ratios`,
       ...(info ? { info } : {}),
     });
   };
@@ -125,11 +118,15 @@ export function copyupGoals(cells: CopyupCell[], sizesMiB: number[]): CopyupGoal
     });
   }
   for (const [size, target] of [[256, 200], [1024, 800]] as const) {
-    const thin = cellOf(cells, size, 'thinpool-device', 'system');
-    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs', 'system'), thin, `>= ${target}`, (r) => r >= target);
-    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'overlayfs-metacopy', 'system'), thin, '-', () => true, true);
-    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, size, cellOf(cells, size, 'userspace-copyup', 'system'), thin, '-', () => true, true);
+    paired(`overlay-${size}`, `overlayfs copy-up / thinpool device, ${size} MiB, system mode`, size, ['overlayfs', 'thinpool-device'], 'system', `>= ${target}`, (r) => r >= target);
+    paired(`metacopy-${size}`, `overlayfs metacopy=on / thinpool device, ${size} MiB, system mode`, size, ['overlayfs-metacopy', 'thinpool-device'], 'system', '-', () => true, true);
+    paired(`userspace-${size}`, `userspace copy-up / thinpool device, ${size} MiB, system mode`, size, ['userspace-copyup', 'thinpool-device'], 'system', '-', () => true, true);
   }
+  // Through a mounted container file system (ext4 on a thin snapshot): the goal at 256 MiB, system mode.
+  paired('ext4-256', 'overlayfs copy-up / thinpool ext4 (mounted snapshot), 256 MiB, system mode', 256, ['overlayfs', 'thinpool-ext4'], 'system', '>= 20', (r) => r >= 20);
+  paired('ext4-1024', 'overlayfs copy-up / thinpool ext4 (mounted snapshot), 1024 MiB, system mode', 1024, ['overlayfs', 'thinpool-ext4'], 'system', '-', () => true, true);
+  paired('ext4-256-durable', 'overlayfs copy-up + fsync / thinpool ext4 write + fsync, 256 MiB, durable mode', 256, ['overlayfs', 'thinpool-ext4'], 'durable', '-', () => true, true);
+  paired('ext4-1024-durable', 'overlayfs copy-up + fsync / thinpool ext4 write + fsync, 1024 MiB, durable mode', 1024, ['overlayfs', 'thinpool-ext4'], 'durable', '-', () => true, true);
   // Durable: both are block-level CoW of one 64 KiB block, flat in size, so every size's rounds are pooled.
   const a: number[] = [];
   const b: number[] = [];
@@ -306,8 +303,8 @@ function bytesCharts(r: CopyupResult) {
   const sys = r.cells.filter((c) => c.samples && c.mode === 'system');
   const x = { title: 'file size (MiB)', log: true, values: r.config.sizesMiB };
   return [
-    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'the three copy-up lines coincide (each copies the whole file); so do qcow2 and thinpool (one 64 KiB cluster / block)' }),
+    lineChart('Bytes copied by the first write (median, system mode)', x, { title: 'bytes copied (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: c.bytesCopied! / 1024, series: systemName(c) })), { subtitle: 'copy-up: the whole file; qcow2, thinpool device: one 64 KiB cluster / block; ext4: + its journal' }),
     lineChart('Space used by the new layer after the first write (median, system mode)', x, { title: 'space (KiB)', log: true }, sys.map((c) => ({ x: c.sizeMiB, y: Math.max(c.spaceAfterBytes!, 1) / 1024, series: systemName(c) })),
-      { subtitle: 'copy-up: du of the upper dir; qcow2: the image file (its tables included); thinpool: data blocks allocated' }),
+      { subtitle: 'copy-up: du of the upper dir; qcow2: the image file (its tables included); thinpool: data blocks allocated (ext4: the mount included)' }),
   ];
 }

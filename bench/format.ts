@@ -14,6 +14,7 @@ export function fmtMicros(us: number): string {
 
 /** 64 KiB, 1 GiB, 1.01 MiB. */
 export function fmtBytes(n: number): string {
+  if (n < 0) return `-${fmtBytes(-n)}`;
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   let v = n;

@@ -173,6 +173,19 @@ export function pairedRatio(a: number[], b: number[]): number {
   return stats(a.map((x, i) => x / b[i]!)).median;
 }
 
+/** One goal row of a suite's result (JSON and markdown): a ratio against its target, or information. */
+export interface BenchGoal {
+  id: string;
+  goal: string;
+  /** The measured ratio, or null when this run could not measure it (a peer skipped, a size not run). */
+  measured: number | null;
+  target: string;
+  met: boolean | null;
+  detail: string;
+  /** Shown for information, no target of the issue. */
+  info?: boolean;
+}
+
 export interface TargetRow {
   metric: string;
   thinpool: string;

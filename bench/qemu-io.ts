@@ -8,7 +8,7 @@
  * flush that cache=writethrough adds to a write). The "sec" field has 10 ms resolution, so the
  * time is taken from the ops/sec field: ops / (ops/sec), which keeps 8 significant digits.
  */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 
 /** Runs a program; resolves with stdout, rejects with its stderr on a non-zero exit. */
@@ -65,4 +65,16 @@ export async function qcow2OwnDataBytes(file: string): Promise<number> {
 /** Bytes a file occupies on disk (st_blocks x 512). */
 export async function allocatedBytes(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
+}
+
+/** Why qemu-io or qemu-img cannot run here, or null when both are installed. */
+export function qemuMissing(): string | null {
+  for (const t of ['qemu-io', 'qemu-img']) {
+    try {
+      execFileSync(t, ['--version'], { stdio: 'ignore' });
+    } catch {
+      return `${t} is not installed (Debian: qemu-utils)`;
+    }
+  }
+  return null;
 }

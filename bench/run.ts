@@ -3,12 +3,12 @@
  * `npm run bench -- metadata|pool|nbd|copyup|snapshots|images|containers`. Each suite prints its figures and writes
  * JSON + SVG (and, for copyup and snapshots, a markdown table) into images/, or into $BENCH_OUT.
  * BENCH_TINY=1 runs the smallest configuration of copyup and snapshots (what the tests run).
- * `node dist/bench/run.js render FILE.json` redraws the charts and table of a copyup or snapshots
- * result next to it, without measuring anything.
+ * `node dist/bench/run.js render FILE.json` redraws the charts (and the tables of copyup,
+ * snapshots and containers) of a result next to it, without measuring anything.
  */
 import { readFileSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { containersBench, containersCharts } from './containers.bench.js';
+import { containersBench, writeContainersOutputs, type ContainersResult } from './containers.bench.js';
 import { imagesBench } from './images.bench.js';
 import { copyupBench, writeCopyupOutputs, type CopyupResult } from './copyup.bench.js';
 import { writeCharts } from './harness.js';
@@ -40,7 +40,7 @@ if (wanted[0] === 'render') {
     else if (suite === 'metadata') await writeCharts(name, metadataCharts(json));
     else if (suite === 'pool') await writeCharts(name, poolCharts(json));
     else if (suite === 'nbd') await writeCharts(name, nbdCharts(json));
-    else if (suite === 'containers') await writeCharts(name, containersCharts(json));
+    else if (suite === 'containers') await writeContainersOutputs(json as ContainersResult);
     else {
       console.error(`${file}: cannot render suite '${suite}'; render knows ${Object.keys(suites).join(', ')}`);
       process.exit(2);

@@ -14,14 +14,13 @@
  * Run: npm run bench -- snapshots   (images/bench-snapshots.json, .svg, .md; see bench/README.md)
  */
 import { randomFillSync } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Pool } from '../src/pool/pool.js';
 import { lineChart } from './charts.js';
 import { benchDir, envList, envNum, now, pairedRatio, printTargets, prng, sourceState, stats, tiny, writeCharts, writeResults, writeText } from './harness.js';
-import { qemuIo, runTool } from './qemu-io.js';
+import { qemuIo, qemuMissing, runTool } from './qemu-io.js';
 import { fmtMicros } from './format.js';
 import { snapshotsReport } from './report.js';
 import { snapshotCreation, type SnapshotCreation } from './snapshot-creation.js';
@@ -51,16 +50,6 @@ export interface SnapshotsResult {
   seconds: number;
 }
 
-function qemuMissing(): string | null {
-  for (const t of ['qemu-io', 'qemu-img']) {
-    try {
-      execFileSync(t, ['--version'], { stdio: 'ignore' });
-    } catch {
-      return `${t} is not installed (Debian: qemu-utils)`;
-    }
-  }
-  return null;
-}
 
 export async function snapshotsBench(): Promise<SnapshotsResult> {
   const TINY = tiny();

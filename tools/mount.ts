@@ -28,7 +28,7 @@ export function registerMount(program: Command, ctx: Ctx): void {
     .action(async (dir: string, _o: unknown, cmd: Command) => {
       ctx.doing(`unmount ${dir}`);
       const r = await ctx.withService(cmd, (svc) => umountDir(svc, dir));
-      print(`unmounted ${r.dir} (${r.device})${r.detached ? '' : '; the device stays attached (still in use elsewhere)'}`);
+      print(`unmounted ${r.dir} (${r.device})${r.detached ? '' : '; the device is still open elsewhere: it is released by itself once closed'}`);
     });
 
   program

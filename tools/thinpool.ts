@@ -9,7 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { connectPool } from '../src/serve/connect.js';
+import { withPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { registerDemo } from './demo.js';
 import { registerDevice } from './device.js';
@@ -72,18 +72,11 @@ async function main(argv: string[]): Promise<number> {
     doing(a) {
       action = a;
     },
-    async withService(cmd, fn) {
-      const svc = await connectPool(ctx.poolDir(cmd));
-      for (const n of svc.notices ?? []) process.stderr.write(`thinpool: note: ${n}\n`);
-      let result;
-      try {
-        result = await fn(svc);
-      } catch (err) {
-        await svc.close().catch(() => undefined);
-        throw err;
-      }
-      await svc.close();
-      return result;
+    withService(cmd, fn) {
+      return withPool(ctx.poolDir(cmd), (svc) => {
+        for (const n of svc.notices ?? []) process.stderr.write(`thinpool: note: ${n}\n`);
+        return fn(svc);
+      });
     },
     get signal() {
       handleSignals();

@@ -25,9 +25,10 @@ export interface Attachment {
   /** Runs `fn` with a file system mounted on the device made consistent on disk (frozen), then thaws it. */
   quiesce<T>(fn: () => Promise<T>): Promise<T>;
   /**
-   * Releases this holder; the last one detaches the device. Resolves false, keeping the
-   * attachment, when the device is busy, unless `force` (then a mounted file system on it sees
-   * I/O errors from then on).
+   * Releases this holder; the last one detaches the device. Resolves false when the device is
+   * still busy: the attachment stays until nothing has the device open, then goes by itself
+   * (calling again is harmless). `force` detaches at once (a mounted file system on it sees I/O
+   * errors from then on).
    */
   release(opts?: { force?: boolean }): Promise<boolean>;
 }

@@ -20,6 +20,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isRoot, run, which, type RunResult } from './oracles.js';
+import { exited } from './child-exit.js';
 
 const PREFIX = 'thinpool-containerd-';
 /** Where containerd 1.6 puts shim sockets whatever its config says (`/run/containerd/s/<sha256>`). */
@@ -294,16 +295,6 @@ function configToml(c: { root: string; state: string; address: string; ttrpc: st
   return lines.join('\n') + '\n' + (extra ? extra + '\n' : '');
 }
 
-function exited(child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
 
 /** Starts a private containerd and waits until it answers `ctr version`. */
 export async function startContainerd(opts: ContainerdOptions = {}): Promise<Containerd> {

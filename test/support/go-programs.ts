@@ -4,11 +4,12 @@
  * native snapshotter served over the snapshots gRPC API on a unix socket, the reference peer of a
  * proxy snapshotter.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { run, which } from './oracles.js';
+import { exited } from './child-exit.js';
 
 /** The repository root (from dist/test/support/). */
 export const REPO_ROOT = new URL('../../../', import.meta.url).pathname;
@@ -66,16 +67,6 @@ function canConnect(socket: string): Promise<boolean> {
   });
 }
 
-function exited(child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
 
 /** Starts `native-snapshotter` on `root` and `socket` and waits until it accepts connections. */
 export async function startNativeSnapshotter(binary: string, root: string, socket: string, opts: { log?: string } = {}): Promise<NativeSnapshotter> {

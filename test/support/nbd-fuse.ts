@@ -6,10 +6,11 @@
  * Everything here is asynchronous: the NBD server usually runs in the same process, so a
  * synchronous call touching the mount would block the server it is waiting on.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from './oracles.js';
+import { exited } from './child-exit.js';
 
 export interface FuseExt4 {
   /** The loop device, e.g. /dev/loop3. */
@@ -34,16 +35,6 @@ async function isMounted(path: string): Promise<boolean> {
   return (await run('mountpoint', ['-q', path])).code === 0;
 }
 
-function exited(child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-  });
-}
 
 /**
  * Runs `fn` with an ext4 file system on the NBD export at `uri` (made fresh with mkfs.ext4

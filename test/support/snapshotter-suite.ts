@@ -1,7 +1,8 @@
 /**
  * Runs containerd's snapshotter suite binary (test/go/snapshotter-suite) against a snapshotter
  * command and parses Go's verbose output into one result per case (with the lines Go printed
- * for it), the exit code and the mounts left under the suite's temp dir (unmounted lazily).
+ * for it), the exit code, and the mounts (unmounted lazily), loop devices and nbdfuse/fuse2fs
+ * processes left under the suite's own temp dir.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -46,9 +47,13 @@ export async function runSuite(binary: string, command: string, extraArgs: strin
       else if (current && /^\s/.test(line)) details.set(current, [...(details.get(current) ?? []), line.trim()]);
     }
     for (const r of results) r.details = (details.get(r.name) ?? []).join('\n');
+    // What the snapshotters of this run left (checked before anything is unmounted, while loop
+    // devices still name their backing files under `dir`; other suites' leftovers do not count).
     const leftover = mountsUnder(dir);
+    const loops = (await run('losetup', ['-a'])).stdout.split('\n').filter((l) => l.includes(dir));
+    const processes = (await run('pgrep', ['-af', 'nbdfuse|fuse2fs'])).stdout.split('\n').filter((l) => l.includes(dir));
     for (const m of leftover) await run('umount', ['-l', m]);
-    return { results, code, out, leftover };
+    return { results, code, out, leftover, loops, processes };
   } finally {
     if (mountsUnder(dir).length === 0) rmSync(dir, { recursive: true, force: true });
   }

@@ -91,6 +91,39 @@ it('as root: mount ext4 read-write, umount, a snapshot read-only (ro,noload) ref
   assert.equal(await leftovers(dir), []);
 });
 
+it('as root: umount while the device is still open elsewhere: released by itself once closed, then removable', async () => {
+  // Before: the attachment kept a holder for a mount that no longer existed, so the device stayed
+  // attached and "in use" (device rm refused) until the daemon restarted.
+  const dir = tempDir('thinpool-mount-');
+  const pool = await poolWithFs(dir, 'ext4');
+  const [mnt, other] = [join(dir, 'mnt'), join(dir, 'other')];
+  mkdirSync(mnt);
+  mkdirSync(other);
+  const d = await startDaemon({ dir: pool });
+  try {
+    const out = await cliOk(['-p', pool, 'mount', 'fs1', mnt]);
+    const loop = /on (\/dev\/loop\d+)/.exec(out)![1]!;
+    const m2 = await run('mount', ['-t', 'ext4', loop, other]); // a second mount thinpool knows nothing of
+    assert.is(m2.code, 0, m2.stderr);
+    assert.match(await cliOk(['-p', pool, 'umount', mnt]), /still open elsewhere: it is released by itself once closed/);
+    assert.is((await cli(['-p', pool, 'device', 'rm', 'fs1'])).code, 5, 'still mounted at the second place');
+    assert.is((await run('umount', [other])).code, 0);
+    let att: unknown[] = [];
+    for (let i = 0; i < 200; i++) {
+      att = JSON.parse(await cliOk(['-p', pool, 'attachments', '--json'])) as unknown[];
+      if (!att.length) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(att, [], 'released once nothing had it open');
+    await cliOk(['-p', pool, 'device', 'rm', 'fs1']);
+    assert.equal(await leftovers(dir), []);
+  } finally {
+    await run('umount', [other]);
+    await d.stop();
+  }
+  assert.equal(await leftovers(dir), []);
+});
+
 testIf(test, base === null && which('mkfs.xfs') !== null, base ?? 'mkfs.xfs missing (xfsprogs)')('as root: xfs origin and snapshot mounted at once (nouuid)', async () => {
   const dir = tempDir('thinpool-mount-');
   const pool = await poolWithFs(dir, 'xfs');

@@ -43,7 +43,16 @@ interface Entry {
   unuse: () => void;
   /** Set once teardown began (loop detach asked). */
   tearing?: boolean;
+  /** The last holder left while the device was busy: torn down once nothing has it open. */
+  releasing?: boolean;
+  /** The teardown in progress, if any. */
+  teardownRunning?: Promise<boolean>;
 }
+
+/** How long a release waits out a transient opener (udev's blkid probe after a umount) before deferring. */
+const BUSY_WAIT_MS = 2000;
+/** How often deferred releases are retried. */
+const RETRY_MS = 500;
 
 /** What releasing stale attachments did. */
 export interface CleanupReport {
@@ -63,6 +72,7 @@ function chooseMethod(m: AttachManagerOptions['method']): AttachMethod {
 export class AttachManager implements BlockAttacher {
   private readonly entries = new Map<number, Entry>();
   private readonly pending = new Map<number, Promise<Entry>>();
+  private retryTimer: NodeJS.Timeout | undefined;
   readonly method: AttachMethod;
   private readonly log: (msg: string) => void;
 
@@ -107,6 +117,7 @@ export class AttachManager implements BlockAttacher {
       throw new BusyError(`Cannot attach ${req.device} ${req.readOnly ? 'read-only' : 'read-write'}: it is attached ${e.rec.readOnly ? 'read-only' : 'read-write'} at ${e.rec.path}`, { device: req.device });
     }
     e.holders.add(holder);
+    e.releasing = false; // a deferred release of it is off
     return this.handle(e, holder);
   }
 
@@ -216,9 +227,11 @@ export class AttachManager implements BlockAttacher {
   }
 
   /**
-   * Drops `holder`; the last one tears the attachment down. Resolves false when the device is
-   * busy (the holder stays) unless `force`, which detaches anyway (a file system still mounted on
-   * it then gets I/O errors).
+   * Drops `holder`; the last one tears the attachment down. A device still open after a short
+   * wait (mounted elsewhere; a prober such as udev's blkid right after a umount) resolves false:
+   * the holder is gone all the same and the teardown follows by itself once nothing has the
+   * device open (retried every half second, and by {@link reap}), unless a new holder attaches
+   * it first. `force` detaches at once (a file system still mounted on it then gets I/O errors).
    */
   async release(deviceId: number, holder: string, opts: { force?: boolean } = {}): Promise<boolean> {
     const e = this.entries.get(deviceId);
@@ -227,10 +240,59 @@ export class AttachManager implements BlockAttacher {
       e.holders.delete(holder);
       return true;
     }
-    if (!opts.force && (await this.busy(deviceId))) return false;
+    if (!opts.force && (await this.stillBusy(deviceId, BUSY_WAIT_MS))) {
+      // Still open (mounted elsewhere, or a slow prober): the holder goes now and the teardown
+      // follows by itself once nothing has the device open, so a release is never lost.
+      e.holders.delete(holder);
+      e.releasing = true;
+      this.scheduleRetries();
+      return false;
+    }
     const ok = await this.teardown(e, !!opts.force);
     if (ok) e.holders.clear();
+    else this.scheduleRetries(); // the kernel kept the loop device: finish when it lets go
     return ok;
+  }
+
+  /** True when the device is still busy after waiting up to `waitMs` for it to become free. */
+  private async stillBusy(deviceId: number, waitMs: number): Promise<boolean> {
+    const deadline = Date.now() + waitMs;
+    while (await this.busy(deviceId)) {
+      if (Date.now() >= deadline) return true;
+      await sleep(50);
+    }
+    return false;
+  }
+
+  /** Retries deferred releases until none is left. */
+  private scheduleRetries(): void {
+    if (this.retryTimer) return;
+    let running = false;
+    this.retryTimer = setInterval(() => {
+      if (running) return;
+      running = true;
+      void this.retryReleases().finally(() => (running = false));
+    }, RETRY_MS);
+    this.retryTimer.unref();
+  }
+
+  private async retryReleases(): Promise<void> {
+    const waiting = () => [...this.entries.values()].filter((e) => e.releasing || e.tearing);
+    for (const e of waiting()) {
+      if (e.releasing && !e.tearing) {
+        if (e.holders.size || (await this.busy(e.rec.deviceId))) continue;
+        if (!e.releasing || e.holders.size) continue; // re-attached meanwhile
+      }
+      const ok = await this.teardown(e, false).catch((err: unknown) => {
+        this.log(`cannot release ${e.rec.device}: ${(err as Error).message}`);
+        return false;
+      });
+      if (ok) e.releasing = false;
+    }
+    if (!waiting().length && this.retryTimer) {
+      clearInterval(this.retryTimer);
+      this.retryTimer = undefined;
+    }
   }
 
   /** Records a mount `thinpool mount` made on the device's attachment. */
@@ -251,8 +313,20 @@ export class AttachManager implements BlockAttacher {
     return this.release(deviceId, `mount:${dir}`);
   }
 
-  /** Tears down what `e` holds; false when the kernel keeps the loop device (still open). */
-  private async teardown(e: Entry, force: boolean): Promise<boolean> {
+  /**
+   * Tears down what `e` holds; false when the kernel keeps the loop device (still open). One
+   * teardown at a time per entry (a retry, reap and a release may race).
+   */
+  private teardown(e: Entry, force: boolean): Promise<boolean> {
+    if (e.teardownRunning) return e.teardownRunning;
+    const p = this.teardownNow(e, force).finally(() => {
+      if (e.teardownRunning === p) e.teardownRunning = undefined;
+    });
+    e.teardownRunning = p;
+    return p;
+  }
+
+  private async teardownNow(e: Entry, force: boolean): Promise<boolean> {
     const r = e.rec;
     e.tearing = true;
     if (r.nbd) await nbdDisconnect(r.nbd);
@@ -298,14 +372,19 @@ export class AttachManager implements BlockAttacher {
   async reap(): Promise<number[]> {
     const out: number[] = [];
     for (const e of [...this.entries.values()]) {
-      if (!e.tearing) continue;
-      if (await this.teardown(e, false)) out.push(e.rec.deviceId);
+      if (!e.tearing && !(e.releasing && !e.holders.size && !(await this.busy(e.rec.deviceId)))) continue;
+      if (await this.teardown(e, false)) {
+        e.releasing = false;
+        out.push(e.rec.deviceId);
+      }
     }
     return out;
   }
 
   /** Releases every attachment (daemon stop); busy ones too when `force`. Returns the ones left. */
   async releaseAll(opts: { force?: boolean } = {}): Promise<AttachRecord[]> {
+    if (this.retryTimer) clearInterval(this.retryTimer);
+    this.retryTimer = undefined;
     const left: AttachRecord[] = [];
     for (const e of [...this.entries.values()]) {
       // Mounts `thinpool mount` made are unmounted first: they would fail without the daemon.
