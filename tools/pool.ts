@@ -1,7 +1,8 @@
 /**
- * `thinpool pool ...`: create, status, extend, dump, restore, check, metadata-snap,
- * set-transaction-id. Everything but `create` and `restore` goes through connectPool (so it works
- * the same when a daemon owns the pool); those two need the pool closed and work on its files.
+ * `thinpool pool ...`: create, status, extend, dump, restore, check, repair (pool-repair.ts),
+ * metadata-snap, set-transaction-id. Everything but `create`, `restore` and `repair` goes through
+ * connectPool (so it works the same when a daemon owns the pool); those need the pool closed and
+ * work on its files.
  */
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
@@ -11,7 +12,6 @@ import { dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { UsageError } from '../src/errors.js';
 import { Pool } from '../src/pool/pool.js';
-import { repairPool } from '../src/pool/repair-pool.js';
 import { restorePool } from '../src/pool/restore-pool.js';
 import { checkPool, dumpPool } from '../src/serve/connect.js';
 import type { ServiceStatus } from '../src/serve/pool-service.js';
@@ -19,6 +19,7 @@ import type { CheckReport } from '../src/thin/check-issues.js';
 import { formatReport } from '../src/thin/check-report.js';
 import { METADATA_BLOCK_SIZE, parseSize } from '../src/units.js';
 import { errorLine, keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
+import { registerPoolRepair } from './pool-repair.js';
 import type { Ctx } from './thinpool.js';
 
 /** Parses a size flag, naming the flag in the error. */
@@ -293,33 +294,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
       if (!report.ok) ctx.setExitCode(1);
     });
 
-  pool
-    .command('repair')
-    .description('build new metadata from what is still reachable in damaged metadata (like thin_repair); the pool must not be open. The old metadata is kept as metadata.bak')
-    .option('-o, --output <file>', 'write the repaired metadata to FILE (a new file) and leave the pool alone')
-    .option('--json', 'print what was kept and lost as JSON')
-    .action(async (o: { output?: string; json?: boolean }, cmd: Command) => {
-      const dir = ctx.poolDir(cmd);
-      ctx.doing(`repair ${dir}`);
-      const bar = spinner('repairing the metadata');
-      let r;
-      try {
-        r = await repairPool(dir, o.output !== undefined ? { output: resolve(o.output) } : {});
-      } finally {
-        bar.stop();
-      }
-      const s = r.summary;
-      if (o.json) {
-        const { restore, ...rest } = s;
-        return printJson({ ...rest, metadataBlocksUsed: restore.metadataBlocksUsed, written: r.written, ...(r.backup ? { backup: r.backup } : {}) });
-      }
-      print(`repaired ${dir}: kept ${s.devices} device${s.devices === 1 ? '' : 's'} and ${s.mappings} mappings; wrote ${r.written}${r.backup ? ` (old metadata: ${r.backup})` : ''}`);
-      print(`the walk found ${s.damage} damaged spot${s.damage === 1 ? '' : 's'}${s.firstDamage.length ? `, first: ${s.firstDamage[0]}` : ''}`);
-      if (s.devicesLost.length) print(`lost: device${s.devicesLost.length === 1 ? '' : 's'} ${s.devicesLost.join(', ')} (details found, mapping tree unreadable)`);
-      if (s.mappingsMissing) print(`lost: at least ${s.mappingsMissing} mapping${s.mappingsMissing === 1 ? '' : 's'} of the kept devices (their mapped_blocks say more than was readable)`);
-      if (s.mappingsPastEnd) print(`dropped: ${s.mappingsPastEnd} mapping${s.mappingsPastEnd === 1 ? '' : 's'} to data blocks past the pool's end`);
-      if (s.devicesWithoutDetails.length) print(`note: device${s.devicesWithoutDetails.length === 1 ? '' : 's'} ${s.devicesWithoutDetails.join(', ')} had no details (times set to 0)`);
-    });
+  registerPoolRepair(pool, ctx);
 
   const snap = pool.command('metadata-snap').description('reserve or release the metadata snapshot (for thin_dump -m and thin_delta -m on a live pool)');
   snap

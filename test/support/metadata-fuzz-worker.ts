@@ -26,7 +26,9 @@ export interface FuzzReply {
 }
 
 const data = workerData as Data;
-parentPort!.on('message', (req: FuzzRequest) => {
+parentPort!.on('message', (req: FuzzRequest | 'done') => {
+  // Leaving by itself: terminate() while V8 compiles in the background can abort Node 20
+  if (req === 'done') return parentPort!.close();
   const base = data.bases[req.base]!;
   void (async () => {
     try {

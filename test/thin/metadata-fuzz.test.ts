@@ -77,20 +77,24 @@ async function inWorker(bs: Base[], requests: FuzzRequest[], scratchDir: string)
       let timer: NodeJS.Timeout | undefined;
       let current: FuzzRequest | undefined;
       let done = false;
-      const finish = () => {
+      const finish = (hung: boolean) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        void w.terminate().then(() => resolve());
+        if (hung) void w.terminate().then(() => resolve());
+        else {
+          w.once('exit', () => resolve());
+          w.postMessage('done');
+        }
       };
       const send = () => {
-        if (next >= requests.length) return finish();
+        if (next >= requests.length) return finish(false);
         current = requests[next++]!;
         w.postMessage(current);
         clearTimeout(timer);
         timer = setTimeout(() => {
           hangs.push(`${bs[current!.base]!.name} #${current!.seed}`);
-          finish();
+          finish(true);
         }, CASE_TIMEOUT_MS);
       };
       w.on('message', (m: FuzzReply) => {
@@ -105,7 +109,7 @@ async function inWorker(bs: Base[], requests: FuzzRequest[], scratchDir: string)
       });
       w.on('error', (err) => {
         bugs.push(`${current ? `${bs[current.base]!.name} #${current.seed}` : 'worker'}: the worker died: ${err.stack ?? String(err)}`);
-        finish();
+        finish(true);
       });
       send();
     });
