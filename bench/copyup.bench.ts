@@ -63,7 +63,7 @@ export interface CopyupResult {
 }
 
 /** A file of `bytes` random bytes (every MiB different), synced so no sample pays its writeback. */
-function makeLowerFile(path: string, bytes: number): void {
+export function makeLowerFile(path: string, bytes: number): void {
   const buf = randomFillSync(Buffer.allocUnsafe(MiB));
   const fd = openSync(path, 'w', 0o644);
   try {

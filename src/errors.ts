@@ -160,6 +160,64 @@ export class UnsafeLayerError extends ThinpoolError {
   }
 }
 
+/** An error as it crosses a process boundary (the control socket, a worker's reply). */
+export interface ErrorJson {
+  name: string;
+  code?: string;
+  message: string;
+  exitCode?: number;
+  data?: Record<string, unknown>;
+}
+
+/** An error as plain JSON: its class name, code, message, exit code and data. */
+export function errorToJson(err: unknown): ErrorJson {
+  const e = err as Partial<ThinpoolError> & Error;
+  return {
+    name: e instanceof RangeError ? 'RangeError' : e?.name ?? 'Error',
+    ...(typeof e?.code === 'string' ? { code: e.code } : {}),
+    message: e?.message ?? String(err),
+    ...(typeof e?.exitCode === 'number' ? { exitCode: e.exitCode } : {}),
+    ...(e?.data ? { data: e.data } : {}),
+  };
+}
+
+/** Rebuilds an error of the same class from {@link errorToJson}'s form, so exit codes and `instanceof` hold. */
+export function errorFromJson(e: ErrorJson): Error {
+  const data = e.data ?? {};
+  switch (e.name) {
+    case 'RangeError':
+      return new RangeError(e.message);
+    case 'UsageError':
+      return new UsageError(e.message, data);
+    case 'NotFoundError':
+      return new NotFoundError(e.message, data);
+    case 'ExistsError':
+      return new ExistsError(e.message, data);
+    case 'PreconditionError':
+      return new PreconditionError(e.message, data);
+    case 'NoSpaceError':
+    case 'MetadataSpaceError':
+      return new NoSpaceError(e.message, data);
+    case 'BusyError':
+      return new BusyError(e.message, data, e.code === 'ELOCKED' ? 'ELOCKED' : 'EBUSY');
+    case 'CorruptionError':
+      return new CorruptionError(e.message, data);
+    case 'ReadOnlyError':
+      return new ReadOnlyError(e.message, data, e.code === 'ENEEDSCHECK' ? 'ENEEDSCHECK' : 'EREADONLY');
+    case 'UnsupportedError':
+      return new UnsupportedError(e.message, data);
+    case 'CanceledError':
+      return new CanceledError(e.message, data);
+    case 'BadImageError':
+      return new BadImageError(e.message, data);
+    case 'UnsafeLayerError':
+      return new UnsafeLayerError(e.message, data);
+    default:
+      if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return new NoSpaceError(e.message, data);
+      return new IoError(e.message, data);
+  }
+}
+
 /** Maps any error to a CLI exit code. */
 export function exitCodeOf(err: unknown): number {
   if (err instanceof ThinpoolError) return err.exitCode;

@@ -29,7 +29,7 @@ const ALLOWED: Record<string, string[]> = {
   thin: ['pdata', 'io', 'errors', 'units'],
   pool: ['thin', 'pdata', 'io', 'errors', 'units'],
   snapshots: ['pool', 'thin', 'pdata', 'io', 'errors', 'units'],
-  images: ['snapshots', 'pool', 'thin', 'io', 'errors', 'units'],
+  images: ['snapshots', 'pool', 'thin', 'pdata', 'io', 'errors', 'units'],
   nbd: ['errors', 'units'],
   serve: ['images', 'snapshots', 'pool', 'thin', 'nbd', 'io', 'errors', 'units'],
   tools: ['serve', 'images', 'snapshots', 'pool', 'thin', 'nbd', 'io', 'pdata', 'errors', 'units', 'bench'],

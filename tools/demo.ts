@@ -2,12 +2,17 @@
  * `thinpool demo` (what `npm start` runs): a pool in a temp dir, a 1 GiB "base" device with a
  * file-system-like layout, two snapshots as "containers" with small changes each, then
  * `device ls`, `pool status`, `pool check`, `device delta` and the time of a snapshot against a
- * copy of the 64 MiB of content. Runs without root or outside tools, in a few seconds.
+ * copy of the 64 MiB of content (block level: no root, no outside tools, a few seconds). Then, as
+ * root with busybox-static and the attach tools, images and containers (demo-images.ts: the
+ * seed's "Hello world" layer), and a short first-write comparison against overlayfs copy-up
+ * (bench/copyup-demo.ts, from a source checkout: the package does not ship bench/) with its
+ * table and chart. What cannot run here is named as skipped.
  */
 import type { Command } from 'commander';
 import { createCipheriv } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { pathToFileURL } from 'node:url';
 import { join, resolve } from 'node:path';
 import { connectPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
@@ -16,6 +21,7 @@ import { Pool } from '../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { deltaJson, deltaText, devicesTable } from './device.js';
 import { formatDuration, formatSize, print } from './output.js';
+import { imagesDemoProbe, runImagesDemo } from './demo-images.js';
 import { statusText } from './pool.js';
 import type { Ctx } from './thinpool.js';
 
@@ -45,6 +51,12 @@ export interface DemoOptions {
   keep?: boolean;
   /** Where the lines go (default stdout). */
   out?: (line: string) => void;
+  /** Run the images-and-containers part (default true; it needs root and tools). */
+  images?: boolean;
+  /** Run the first-write comparison (default true). */
+  firstWrite?: boolean;
+  /** Where the comparison's chart goes (default {@link defaultChart}). */
+  chart?: string;
 }
 
 /** Runs the demo; returns the pool directory it used. */
@@ -167,11 +179,21 @@ export async function runDemo(opts: DemoOptions = {}): Promise<string> {
     say(`    snapshot: ${Math.round(snapMs * 1000)} µs    copy: ${Math.round(copyMs * 1000)} µs (${formatDuration(copyMs)}, ${formatSize(Math.round(CONTENT_BYTES / (copyMs / 1000)))}/s)    -> the snapshot is ${Math.max(1, Math.round(copyMs / snapMs))}x faster,`);
     say('    and it costs no data blocks until something is written. (The copy device was removed again.)');
     say();
-    say('Not shown yet: the CoW-vs-copy-up benchmark comparison (against an overlayfs-style userspace copy-up)');
-    say('and real containers (images, layers, mounts) come in later issues.');
     await svc.close();
     svc = undefined;
-    say();
+
+    const skipped: string[] = [];
+    if (opts.images !== false) {
+      const probe = await imagesDemoProbe();
+      if (probe.skip) skipped.push(`images and containers: ${probe.skip}`);
+      else {
+        await runImagesDemo(probe.busybox!, say, run, { ...(opts.keep ? { keep: true } : {}) });
+        say();
+      }
+    } else skipped.push('images and containers: --no-images');
+    if (opts.firstWrite !== false) await firstWritePart(say, opts.chart ?? defaultChart(), skipped);
+    else skipped.push('first-write comparison: --no-first-write');
+    say(skipped.length ? `Skipped here: ${skipped.join('; ')}.` : 'Nothing skipped.');
     say(`demo done in ${formatDuration(performance.now() - t0)}; ${opts.keep ? `pool kept in ${dir} (try: thinpool -p ${dir} device ls)` : `removed ${dir}`}.`);
     return dir;
   } finally {
@@ -183,14 +205,48 @@ export async function runDemo(opts: DemoOptions = {}): Promise<string> {
   }
 }
 
+/** $TMPDIR/thinpool-demo-first-write-UID.svg (one per user: another user's file is not writable). */
+export function defaultChart(): string {
+  return join(tmpdir(), `thinpool-demo-first-write-${process.getuid?.() ?? 0}.svg`);
+}
+
+/** The comparison module, when this is a source checkout (the package does not ship bench/). */
+async function loadCopyupDemo(): Promise<typeof import('../bench/copyup-demo.js') | null> {
+  const url = new URL('../bench/copyup-demo.js', import.meta.url);
+  const there = await stat(url).then(() => true, () => false);
+  return there ? ((await import(pathToFileURL(url.pathname).href)) as typeof import('../bench/copyup-demo.js')) : null;
+}
+
+async function firstWritePart(say: (s?: string) => void, chart: string, skipped: string[]): Promise<void> {
+  const mod = await loadCopyupDemo();
+  if (!mod) {
+    skipped.push('first-write comparison: the benchmark code (bench/) is not part of the installed package; run npm start in a checkout');
+    return;
+  }
+  say('First write of 4 KiB into the middle of a file after a snapshot, against file copy-up (the copyup suite\'s');
+  say('peers, system mode as each system does it by default; 3 samples per cell after a warm-up; full suite: npm run bench -- copyup):');
+  const r = await mod.demoFirstWrite({ chartFile: chart });
+  for (const s of r.skipped) {
+    say(`    skipped ${s.label}: ${s.reason}`);
+    skipped.push(`${s.label} in the first-write comparison: ${s.reason}`);
+  }
+  say(indent(r.table));
+  say('    copy-up copies the whole file before the write (bytes copied = the file), thinpool one 64 KiB block, whatever the size.');
+  say(`    chart: ${r.chartFile} (comparison took ${formatDuration(r.seconds * 1000)})`);
+  say();
+}
+
 export function registerDemo(program: Command, ctx: Ctx): void {
   program
     .command('demo')
     .description('show what thinpool does, in a temporary pool (what npm start runs)')
     .option('--dir <dir>', 'make the pool here instead of a temp dir (it must not hold a pool)')
     .option('--keep', 'keep the pool afterwards')
-    .action(async (o: { dir?: string; keep?: boolean }) => {
+    .option('--no-images', 'skip the images-and-containers part (root only anyway)')
+    .option('--no-first-write', 'skip the first-write comparison against overlayfs copy-up')
+    .option('--chart <file>', 'where the comparison\'s chart goes (default $TMPDIR/thinpool-demo-first-write-UID.svg)')
+    .action(async (o: { dir?: string; keep?: boolean; images: boolean; firstWrite: boolean; chart?: string }) => {
       ctx.doing('run the demo');
-      await runDemo({ ...(o.dir !== undefined ? { dir: o.dir } : {}), keep: !!o.keep });
+      await runDemo({ ...(o.dir !== undefined ? { dir: o.dir } : {}), ...(o.chart !== undefined ? { chart: resolve(o.chart) } : {}), keep: !!o.keep, images: o.images, firstWrite: o.firstWrite });
     });
 }

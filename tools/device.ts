@@ -61,7 +61,8 @@ export function devicesTable(devices: DeviceListing[], blockSize: number): strin
   if (devices.some((d) => d.snapshot || d.pendingRemoval)) {
     heads.push('SNAPSHOT');
     align.push('l');
-    devices.forEach((d, i) => rows[i]!.push(d.snapshot ? `${d.snapshot.kind} ${d.snapshot.key}` : d.pendingRemoval ? '(removal pending)' : '-'));
+    // The image CLI's snapshots (namespace thinpool) are marked as such; containerd's are as they always were.
+    devices.forEach((d, i) => rows[i]!.push(d.snapshot ? `${d.snapshot.kind} ${d.snapshot.namespace ? `${d.snapshot.namespace}:` : ''}${d.snapshot.key}` : d.pendingRemoval ? '(removal pending)' : '-'));
   }
   return table(heads, rows, align);
 }

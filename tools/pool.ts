@@ -21,6 +21,7 @@ import { METADATA_BLOCK_SIZE, parseSize } from '../src/units.js';
 import { errorLine, keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
 import { registerPoolRepair } from './pool-repair.js';
 import type { Ctx } from './thinpool.js';
+import { pruneText } from './image.js';
 
 /** Parses a size flag, naming the flag in the error. */
 export function sizeOpt(text: string | undefined, flag: string): number | undefined {
@@ -157,7 +158,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
 
   pool
     .command('cleanup')
-    .description('release attachments nothing uses (or that a dead daemon left: nbdfuse processes, loop devices, FUSE mounts) and delete devices whose removal waited for that')
+    .description('release attachments nothing uses (or that a dead daemon left: nbdfuse processes, loop devices, FUSE mounts), delete devices whose removal waited for that, and remove image layers and blobs no image or container needs')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }, cmd: Command) => {
       ctx.doing(`clean up ${ctx.poolDir(cmd)}`);
@@ -166,7 +167,9 @@ export function registerPool(program: Command, ctx: Ctx): void {
       for (const l of r.released) print(`released ${l}`);
       for (const d of r.removed) print(`removed ${d} (its removal had waited for its release)`);
       for (const l of r.leftovers) print(`left: ${l}`);
-      if (!r.released.length && !r.removed.length && !r.leftovers.length) print('nothing to clean up');
+      const images = r.images && (r.images.snapshots.length || r.images.blobs) ? pruneText(r.images) : '';
+      if (images) print(images);
+      if (!r.released.length && !r.removed.length && !r.leftovers.length && !images) print('nothing to clean up');
     });
 
   pool

@@ -9,7 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { withPool } from '../src/serve/connect.js';
+import { withMountingPool, withPool } from '../src/serve/connect.js';
 import type { PoolService } from '../src/serve/pool-service.js';
 import { registerDemo } from './demo.js';
 import { registerDevice } from './device.js';
@@ -18,6 +18,8 @@ import { registerPool } from './pool.js';
 import { registerServe } from './serve.js';
 import { registerSnapshotter } from './snapshotter.js';
 import { registerMount } from './mount.js';
+import { registerImage } from './image.js';
+import { registerContainer } from './container.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -36,6 +38,11 @@ export interface Ctx {
   doing(action: string): void;
   /** Connects to the pool, runs `fn`, and always closes the service (which commits), also on error. */
   withService<T>(cmd: Command, fn: (svc: PoolService) => Promise<T>): Promise<T>;
+  /**
+   * Like {@link withService} for commands that mount devices: the serving daemon, or one started
+   * in this process for the command (stopped on SIGINT/SIGTERM, undoing work in progress).
+   */
+  withMountingService<T>(cmd: Command, fn: (svc: PoolService) => Promise<T>): Promise<T>;
   /** Aborted on SIGINT/SIGTERM: long copies stop between chunks and clean up. */
   readonly signal: AbortSignal;
   /** Sets the exit status for a successful run (e.g. 1 when a check found damage). */
@@ -78,6 +85,9 @@ async function main(argv: string[]): Promise<number> {
         return fn(svc);
       });
     },
+    withMountingService(cmd, fn) {
+      return withMountingPool(ctx.poolDir(cmd), fn, { signal: ctx.signal, notice: (n) => process.stderr.write(`thinpool: note: ${n}\n`) });
+    },
     get signal() {
       handleSignals();
       return controller.signal;
@@ -106,6 +116,8 @@ async function main(argv: string[]): Promise<number> {
     await fn();
   });
   registerMount(program, ctx);
+  registerImage(program, ctx);
+  registerContainer(program, ctx);
   registerDemo(program, ctx);
   for (const cmd of allCommands(program)) {
     cmd.version(pkg.version, '-V, --version', 'print the version');

@@ -44,6 +44,12 @@ export type SnapshotKind = 'active' | 'view' | 'committed';
  * are the caller's strings (any characters); times are RFC 3339 with nanoseconds.
  */
 export interface SnapshotFields {
+  /**
+   * Who owns the snapshot: `containerd` (the snapshotter's gRPC service; also every record
+   * without the field) or `thinpool` (the image CLI). Keys are unique per namespace, and each
+   * owner sees only its own snapshots.
+   */
+  namespace?: string;
   key: string;
   kind: SnapshotKind;
   /** The parent snapshot's key (always a committed one), or null. */

@@ -75,7 +75,7 @@ export interface DeviceListing {
   /** The file system the device holds, when thinpool made it. */
   fs?: string;
   /** The container snapshot the device carries (src/snapshots), if any. */
-  snapshot?: { key: string; kind: string; parent: string | null };
+  snapshot?: { namespace?: string; key: string; kind: string; parent: string | null };
   /** Set while the device waits to be deleted once released (deferred removal). */
   pendingRemoval?: string;
 }
@@ -266,7 +266,7 @@ export class Pool implements VolumeHost {
           transactionId: d.transactionId,
           readOnly: !!r.readOnly,
           ...(r.fs ? { fs: r.fs } : {}),
-          ...(r.snapshot ? { snapshot: { key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
+          ...(r.snapshot ? { snapshot: { ...(r.snapshot.namespace ? { namespace: r.snapshot.namespace } : {}), key: r.snapshot.key, kind: r.snapshot.kind, parent: r.snapshot.parent } } : {}),
           ...(r.pendingRemoval ? { pendingRemoval: r.pendingRemoval } : {}),
         };
       });
@@ -342,7 +342,7 @@ export class Pool implements VolumeHost {
     const r = this.record(dev);
     if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });
     // A container snapshot goes through its snapshotter (which knows its parents and children).
-    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through containerd (ctr snapshots rm)`, { id: r.id });
+    if (r.snapshot) throw new BusyError(`Cannot remove ${dev}: it holds the container snapshot ${r.snapshot.key}; remove that through ${r.snapshot.namespace === 'thinpool' ? 'thinpool image rm or container rm' : 'containerd (ctr snapshots rm)'}`, { id: r.id });
     await this.gate.exclusively(async () => {
       // An export may have attached while this waited for the gate.
       if (this.inUse.get(r.id)) throw new BusyError(`Cannot remove ${dev}: it is in use (exported)`, { id: r.id });

@@ -9,6 +9,7 @@ import { withFileSink } from '../io/text-sink.js';
 import { checkPoolDir } from '../pool/check-pool.js';
 import type { CheckReport } from '../thin/check-issues.js';
 import { type DumpOptions, dumpFileTo } from '../thin/dump.js';
+import { Daemon } from './daemon.js';
 import { LocalPoolService } from './local-pool-service.js';
 import type { PoolService } from './pool-service.js';
 import { RemotePoolService } from './remote-pool-service.js';
@@ -45,6 +46,45 @@ export async function withPool<T>(dir: string, fn: (svc: PoolService) => Promise
   }
   await svc.close();
   return result;
+}
+
+/**
+ * Runs `fn` with a service that can mount devices (the image commands: load, import, diff,
+ * commit): the daemon that serves the pool, through its control socket; else a daemon started in
+ * this process for the call and stopped afterwards (its mounts released, the pool committed and
+ * unlocked). That daemon opens no control socket, so other commands meanwhile find the pool
+ * locked, as with any command that opens it. `signal` stops it early (work in progress is undone).
+ * `notice` gets what opening the pool found worth telling.
+ */
+export async function withMountingPool<T>(dir: string, fn: (svc: PoolService) => Promise<T>, opts: { signal?: AbortSignal; notice?: (msg: string) => void } = {}): Promise<T> {
+  let remote: RemotePoolService | undefined;
+  try {
+    remote = await RemotePoolService.connect(join(dir, 'control.sock'));
+  } catch {
+    // nobody serves it
+  }
+  if (remote) {
+    let result: T;
+    try {
+      result = await fn(remote);
+    } catch (err) {
+      await remote.close().catch(() => undefined);
+      throw err;
+    }
+    await remote.close();
+    return result;
+  }
+  opts.signal?.throwIfAborted();
+  const daemon = await Daemon.start({ dir, control: false, ephemeral: true });
+  for (const n of daemon.pool.notices) opts.notice?.(n);
+  const stop = () => void daemon.stop().catch(() => undefined);
+  opts.signal?.addEventListener('abort', stop, { once: true });
+  try {
+    return await fn(daemon.localService);
+  } finally {
+    opts.signal?.removeEventListener('abort', stop);
+    await daemon.stop();
+  }
 }
 
 /** Error codes of a pool that cannot be opened but whose metadata file may still be dumped. */

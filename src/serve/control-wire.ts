@@ -7,10 +7,7 @@
  * `{"id":1,"ok":false,"error":{"name":"NotFoundError","code":"ENOTFOUND","message":"...","exitCode":3}}`.
  * Errors cross as their class, code and data, so exit codes and `instanceof` hold on the client.
  */
-import {
-  BusyError, CanceledError, CorruptionError, ExistsError, IoError, NoSpaceError, NotFoundError, PreconditionError, ReadOnlyError, type ThinpoolError,
-  UnsupportedError, UsageError,
-} from '../errors.js';
+import { UsageError, errorFromJson, errorToJson } from '../errors.js';
 
 /** Largest payload one control message carries. */
 export const MAX_CONTROL_PAYLOAD = 64 * 1024 * 1024;
@@ -88,45 +85,5 @@ export class MessageReader {
   }
 }
 
-export function serializeError(err: unknown): NonNullable<Message['error']> {
-  const e = err as Partial<ThinpoolError> & Error;
-  return {
-    name: e instanceof RangeError ? 'RangeError' : e?.name ?? 'Error',
-    ...(typeof e?.code === 'string' ? { code: e.code } : {}),
-    message: e?.message ?? String(err),
-    ...(typeof e?.exitCode === 'number' ? { exitCode: e.exitCode } : {}),
-    ...(e?.data ? { data: e.data } : {}),
-  };
-}
-
-/** Rebuilds an error of the same class on the client side, so exit codes and `instanceof` hold. */
-export function deserializeError(e: NonNullable<Message['error']>): Error {
-  const data = e.data ?? {};
-  switch (e.name) {
-    case 'RangeError':
-      return new RangeError(e.message);
-    case 'UsageError':
-      return new UsageError(e.message, data);
-    case 'NotFoundError':
-      return new NotFoundError(e.message, data);
-    case 'ExistsError':
-      return new ExistsError(e.message, data);
-    case 'PreconditionError':
-      return new PreconditionError(e.message, data);
-    case 'NoSpaceError':
-    case 'MetadataSpaceError':
-      return new NoSpaceError(e.message, data);
-    case 'BusyError':
-      return new BusyError(e.message, data, e.code === 'ELOCKED' ? 'ELOCKED' : 'EBUSY');
-    case 'CorruptionError':
-      return new CorruptionError(e.message, data);
-    case 'ReadOnlyError':
-      return new ReadOnlyError(e.message, data, e.code === 'ENEEDSCHECK' ? 'ENEEDSCHECK' : 'EREADONLY');
-    case 'UnsupportedError':
-      return new UnsupportedError(e.message, data);
-    case 'CanceledError':
-      return new CanceledError(e.message, data);
-    default:
-      return new IoError(e.message, data);
-  }
-}
+/** Errors cross the socket as {@link errorToJson} writes them (src/errors.ts). */
+export { errorToJson as serializeError, errorFromJson as deserializeError };

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { NbdServer } from '../nbd/server.js';
 import { NbdTls, type NbdTlsCredentials } from '../nbd/tls.js';
 import { Pool } from '../pool/pool.js';
+import type { PoolOpenOptions } from '../pool/pool-lifecycle.js';
 import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
 import { LocalPoolService } from './local-pool-service.js';
@@ -16,6 +17,9 @@ import { BusyError } from '../errors.js';
 import { AttachManager, type CleanupReport } from './attach/attach-manager.js';
 import type { AttachMethod, AttachMount, AttachRecord } from './attach/attach-records.js';
 import { cleanupStaleAttachments } from './attach/stale-attachments.js';
+import { DaemonFsMounter } from './image-mounter.js';
+import { imagesOf } from './images-registry.js';
+import type { PoolService } from './pool-service.js';
 
 export interface ServeOptions {
   dir: string;
@@ -34,6 +38,16 @@ export interface ServeOptions {
   log?: (msg: string) => void;
   /** How devices are attached as block devices (default: chosen for the host). */
   attachMethod?: 'auto' | AttachMethod;
+  /**
+   * Listen on `POOL/control.sock` (default true). A daemon a command starts for itself (see
+   * `withMountingPool`) does not: other commands then find the pool locked rather than served by
+   * a daemon about to stop.
+   */
+  control?: boolean;
+  /** A daemon for one command: its mounts end with it, so `container mount` refuses. */
+  ephemeral?: boolean;
+  /** Options for opening the pool (tests: a commit hook). */
+  openOptions?: PoolOpenOptions;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -61,13 +75,20 @@ class DaemonService extends LocalPoolService {
   override addMount = async (dev: string, mount: AttachMount): Promise<void> => this.att.addMount(this.pool.record(dev).id, mount);
   override removeMount = async (dev: string, dir: string): Promise<boolean> => this.att.removeMount(this.pool.record(dev).id, dir);
   override attachments = async (): Promise<AttachRecord[]> => this.att.list();
-  /** Finishes teardowns the kernel held up, then deletes the deferred removals nothing holds. */
+  /**
+   * Finishes teardowns the kernel held up, deletes the deferred removals nothing holds, then
+   * removes the layers and blobs no image or container needs.
+   */
   override cleanup = async (): Promise<CleanupResult> => {
-    if (this.cleanupHook) return this.cleanupHook();
-    const released = (await this.att.reap()).map((id) => `id ${id}: released`);
-    const pending = this.pool.pendingRemovals().filter((d) => !this.att.held(d.id) && !this.pool.inUseById(d.id));
-    if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
-    return { released, removed: pending.map((d) => d.name ?? `id:${d.id}`), leftovers: [] };
+    let r: CleanupResult;
+    if (this.cleanupHook) r = await this.cleanupHook();
+    else {
+      const released = (await this.att.reap()).map((id) => `id ${id}: released`);
+      const pending = this.pool.pendingRemovals().filter((d) => !this.att.held(d.id) && !this.pool.inUseById(d.id));
+      if (pending.length) await this.pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
+      r = { released, removed: pending.map((d) => d.name ?? `id:${d.id}`), leftovers: [] };
+    }
+    return { ...r, images: await imagesOf(this.pool).prune() };
   };
   /** The daemon reports its notices when it starts, not to every client. */
   override get notices(): readonly string[] {
@@ -94,6 +115,11 @@ export class Daemon {
     private readonly service: DaemonService,
   ) {}
 
+  /** The daemon's own service (what its control socket runs), for a command that started it in-process. */
+  get localService(): PoolService {
+    return this.service;
+  }
+
   /** Lets the layer above (the snapshotter) answer `thinpool pool cleanup`. */
   setCleanupHook(fn: () => Promise<CleanupResult>): void {
     this.service.cleanupHook = fn;
@@ -108,7 +134,7 @@ export class Daemon {
     }
     // Bad TLS credentials are refused before the pool is touched.
     const tls = opts.tls ? new NbdTls(opts.tls) : undefined;
-    const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000 });
+    const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000, ...opts.openOptions });
     const log = opts.log ?? (() => undefined);
     // Every mode change and host-space change gets a log line (the pool itself never prints).
     pool.onEvent((e) => log(`pool: ${e.message}`));
@@ -132,7 +158,8 @@ export class Daemon {
         if (pending.length) await pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
         const attacher = new AttachManager(pool, { nbdSocket, method: opts.attachMethod ?? 'auto', log: (m) => log(`attach: ${m}`) });
         service.attacher = attacher;
-        await control.listen(join(opts.dir, 'control.sock'));
+        imagesOf(pool).setMounter(new DaemonFsMounter(attacher, !opts.ephemeral));
+        if (opts.control !== false) await control.listen(join(opts.dir, 'control.sock'));
         return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale, service);
       } catch (err) {
         await control.close();
@@ -150,6 +177,11 @@ export class Daemon {
     this.stopping ??= (async () => {
       try {
         await this.control.close();
+        // Image work in progress stops (its worker is killed, what it half made removed), then
+        // its mounts can go.
+        const images = imagesOf(this.pool);
+        await images.stop().catch(() => undefined);
+        images.setMounter(undefined);
         // Attachments talk to the NBD server: release them (busy ones too) before it closes.
         await this.attacher.releaseAll({ force: true });
         await this.nbd.close();

@@ -22,6 +22,9 @@ import { dumpXml, type DumpOptions } from '../thin/dump.js';
 import { MAX_CONTROL_PAYLOAD } from './control-wire.js';
 import { type AttachMount, type AttachRecord, readAttachRecords } from './attach/attach-records.js';
 import { cleanupStaleAttachments } from './attach/stale-attachments.js';
+import type { PruneResult } from '../images/image-store.js';
+import { IMAGE_OPS } from './image-ops.js';
+import { imagesOf } from './images-registry.js';
 
 export interface ExportInfo {
   name: string;
@@ -52,6 +55,8 @@ export interface CleanupResult {
   removed: string[];
   /** What could not be released, and why. */
   leftovers: string[];
+  /** What the image CLI's garbage collection removed (layers and blobs no image or container needs). */
+  images?: PruneResult;
 }
 
 /** Attaching needs a daemon's NBD socket: a pool opened by a command refuses. */
@@ -183,9 +188,12 @@ export const POOL_OPS = {
         released: report.released.map((r) => `${r.device} (id ${r.deviceId}): ${r.what.join(', ') || 'nothing was left'}`),
         removed: pending.map((d) => d.name ?? `id:${d.id}`),
         leftovers: report.leftovers,
+        images: await imagesOf(p).prune(),
       };
     },
   }),
+  // ---- images and containers (src/images; the rows are in image-ops.ts) ----
+  ...IMAGE_OPS,
 };
 
 type Ops = typeof POOL_OPS;

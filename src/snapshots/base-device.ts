@@ -64,13 +64,26 @@ export function baseDevice(pool: Pool): DeviceRecord | undefined {
   return r?.fs ? r : undefined;
 }
 
+/** Base devices being made, per pool: every caller (each namespace's store) waits for the one format. */
+const making = new WeakMap<Pool, Promise<DeviceRecord>>();
+
 /**
  * Returns the base device, making it first when the pool has none (and dropping one a crash left
- * half made). A base made earlier keeps its own size and file system.
+ * half made). A base made earlier keeps its own size and file system. Concurrent callers on one
+ * pool share one format.
  */
 export async function ensureBaseDevice(pool: Pool, opts: BaseDeviceOptions): Promise<DeviceRecord> {
   const done = baseDevice(pool);
   if (done) return done;
+  let p = making.get(pool);
+  if (!p) {
+    p = makeBaseDevice(pool, opts).finally(() => making.delete(pool));
+    making.set(pool, p);
+  }
+  return p;
+}
+
+async function makeBaseDevice(pool: Pool, opts: BaseDeviceOptions): Promise<DeviceRecord> {
   if (opts.sizeBytes % 512 !== 0 || opts.sizeBytes <= 0) throw new UsageError(`Cannot make a base device of ${opts.sizeBytes} bytes: use a positive multiple of 512`);
   if (pool.catalog.devices.some((d) => d.name === BASE_DEVICE)) await pool.change([{ op: 'remove', dev: BASE_DEVICE }]);
   const runDir = join(pool.dir, 'run');

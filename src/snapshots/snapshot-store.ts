@@ -19,6 +19,12 @@
  *
  * Device names are internal (`snap-<id>`); keys are the caller's strings (containerd's
  * `default/12/sha256:...`, paths, anything non-empty).
+ *
+ * Namespaces: a store sees only the snapshots of its namespace ({@link SnapshotStoreOptions.namespace};
+ * `containerd` by default, which also owns every record written without one). containerd's
+ * garbage collection removes every snapshot its service lists that containerd's own metadata does
+ * not know, so the image CLI's snapshots (namespace `thinpool`) must never be listed there, and
+ * the other way round. Keys are unique per namespace.
  */
 import { NotFoundError, PreconditionError, UsageError, ExistsError } from '../errors.js';
 import { Mutex } from '../pdata/mutex.js';
@@ -31,7 +37,17 @@ import { parseFilters } from './filters.js';
 import { usedInodes } from './inodes.js';
 import type { BaseFs, SnapshotInfo, SnapshotUsage } from './types.js';
 
+/** The namespace of containerd's snapshots (the snapshotter's gRPC service), and of records that name none. */
+export const CONTAINERD_NAMESPACE = 'containerd';
+
+/** The namespace a record belongs to. */
+export function namespaceOf(fields: SnapshotFields): string {
+  return fields.namespace ?? CONTAINERD_NAMESPACE;
+}
+
 export interface SnapshotStoreOptions {
+  /** The snapshots this store sees and makes (default `containerd`). */
+  namespace?: string;
   /** Size of the base device when it is made (default 10 GiB). */
   baseSize?: number;
   /** File system of the base device when it is made (default ext4). */
@@ -66,8 +82,17 @@ export class SnapshotStore {
   /** Usage of committed snapshots (their devices never change). */
   private readonly usageCache = new Map<number, SnapshotUsage>();
 
+  /** The namespace of this store's snapshots. */
+  readonly namespace: string;
+
   constructor(readonly pool: Pool, readonly opts: SnapshotStoreOptions = {}) {
+    this.namespace = opts.namespace ?? CONTAINERD_NAMESPACE;
     this.reindex();
+  }
+
+  /** The namespace field a new record carries (none for containerd's, as records always had). */
+  private get nsField(): { namespace?: string } {
+    return this.namespace === CONTAINERD_NAMESPACE ? {} : { namespace: this.namespace };
   }
 
   /** The base file system: the base device's when made, else the one it will be made with. */
@@ -79,7 +104,7 @@ export class SnapshotStore {
     this.byKey = new Map();
     this.childCount = new Map();
     for (const d of this.pool.catalog.devices) {
-      if (!d.snapshot) continue;
+      if (!d.snapshot || namespaceOf(d.snapshot) !== this.namespace) continue;
       this.byKey.set(d.snapshot.key, d);
       if (d.snapshot.parent !== null) this.childCount.set(d.snapshot.parent, (this.childCount.get(d.snapshot.parent) ?? 0) + 1);
     }
@@ -178,7 +203,7 @@ export class SnapshotStore {
       if (this.byKey.has(key)) throw new ExistsError(`Cannot create snapshot ${key}: a snapshot with that key exists`, { key });
       origin ??= await ensureBaseDevice(this.pool, { sizeBytes: this.opts.baseSize ?? DEFAULT_BASE_SIZE, fs: this.opts.fs ?? 'ext4' });
       const t = nowString();
-      const fields: SnapshotFields = { key, kind, parent: parent || null, labels: cleanLabels(labels), created: t, updated: t };
+      const fields: SnapshotFields = { ...this.nsField, key, kind, parent: parent || null, labels: cleanLabels(labels), created: t, updated: t };
       const [device] = await this.pool.change([
         { op: 'snapshot', origin: origin.id, name: snapName, set: { snapshot: fields, fs: origin.fs ?? this.fs, readOnly: kind === 'view' ? true : null } },
       ]);
@@ -216,7 +241,7 @@ export class SnapshotStore {
       const r = this.checkCommit(name, key);
       const s = r.snapshot!;
       const t = nowString();
-      const fields: SnapshotFields = { key: name, kind: 'committed', parent: s.parent, labels: cleanLabels(labels), created: t, updated: t };
+      const fields: SnapshotFields = { ...this.nsField, key: name, kind: 'committed', parent: s.parent, labels: cleanLabels(labels), created: t, updated: t };
       if (!opts.inUse) {
         const [device] = await this.pool.change([{ op: 'update', dev: r.id, set: { snapshot: fields, readOnly: true } }]);
         return { info: this.info(device!), device: device! };
@@ -272,6 +297,35 @@ export class SnapshotStore {
       const fields: SnapshotFields = { ...r.snapshot!, labels: cleanLabels(labels), updated: nowString() };
       const [device] = await this.pool.change([{ op: 'update', dev: r.id, set: { snapshot: fields } }]);
       return this.info(device!);
+    });
+  }
+
+  /**
+   * Label edits on several snapshots in one pool commit (e.g. an image tag moved from one layer
+   * to another): per snapshot, `set` gives each label's new value, or null to delete it. All
+   * snapshots are checked first; a missing one is a NotFoundError and nothing changes.
+   */
+  relabel(edits: ReadonlyArray<{ key: string; set: Record<string, string | null> }>): Promise<SnapshotInfo[]> {
+    return this.exclusive(async () => {
+      const recs = edits.map((e) => {
+        const r = this.byKey.get(e.key);
+        if (!r) throw new NotFoundError(`Cannot change the labels of snapshot ${e.key}: it does not exist`, { key: e.key });
+        return r;
+      });
+      if (!edits.length) return [];
+      const t = nowString();
+      const next = new Map<number, SnapshotFields>();
+      edits.forEach((e, i) => {
+        const r = recs[i]!;
+        const labels = { ...(next.get(r.id) ?? r.snapshot!).labels };
+        for (const [k, v] of Object.entries(e.set)) {
+          if (v === null || v === '') delete labels[k];
+          else labels[k] = v;
+        }
+        next.set(r.id, { ...r.snapshot!, labels, updated: t });
+      });
+      const changed = await this.pool.change([...next].map(([id, fields]) => ({ op: 'update' as const, dev: id, set: { snapshot: fields } })));
+      return changed.map((d) => this.info(d));
     });
   }
 

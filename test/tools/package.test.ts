@@ -2,8 +2,9 @@
  * The npm package: `npm pack` ships the CLI (dist/src, dist/tools), the native addon's sources
  * and the README, and nothing of the tests, fixtures, benchmarks or source maps; installed
  * globally from the tarball into an empty prefix (dependencies from npm's cache where it has them, else the registry), `thinpool`
- * runs: a pool is created, a device written and read back, the check is clean, and the native
- * addon is either built by the install script or its fallback is named once.
+ * runs: a pool is created, a device written and read back, the check is clean, the demo runs
+ * (naming the benchmark comparison it cannot run without bench/), and the native addon is either
+ * built by the install script or its fallback is named once.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -66,6 +67,10 @@ npmTest('npm install -g of the tarball into an empty prefix gives a working thin
   const check = await thinpool(['pool', 'check']);
   assert.is(check.code, 0, check.stdout + check.stderr);
   assert.match(check.stdout, /^ok: 0 damage/m);
+  // The demo runs from the package too; the comparison, whose code (bench/) is not shipped, is named as skipped.
+  const demo = await run(bin, ['demo', '--no-images'], { env: { ...env, TMPDIR: dir } });
+  assert.is(demo.code, 0, demo.stdout + demo.stderr);
+  assert.match(demo.stdout, /^Skipped here: images and containers: --no-images; first-write comparison: the benchmark code \(bench\/\) is not part of the installed package; run npm start in a checkout\.$/m);
 });
 
 test.run();

@@ -388,7 +388,8 @@ export class AttachManager implements BlockAttacher {
     const left: AttachRecord[] = [];
     for (const e of [...this.entries.values()]) {
       // Mounts `thinpool mount` made are unmounted first: they would fail without the daemon.
-      for (const m of e.rec.mounts) await unmountDir(m);
+      // Binds sit inside the mounts made before them: the last made goes first.
+      for (const m of [...e.rec.mounts].reverse()) await unmountDir(m);
       const ok = await this.teardown(e, !!opts.force).catch((err) => {
         this.log(`cannot release ${e.rec.device}: ${(err as Error).message}`);
         return false;

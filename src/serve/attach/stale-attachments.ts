@@ -31,7 +31,8 @@ export async function cleanupStaleAttachments(poolDir: string, opts: { keep?: (d
     const what: string[] = [];
     const mountpoint = r?.nbdfuse?.mountpoint ?? join(dir, `${id}.fuse`);
     const file = r?.nbdfuse?.file ?? join(mountpoint, 'dev');
-    for (const m of r?.mounts ?? []) {
+    // The last made first: a volume bound inside a container's mount goes before that mount.
+    for (const m of [...(r?.mounts ?? [])].reverse()) {
       if (await unmountDir(m)) what.push(`unmounted ${m.dir}`);
       else {
         await runQuiet(m.via === 'fuse2fs' ? 'fusermount3' : 'umount', m.via === 'fuse2fs' ? ['-uz', m.dir] : ['-l', m.dir]);
