@@ -12,6 +12,7 @@ tools=(
   nbdinfo:libnbd-bin
   nbdcopy:libnbd-bin
   nbdfuse:libnbd-bin
+  openssl:openssl
   fusermount3:fuse3
   mkfs.ext4:e2fsprogs
   debugfs:e2fsprogs

@@ -45,8 +45,10 @@ export function parseSize(text: string, what = 'size'): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(String(text));
   const mult = m ? SUFFIX[m[2]!.toLowerCase()] : undefined;
   if (!m || mult === undefined) throw new UsageError(`Cannot parse ${what} '${text}': expected a number with an optional unit (512, 64K, 10M, 1G, 2T)`);
-  const value = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(value)) throw new UsageError(`Cannot parse ${what} '${text}': too large`);
+  const value = Number(m[1]) * mult;
+  if (!Number.isFinite(value) || value > Number.MAX_SAFE_INTEGER) throw new UsageError(`Cannot parse ${what} '${text}': too large`);
+  // A fraction must come to whole bytes (1.5K is 1536; 1.5 or 1.3K are no byte count).
+  if (!Number.isInteger(value)) throw new UsageError(`Cannot parse ${what} '${text}': ${m[1]}${m[2] ? ` ${m[2]}` : ''} is ${value} bytes, expected a whole number of bytes`);
   return value;
 }
 

@@ -1,7 +1,8 @@
 /**
- * `thinpool pool ...`: create, status, extend, dump, restore, check, metadata-snap,
- * set-transaction-id. Everything but `create` and `restore` goes through connectPool (so it works
- * the same when a daemon owns the pool); those two need the pool closed and work on its files.
+ * `thinpool pool ...`: create, status, extend, dump, restore, check, repair (pool-repair.ts),
+ * metadata-snap, set-transaction-id. Everything but `create`, `restore` and `repair` goes through
+ * connectPool (so it works the same when a daemon owns the pool); those need the pool closed and
+ * work on its files.
  */
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
@@ -18,6 +19,7 @@ import type { CheckReport } from '../src/thin/check-issues.js';
 import { formatReport } from '../src/thin/check-report.js';
 import { METADATA_BLOCK_SIZE, parseSize } from '../src/units.js';
 import { errorLine, keyValues, formatSize, print, printJson, progressBar, spinner, usageText } from './output.js';
+import { registerPoolRepair } from './pool-repair.js';
 import type { Ctx } from './thinpool.js';
 import { pruneText } from './image.js';
 
@@ -48,6 +50,7 @@ export function statusJson(s: ServiceStatus): Record<string, unknown> {
     lowWaterMark: s.lowWaterMark,
     autoExtend: s.autoExtend,
     hostFreeBytes: s.hostFreeBytes,
+    hostFull: s.hostFull,
     catalog: s.catalog,
     outsideChanges: s.outsideChanges,
     devices: s.devices,
@@ -68,7 +71,7 @@ export function statusText(s: ServiceStatus): string {
     ['metadata', usageText(s.metadataBlocks.used, s.metadataBlocks.total, METADATA_BLOCK_SIZE)],
     ['low-water mark', formatSize(s.lowWaterMark)],
     ['auto-extend', s.autoExtend.enabled ? `on, by ${formatSize(s.autoExtend.step)} up to ${formatSize(s.autoExtend.max)}` : 'off'],
-    ['host free', s.hostFreeBytes < 0 ? 'unknown' : formatSize(s.hostFreeBytes)],
+    ['host free', (s.hostFreeBytes < 0 ? 'unknown' : formatSize(s.hostFreeBytes)) + (s.hostFull ? ' (full: writes that need new space fail with ENOSPC)' : '')],
     ['devices', String(s.devices)],
     ['transaction id', String(s.transactionId)],
     ['metadata snapshot', s.heldRoot === null ? 'none' : `held at block ${s.heldRoot}`],
@@ -130,11 +133,12 @@ export function registerPool(program: Command, ctx: Ctx): void {
     .description('take over a metadata + data pair made elsewhere (LVM thin, Docker loop-lvm devicemapper/{metadata,data}, a kernel pool) without rewriting them until the first change')
     .requiredOption('--metadata <file>', 'the dm-thin metadata file (or device)')
     .requiredOption('--data <file>', 'the data file (or device)')
+    .option('--force', 'take the files from another thinpool pool directory that links them (it must be closed; it then refuses to open them)')
     .option('--json', 'print the devices found as JSON')
-    .action(async (o: { metadata: string; data: string; json?: boolean }, cmd: Command) => {
+    .action(async (o: { metadata: string; data: string; force?: boolean; json?: boolean }, cmd: Command) => {
       const dir = ctx.poolDir(cmd);
       ctx.doing(`adopt ${o.metadata} and ${o.data} into ${dir}`);
-      const p = await Pool.adopt({ dir, metadata: o.metadata, data: o.data });
+      const p = await Pool.adopt({ dir, metadata: o.metadata, data: o.data, force: !!o.force });
       let devices;
       let status;
       try {
@@ -269,6 +273,7 @@ export function registerPool(program: Command, ctx: Ctx): void {
       const ids = devices.map((d) => d.name ?? `id:${d.id}`);
       print(`restored ${summary.devices} device${summary.devices === 1 ? '' : 's'} (${ids.join(', ') || 'none'}), ${summary.mappings} mappings, into ${dir}: ${summary.nrDataBlocks} data blocks of ${formatSize(summary.dataBlockSize * 512)}, ${summary.metadataBlocksUsed} of ${summary.nrMetadataBlocks} metadata blocks used`);
       if (devices.some((d) => d.name === null)) print('the XML carries no names: address the devices as id:N, or name them with thinpool device rename id:N NAME');
+      if (summary.replaced) print(`note: ${summary.replaced} mapping element${summary.replaced === 1 ? '' : 's'} mapped a block its device had mapped already; the later one was kept`);
       if (createdData) print(`note: ${join(dir, 'data')} was created empty, so the mappings read zeros until the original pool's data file is put there`);
     });
 
@@ -291,6 +296,8 @@ export function registerPool(program: Command, ctx: Ctx): void {
       else print(formatReport(report));
       if (!report.ok) ctx.setExitCode(1);
     });
+
+  registerPoolRepair(pool, ctx);
 
   const snap = pool.command('metadata-snap').description('reserve or release the metadata snapshot (for thin_dump -m and thin_delta -m on a live pool)');
   snap

@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../src/errors.js';
 import { Daemon } from '../src/serve/daemon.js';
+import { readTlsCredentials } from '../src/nbd/tls.js';
 
 export interface ServeCliOptions {
   socket?: string;
@@ -13,6 +14,10 @@ export interface ServeCliOptions {
   listenAny?: boolean;
   default?: string;
   readOnly?: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  tlsPsk?: string;
 }
 
 function parseListen(spec: string): { host: string; port: number } {
@@ -31,11 +36,17 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
     .option('--socket <path>', 'NBD unix socket (default POOL/nbd.sock)')
     .option('--listen <addr:port>', 'also listen on TCP (loopback only unless --listen-any); repeatable', (v: string, prev: string[] = []) => [...prev, v])
     .option('--listen-any', 'allow --listen on addresses other than loopback')
+    .option('--tls-cert <file>', 'TLS certificate (PEM) for --listen; TCP clients must then use TLS')
+    .option('--tls-key <file>', 'private key (PEM) of --tls-cert')
+    .option('--tls-ca <file>', 'CA certificate (PEM): TCP clients must present a certificate it signed')
+    .option('--tls-psk <file>', 'pre-shared keys for --listen (psktool format username:hexkey); TCP clients must use TLS-PSK')
     .option('--default <dev>', 'device served for the default export name ""')
     .option('--read-only <dev...>', 'devices exported read-only')
     .action((opts: ServeCliOptions) =>
       run(async () => {
         const dir = poolDir();
+        const tls = readTlsCredentials({ cert: opts.tlsCert, key: opts.tlsKey, ca: opts.tlsCa, psk: opts.tlsPsk });
+        if (tls && !opts.listen?.length) throw new UsageError('Cannot use TLS without --listen: TLS applies to TCP listeners (the unix socket is guarded by its file mode)');
         // A daemon outlives whoever reads its output: a closed pipe must not stop it.
         process.stderr.on('error', () => undefined);
         const daemon = await Daemon.start({
@@ -43,12 +54,21 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
           ...(opts.socket ? { socket: opts.socket } : {}),
           listen: (opts.listen ?? []).map(parseListen),
           listenAny: !!opts.listenAny,
+          ...(tls ? { tls } : {}),
           ...(opts.default !== undefined ? { defaultDevice: opts.default } : {}),
           readOnly: opts.readOnly ?? [],
           log: (m) => process.stderr.write(`thinpool serve: ${m}\n`),
         });
-        const tcp = daemon.tcpPorts.map((p, i) => ` nbd://${opts.listen![i]!.replace(/:\d+$/, '')}:${p}/`).join('');
-        process.stdout.write(`serving ${dir}: nbd+unix:///DEVICE?socket=${daemon.nbdSocket}${tcp} (pid ${process.pid})\n`);
+        const scheme = tls ? 'nbds' : 'nbd';
+        const tcp = daemon.tcpPorts.map((p, i) => ` ${scheme}://${opts.listen![i]!.replace(/:\d+$/, '')}:${p}/DEVICE`).join('');
+        let note = '';
+        if (tls) note = `; TCP requires TLS (${tls.kind === 'psk' ? 'psk' : tls.ca !== undefined ? 'x509, client certificates' : 'x509'})`;
+        else if (daemon.tcpPorts.length > 0) {
+          note = opts.listenAny
+            ? '; WARNING: TCP without TLS: anyone who can reach these addresses can read and write the exports (use --tls-cert/--tls-key or --tls-psk)'
+            : '; WARNING: TCP without TLS: anyone on this host can read and write the exports (use --tls-cert/--tls-key or --tls-psk)';
+        }
+        process.stdout.write(`serving ${dir}: nbd+unix:///DEVICE?socket=${daemon.nbdSocket}${tcp} (pid ${process.pid})${note}\n`);
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {
             process.stderr.write(`thinpool serve: ${sig}: finishing in-flight requests, committing\n`);

@@ -1,6 +1,7 @@
 /*
  * File-system calls Node does not expose, each run on the libuv thread pool and returned as a
- * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), seekData / seekHole (lseek SEEK_DATA /
+ * promise: punchHole (fallocate PUNCH_HOLE|KEEP_SIZE), allocate (fallocate mode 0: the range
+ * gets real blocks, so later writes there cannot fail for lack of space), seekData / seekHole (lseek SEEK_DATA /
  * SEEK_HOLE), tryLockExclusive (flock LOCK_EX|LOCK_NB: 1 when taken, 0 when another open file holds
  * it; the kernel drops the lock when the holder's file is closed or its process dies). Errors reject with an Error whose `code` is the errno name ('ENOSPC', 'EBADF', ...).
  * writeRuns writes several runs of buffers (pwritev each) and optionally fdatasyncs, all in one
@@ -35,7 +36,7 @@
 
 #define MAX_SAFE_INTEGER 9007199254740991.0
 
-typedef enum { OP_PUNCH_HOLE, OP_SEEK_DATA, OP_SEEK_HOLE, OP_FLOCK } op_kind;
+typedef enum { OP_PUNCH_HOLE, OP_SEEK_DATA, OP_SEEK_HOLE, OP_FLOCK, OP_ALLOCATE } op_kind;
 
 typedef struct {
   op_kind op;
@@ -56,6 +57,13 @@ static void execute(napi_env env, void *data) {
     int rc;
     do {
       rc = fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)r->offset, (off_t)r->length);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0 && errno != EOPNOTSUPP) r->err = errno;
+    r->result = 0;
+  } else if (r->op == OP_ALLOCATE) {
+    int rc;
+    do {
+      rc = fallocate(r->fd, 0, (off_t)r->offset, (off_t)r->length);
     } while (rc != 0 && errno == EINTR);
     if (rc != 0 && errno != EOPNOTSUPP) r->err = errno;
     r->result = 0;
@@ -80,6 +88,9 @@ static napi_value errno_error(napi_env env, const request *r) {
   if (r->op == OP_PUNCH_HOLE)
     snprintf(msg, sizeof msg, "fallocate(PUNCH_HOLE|KEEP_SIZE) of %" PRId64 " bytes at offset %" PRId64 " on fd %d failed: %s",
              r->length, r->offset, r->fd, strerror(r->err));
+  else if (r->op == OP_ALLOCATE)
+    snprintf(msg, sizeof msg, "fallocate of %" PRId64 " bytes at offset %" PRId64 " on fd %d failed: %s",
+             r->length, r->offset, r->fd, strerror(r->err));
   else if (r->op == OP_FLOCK)
     snprintf(msg, sizeof msg, "flock(LOCK_EX|LOCK_NB) on fd %d failed: %s", r->fd, strerror(r->err));
   else
@@ -89,7 +100,7 @@ static napi_value errno_error(napi_env env, const request *r) {
   napi_create_string_utf8(env, uv_err_name(-r->err), NAPI_AUTO_LENGTH, &code);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
   napi_create_error(env, code, text, &error);
-  napi_create_string_utf8(env, r->op == OP_PUNCH_HOLE ? "fallocate" : r->op == OP_FLOCK ? "flock" : "lseek", NAPI_AUTO_LENGTH, &syscall);
+  napi_create_string_utf8(env, r->op == OP_PUNCH_HOLE || r->op == OP_ALLOCATE ? "fallocate" : r->op == OP_FLOCK ? "flock" : "lseek", NAPI_AUTO_LENGTH, &syscall);
   napi_set_named_property(env, error, "syscall", syscall);
   return error;
 }
@@ -100,7 +111,7 @@ static void complete(napi_env env, napi_status status, void *data) {
   if (status == napi_cancelled) r->err = ECANCELED;
   if (r->err != 0) {
     napi_reject_deferred(env, r->deferred, errno_error(env, r));
-  } else if (r->op == OP_PUNCH_HOLE) {
+  } else if (r->op == OP_PUNCH_HOLE || r->op == OP_ALLOCATE) {
     napi_get_undefined(env, &value);
     napi_resolve_deferred(env, r->deferred, value);
   } else {
@@ -144,7 +155,7 @@ static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
     return NULL;
   }
   if (op != OP_FLOCK && !get_integer(env, argv, argc, 1, "offset", 0, &offset)) return NULL;
-  if (op == OP_PUNCH_HOLE && !get_integer(env, argv, argc, 2, "length", 1, &length)) return NULL;
+  if ((op == OP_PUNCH_HOLE || op == OP_ALLOCATE) && !get_integer(env, argv, argc, 2, "length", 1, &length)) return NULL;
 
   request *r = calloc(1, sizeof *r);
   if (r == NULL) {
@@ -434,6 +445,7 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) { return sta
 static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
 static napi_value try_lock(napi_env env, napi_callback_info info) { return start(env, info, OP_FLOCK); }
+static napi_value allocate(napi_env env, napi_callback_info info) { return start(env, info, OP_ALLOCATE); }
 
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
@@ -441,6 +453,7 @@ NAPI_MODULE_INIT() {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"tryLockExclusive", NULL, try_lock, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readNow", NULL, read_now, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeRuns", NULL, write_runs, NULL, NULL, NULL, napi_enumerable, NULL},
   };

@@ -6,7 +6,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { IoError } from '../errors.js';
-import { hasNativeAddon, punchHole as nativePunchHole, readNow, writeRuns } from './native.js';
+import { allocate as nativeAllocate, hasNativeAddon, punchHole as nativePunchHole, readNow, writeRuns } from './native.js';
 
 const RESOLVED: Promise<void> = Promise.resolve();
 
@@ -272,6 +272,20 @@ export class FileBlockFile implements BlockFile {
       throw wrap(err, `punch a hole of ${length} bytes at ${offset} in ${this.path}`);
     } finally {
       this.completedWrites++;
+    }
+  }
+
+  /**
+   * Gives `[offset, offset + length)` real blocks on the host (the file grows when the range
+   * passes its end), so later writes there cannot fail with ENOSPC; a file system that cannot
+   * preallocate does nothing. Rejects with the ENOSPC/EDQUOT error itself when the host is full.
+   */
+  async allocate(offset: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    try {
+      await nativeAllocate(this.fh.fd, offset, length);
+    } catch (err) {
+      throw wrap(err, `allocate ${length} bytes at ${offset} in ${this.path}`);
     }
   }
 

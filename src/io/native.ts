@@ -10,7 +10,7 @@
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { readlinkSync } from 'node:fs';
-import { IoError } from '../errors.js';
+import { IoError, NoSpaceError } from '../errors.js';
 
 interface NativeAddon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
@@ -18,6 +18,8 @@ interface NativeAddon {
   seekData(fd: number, offset: number): Promise<number>;
   /** -1 on ENXIO (`offset` at or past the end of the file). */
   seekHole(fd: number, offset: number): Promise<number>;
+  /** fallocate mode 0: real blocks for the range (EOPNOTSUPP resolves doing nothing). */
+  allocate(fd: number, offset: number, length: number): Promise<void>;
   /** 1 when the exclusive flock was taken, 0 when someone else holds it. */
   tryLockExclusive(fd: number): Promise<number>;
   /** Synchronous preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 when it would block. */
@@ -75,6 +77,28 @@ export async function punchHole(fd: number, offset: number, length: number): Pro
       if (!err || /Operation not supported/.test(stderr)) return resolve();
       const detail = stderr.trim() || err.message;
       reject(new IoError(`Cannot punch a hole of ${length} bytes at offset ${offset} of ${path}: fallocate --punch-hole failed: ${detail}`, { path }, { cause: err }));
+    });
+  });
+}
+
+/**
+ * Gives `[offset, offset + length)` of an open file real blocks on the host (fallocate mode 0;
+ * the file grows when the range passes its end), so later writes there cannot fail for lack of
+ * space. Resolves without doing anything when the file system cannot preallocate (EOPNOTSUPP).
+ * Rejects with an Error whose `code` is the errno name (ENOSPC, EDQUOT, ...) when the addon is
+ * loaded; the fallback runs util-linux `fallocate` (a NoSpaceError when it says the host is full).
+ */
+export async function allocate(fd: number, offset: number, length: number): Promise<void> {
+  const a = load();
+  if (a) return a.allocate(fd, offset, length);
+  const path = readlinkSync(`/proc/self/fd/${fd}`);
+  const args = ['--offset', String(offset), '--length', String(length), '--', path];
+  await new Promise<void>((resolve, reject) => {
+    execFile('fallocate', args, (err, _stdout, stderr) => {
+      if (!err || /Operation not supported/.test(stderr)) return resolve();
+      const detail = stderr.trim() || err.message;
+      const msg = `Cannot allocate ${length} bytes at offset ${offset} of ${path}: fallocate failed: ${detail}`;
+      reject(/No space left|Disk quota/.test(detail) ? new NoSpaceError(msg, { path, host: true }) : new IoError(msg, { path }, { cause: err }));
     });
   });
 }

@@ -4,16 +4,20 @@
  * and the ways to end. {@link NbdConnection} implements it; the phases never touch the stream.
  */
 import type { NbdExportProvider } from './export.js';
+import type { PayloadBudget } from './payload-budget.js';
 import type { ReceiveBuffer } from './receive-buffer.js';
 import type { Transmission } from './transmission.js';
+import type { NbdTls } from './tls.js';
 
 /** What a connection needs from its server. */
 export interface ConnectionContext {
   /** Number used in log messages. */
   id: number;
   provider: NbdExportProvider;
-  /** Largest READ/WRITE payload accepted (also the in-flight byte budget). */
+  /** Largest READ/WRITE payload accepted (also the connection's in-flight byte budget). */
   maxPayload: number;
+  /** The server-wide budget of payload and read-reply bytes held in memory. */
+  budget: PayloadBudget;
   log: (msg: string) => void;
   /** After the server ends its side, how long to wait for the peer to close before destroying the socket. */
   closeGraceMs: number;
@@ -21,6 +25,8 @@ export interface ConnectionContext {
   shutdownTimeoutMs: number;
   /** A client that has not entered transmission after this long is dropped (0: never). */
   handshakeTimeoutMs: number;
+  /** TLS credentials: when set, the client must upgrade with NBD_OPT_STARTTLS before anything else. */
+  tls?: NbdTls;
 }
 
 export interface ConnectionHost {
@@ -37,6 +43,8 @@ export interface ConnectionHost {
   writeBacklogged(): boolean;
   /** Stops reading until the budget frees up; returns false (for `step`). */
   block(): false;
+  /** The server's budget granted a waiting request: read on if nothing else holds the connection back. */
+  wake(): void;
   /** Ends softly: no more parsing; in-flight requests finish, then the stream ends. */
   beginClose(): void;
   /** Ends at once (protocol violation). */
@@ -47,4 +55,6 @@ export interface ConnectionHost {
   settled(): void;
   /** A bug in the server's own code: logged, the connection ends. */
   internalError(err: unknown): void;
+  /** Sends `ack` (the STARTTLS reply) in clear, then continues over TLS on the same stream. */
+  startTls(ack: Uint8Array): void;
 }

@@ -8,10 +8,13 @@
  *
  * Memory is bounded per connection: option data is capped at `MAX_OPTION_DATA`, a request
  * payload at `maxPayload`, and reading stops (the socket is paused) while the bytes of in-flight
- * requests or of unsent replies exceed the budget.
+ * requests or of unsent replies exceed the budget; and across connections by the server's
+ * {@link PayloadBudget}, which a request waits for with its socket paused.
  */
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { ConnectionContext, ConnectionHost } from './connection-host.js';
+import type { PayloadBudget } from './payload-budget.js';
 import { Handshake } from './handshake.js';
 import { packGreeting } from './protocol.js';
 import { ReceiveBuffer } from './receive-buffer.js';
@@ -46,8 +49,16 @@ export class NbdConnection {
   private readonly host: ConnectionHost;
   private readonly handshake: Handshake;
   private tx: Transmission | undefined;
+  /** Set once NBD_OPT_STARTTLS was accepted: the stream is then the TLS socket over the original one. */
+  private secure = false;
+  /** The stream under the TLS socket, destroyed along with it. */
+  private rawStream: Duplex | undefined;
+  private readonly onDataFn = (chunk: Buffer) => this.onData(chunk);
+  private readonly onEndFn = () => this.onEnd();
+  private readonly onCloseFn = () => this.onClose();
+  private readonly onDrainFn = () => this.unblock();
 
-  constructor(private readonly stream: Duplex, private readonly ctx: ConnectionContext) {
+  constructor(private stream: Duplex, private readonly ctx: ConnectionContext) {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     const self = this;
     this.host = {
@@ -60,6 +71,7 @@ export class NbdConnection {
       send: (bufs, sent) => this.send(bufs, sent),
       writeBacklogged: () => this.stream.writableLength >= this.writeLimit(),
       block: () => this.block(),
+      wake: () => this.unblock(),
       beginClose: () => this.beginClose(),
       abort: () => this.abort(),
       startTransmission: (tx) => {
@@ -68,13 +80,10 @@ export class NbdConnection {
       },
       settled: () => this.settled(),
       internalError: (err) => this.internalError(err),
+      startTls: (ack) => this.startTls(ack),
     };
     this.handshake = new Handshake(this.host);
-    stream.on('data', (chunk: Buffer) => this.onData(chunk));
-    stream.on('end', () => this.onEnd());
-    stream.on('error', () => {});
-    stream.on('close', () => this.onClose());
-    stream.on('drain', () => this.unblock());
+    this.listen(stream);
     if (ctx.handshakeTimeoutMs > 0) {
       this.addTimer(ctx.handshakeTimeoutMs, () => {
         if (this.phase !== P_HANDSHAKE) return;
@@ -107,8 +116,56 @@ export class NbdConnection {
       this.abort();
       return;
     }
-    this.addTimer(this.ctx.shutdownTimeoutMs, () => this.stream.destroy());
+    this.addTimer(this.ctx.shutdownTimeoutMs, () => this.destroyStreams());
     this.pump();
+  }
+
+  private listen(stream: Duplex): void {
+    stream.on('data', this.onDataFn);
+    stream.on('end', this.onEndFn);
+    stream.on('error', () => {});
+    stream.on('close', this.onCloseFn);
+    stream.on('drain', this.onDrainFn);
+  }
+
+  /**
+   * Sends the STARTTLS acknowledgement in clear, then runs the rest of the connection over a TLS
+   * socket on the same stream (Node writes the acknowledgement before the first TLS record). A
+   * client that sent more bytes before that acknowledgement broke the protocol and is dropped.
+   */
+  private startTls(ack: Uint8Array): void {
+    const tls = this.ctx.tls;
+    if (!tls || this.secure || this.phase !== P_HANDSHAKE) return this.internalError(new Error('STARTTLS without TLS credentials'));
+    if (this.rx.length > 0) {
+      this.host.log('client sent data before the STARTTLS reply, closing');
+      return this.abort();
+    }
+    const raw = this.stream;
+    this.rawStream = raw;
+    raw.write(ack);
+    raw.off('data', this.onDataFn);
+    raw.off('end', this.onEndFn);
+    raw.off('drain', this.onDrainFn);
+    if (this.blocked) {
+      this.blocked = false;
+      raw.resume();
+    }
+    let socket: TLSSocket;
+    try {
+      socket = tls.wrap(raw);
+    } catch (err) {
+      return this.internalError(err);
+    }
+    this.secure = true;
+    this.stream = socket;
+    this.listen(socket);
+    let handshaken = false;
+    socket.once('secure', () => (handshaken = true));
+    socket.on('error', (err: Error) => {
+      if (!handshaken) this.host.log(`TLS handshake failed: ${err.message}`);
+      socket.destroy();
+    });
+    raw.once('close', () => socket.destroy());
   }
 
   private get inFlight(): number {
@@ -208,7 +265,7 @@ export class NbdConnection {
 
   private unblock(): void {
     if (!this.blocked || this.phase >= P_CLOSING) return;
-    if (this.tx ? this.tx.overloaded() : this.stream.writableLength >= this.writeLimit()) return;
+    if (this.tx ? !this.tx.mayRead() : this.stream.writableLength >= this.writeLimit()) return;
     this.blocked = false;
     this.stream.resume();
     this.pump();
@@ -231,14 +288,19 @@ export class NbdConnection {
     if (this.ended) return;
     this.ended = true;
     this.stream.end();
-    this.addTimer(this.ctx.closeGraceMs, () => this.stream.destroy());
+    this.addTimer(this.ctx.closeGraceMs, () => this.destroyStreams());
+  }
+
+  private destroyStreams(): void {
+    this.stream.destroy();
+    this.rawStream?.destroy();
   }
 
   private abort(): void {
     if (this.phase === P_DONE) return;
     this.phase = P_DONE;
     this.rx.clear();
-    this.stream.destroy();
+    this.destroyStreams();
   }
 
   private addTimer(ms: number, fn: () => void): void {

@@ -1,7 +1,9 @@
 /**
  * The fixed-newstyle handshake of one connection (nbdkit's protocol-handshake-newstyle.c): the
- * client flags, then option haggling (STRUCTURED_REPLY, LIST, INFO, GO, EXPORT_NAME, ABORT,
- * LIST/SET_META_CONTEXT) until GO or EXPORT_NAME hands the connection to a {@link Transmission}.
+ * client flags, then option haggling (STARTTLS, STRUCTURED_REPLY, LIST, INFO, GO, EXPORT_NAME,
+ * ABORT, LIST/SET_META_CONTEXT) until GO or EXPORT_NAME hands the connection to a
+ * {@link Transmission}. A connection with TLS credentials must upgrade first: other options get
+ * ERR_TLS_REQD (EXPORT_NAME, which cannot be answered, closes it).
  * Option data is capped at {@link MAX_OPTION_DATA}; bad magic or unknown client flags end the
  * connection.
  */
@@ -31,6 +33,8 @@ export class Handshake {
   private metaExportName: string | undefined;
   private optCode = 0;
   private optLength = 0;
+  /** TLS was negotiated on this connection (NBD_OPT_STARTTLS succeeded). */
+  private secure = false;
 
   constructor(private readonly host: ConnectionHost) {}
 
@@ -81,6 +85,20 @@ export class Handshake {
   }
 
   private handleOption(code: number, data: Buffer): void {
+    const tls = this.host.ctx.tls;
+    if (code === Opt.STARTTLS) return this.optStartTls(data);
+    if (tls && !this.secure) {
+      // TLS required (the spec's FORCEDTLS): only ABORT, or STARTTLS above, before the upgrade.
+      if (code === Opt.ABORT) {
+        this.host.send([packOptionReply(code, Rep.ACK)]);
+        return this.host.beginClose();
+      }
+      if (code === Opt.EXPORT_NAME) {
+        this.host.log('NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS on a TLS-only server, closing');
+        return this.host.abort();
+      }
+      return this.optError(code, Rep.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+    }
     switch (code) {
       case Opt.EXPORT_NAME:
         return this.optExportName(data);
@@ -102,6 +120,21 @@ export class Handshake {
       default:
         return this.optError(code, Rep.ERR_UNSUP, `option ${code} is not supported`);
     }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: unsupported without credentials; once TLS is up, a second one is invalid;
+   * else ACK, the TLS handshake, and everything negotiated before it is forgotten.
+   */
+  private optStartTls(data: Buffer): void {
+    const code = Opt.STARTTLS;
+    if (!this.host.ctx.tls) return this.optError(code, Rep.ERR_UNSUP, 'TLS is not configured on this server');
+    if (data.length !== 0) return this.optError(code, Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+    if (this.secure) return this.optError(code, Rep.ERR_INVALID, 'TLS is already negotiated');
+    this.secure = true;
+    this.structured = false;
+    this.metaExportName = undefined;
+    this.host.startTls(packOptionReply(code, Rep.ACK));
   }
 
   private optError(code: number, type: number, message: string): void {

@@ -2,14 +2,16 @@
  * The NBD server: listens on unix sockets and TCP ports and runs one {@link NbdConnection} per
  * client against the exports of an {@link NbdExportProvider}.
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
-import { chmod, unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { BusyError, RangeErrorWithCode } from '../errors.js';
+import { BusyError, RangeErrorWithCode, UsageError } from '../errors.js';
 import { MiB } from '../units.js';
 import { NbdConnection } from './connection.js';
 import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
+import { PayloadBudget } from './payload-budget.js';
+import type { NbdTls } from './tls.js';
+import { type SocketFile, listenUnixSocket, removeSocketFile } from './unix-socket.js';
 
 export interface NbdServerOptions {
   /** Where exports come from; consulted on every INFO/GO/LIST/EXPORT_NAME. */
@@ -24,6 +26,19 @@ export interface NbdServerOptions {
   shutdownTimeoutMs?: number;
   /** A client still negotiating after this long is dropped (ms, default 30000; 0 disables). */
   handshakeTimeoutMs?: number;
+  /**
+   * Bytes of WRITE payloads and READ replies all connections together may hold in memory
+   * (default 8 x maxPayload = 256 MiB; at least maxPayload). Past it, connections stop reading
+   * their sockets until it frees (see {@link PayloadBudget}).
+   */
+  maxBufferedBytes?: number;
+  /** While requests wait for that budget, a WRITE payload that received nothing for this long has its connection closed (ms, default 30000; 0 never). */
+  payloadStallMs?: number;
+  /**
+   * TLS credentials for the TCP listeners: their clients must negotiate NBD_OPT_STARTTLS before
+   * any other option (the spec's FORCEDTLS). Unix sockets stay plain (their file mode guards them).
+   */
+  tls?: NbdTls;
 }
 
 /** Default and largest sensible payload. */
@@ -48,7 +63,10 @@ export class NbdServer {
   private readonly closeGraceMs: number;
   private readonly shutdownTimeoutMs: number;
   private readonly handshakeTimeoutMs: number;
-  private readonly listeners: { server: Server; unixPath?: string }[] = [];
+  private readonly tls: NbdTls | undefined;
+  /** The server-wide bound on payload and read-reply bytes in memory. */
+  readonly budget: PayloadBudget;
+  private readonly listeners: { server: Server; unixFile?: SocketFile }[] = [];
   private readonly conns = new Set<NbdConnection>();
   private nextId = 1;
   private closing: Promise<void> | undefined;
@@ -64,30 +82,31 @@ export class NbdServer {
     this.closeGraceMs = opts.closeGraceMs ?? 2000;
     this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.tls = opts.tls;
+    const buffered = opts.maxBufferedBytes ?? 8 * maxPayload;
+    if (!Number.isSafeInteger(buffered) || buffered < maxPayload) {
+      throw new RangeErrorWithCode(`Cannot create NBD server: maxBufferedBytes ${buffered}, expected an integer of at least maxPayload ${maxPayload}`);
+    }
+    this.budget = new PayloadBudget(buffered, opts.payloadStallMs ?? 30_000);
   }
 
   /**
    * Listens on a unix socket at `path` and sets its mode. A stale socket file (nobody accepting)
-   * is replaced; a live one is an error ({@link BusyError}). The file is removed by {@link close}.
+   * is replaced; a live one is an error ({@link BusyError}), and so is anything at `path` that is
+   * not a socket (an `ExistsError`: a regular file there is never deleted). The socket file is
+   * removed by {@link close}.
    * @example await server.listenUnix(join(dir, 'nbd.sock'));
    */
   async listenUnix(path: string, mode = 0o600): Promise<void> {
     this.assertOpen();
     const server = this.makeServer(false);
-    try {
-      await listen(server, path);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'EADDRINUSE') throw err;
-      if (await isLive(path)) throw new BusyError(`Cannot listen on ${path}: another server is accepting connections there`, { path });
-      await unlink(path).catch(() => {});
-      await listen(server, path);
-    }
-    this.adopt(server, path);
-    await chmod(path, mode);
+    const file = await listenUnixSocket(server, path, mode);
+    this.adopt(server, file);
   }
 
   /**
-   * Listens on a TCP address; `port` 0 picks a free port.
+   * Listens on a TCP address; `port` 0 picks a free port. With the server's `tls`, clients must
+   * upgrade to TLS first.
    * @returns the bound port
    * @example const port = await server.listenTcp('127.0.0.1', 0);
    */
@@ -103,8 +122,10 @@ export class NbdServer {
   /**
    * Serves one already-connected stream (socket activation, a socketpair, an in-memory duplex).
    * The stream should allow half-open operation so replies can go out after the client's FIN.
+   * `tls` requires the client to upgrade with the server's credentials (default: no TLS).
    */
-  serve(stream: Duplex): void {
+  serve(stream: Duplex, opts: { tls?: boolean } = {}): void {
+    if (opts.tls && !this.tls) throw new UsageError('Cannot serve a connection over TLS: the NBD server has no TLS credentials');
     if (this.closing) {
       stream.destroy();
       return;
@@ -113,10 +134,12 @@ export class NbdServer {
       id: this.nextId++,
       provider: this.provider,
       maxPayload: this.maxPayload,
+      budget: this.budget,
       log: this.log,
       closeGraceMs: this.closeGraceMs,
       shutdownTimeoutMs: this.shutdownTimeoutMs,
       handshakeTimeoutMs: this.handshakeTimeoutMs,
+      ...(opts.tls && this.tls ? { tls: this.tls } : {}),
     });
     this.conns.add(conn);
     void conn.closed.then(() => this.conns.delete(conn));
@@ -148,7 +171,12 @@ export class NbdServer {
     for (const c of conns) c.shutdown();
     await Promise.all(conns.map((c) => c.closed));
     await Promise.all(stopped);
-    for (const l of this.listeners) if (l.unixPath) await unlink(l.unixPath).catch(() => {});
+    for (const l of this.listeners) if (l.unixFile) await removeSocketFile(l.unixFile);
+  }
+
+  /** True when TCP clients must use TLS. */
+  get tlsRequired(): boolean {
+    return this.tls !== undefined;
   }
 
   private assertOpen(): void {
@@ -158,18 +186,18 @@ export class NbdServer {
   private makeServer(tcp: boolean): Server {
     const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
       if (tcp) sock.setNoDelay(true);
-      this.serve(sock);
+      this.serve(sock, { tls: tcp && this.tls !== undefined });
     });
     return server;
   }
 
-  private adopt(server: Server, unixPath?: string): void {
+  private adopt(server: Server, unixFile?: SocketFile): void {
     server.on('error', (err) => this.log(`listener error: ${err.message}`));
-    this.listeners.push(unixPath === undefined ? { server } : { server, unixPath });
+    this.listeners.push(unixFile === undefined ? { server } : { server, unixFile });
   }
 }
 
-function listen(server: Server, pathOrPort: string | number, host?: string): Promise<void> {
+function listen(server: Server, port: number, host: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
@@ -177,18 +205,6 @@ function listen(server: Server, pathOrPort: string | number, host?: string): Pro
       server.off('error', onError);
       resolve();
     };
-    if (typeof pathOrPort === 'string') server.listen(pathOrPort, done);
-    else server.listen(pathOrPort, host, done);
-  });
-}
-
-function isLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
+    server.listen(port, host, done);
   });
 }

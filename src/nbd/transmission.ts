@@ -2,8 +2,10 @@
  * The transmission phase of one connection (nbdkit's protocol.c): request headers validated
  * before their payload is touched, write payloads received (or drained when the request is
  * rejected), requests run concurrently against the {@link NbdExport}, and each reply sent whole.
- * Memory is bounded: at most {@link MAX_IN_FLIGHT} requests and `maxPayload` bytes of payloads
- * and read replies in flight, and reading stops while more is queued.
+ * Memory is bounded: per connection, at most {@link MAX_IN_FLIGHT} requests and `maxPayload`
+ * bytes of payloads and read replies in flight; across the server, the bytes every connection's
+ * payloads and read replies hold come out of one {@link PayloadBudget}. Reading stops while
+ * either is used up (or while replies queue up unsent), and resumes when it frees.
  */
 import type { ConnectionHost } from './connection-host.js';
 import type { NbdExport, ReadSegment } from './export.js';
@@ -12,6 +14,7 @@ import {
   Cmd, CmdFlag, NbdErr, REQUEST_HEADER_SIZE, REQUEST_MAGIC, type RequestHeader, packErrorChunk, packNoneChunk, packSimpleReply,
   parseRequestHeader,
 } from './protocol.js';
+import type { Reservation } from './payload-budget.js';
 import { blockStatusReply, compactSegments, readReply } from './replies.js';
 
 /** Requests a connection runs at once before it stops reading. */
@@ -20,6 +23,8 @@ export const MAX_IN_FLIGHT = 256;
 const S_REQ_HEADER = 0;
 const S_REQ_PAYLOAD = 1;
 const S_REQ_DRAIN = 2;
+/** A READ whose reply bytes wait for the server's budget (the header is parsed, nothing runs yet). */
+const S_REQ_READ_BUDGET = 3;
 
 const CMD_NAMES = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write-zeroes', 'block-status'];
 
@@ -54,6 +59,13 @@ export class Transmission {
   /** Requests started and not settled. */
   inFlight = 0;
   private inFlightBytes = 0;
+  /** Withdraws the request waiting for the server's budget (a WRITE payload or a READ), if one waits. */
+  private waitingFor: (() => void) | undefined;
+  /** The budget of the WRITE payload being received, once granted. */
+  private payloadRes: Reservation | undefined;
+  /** The READ waiting for budget, and its reservation once granted. */
+  private readHeader: RequestHeader | undefined;
+  private readRes: Reservation | undefined;
 
   constructor(private readonly host: ConnectionHost, setup: TransmissionSetup) {
     this.exp = setup.exp;
@@ -76,14 +88,56 @@ export class Transmission {
     return d;
   }
 
-  /** Forgets a partly received payload (the connection is closing). */
+  /** Forgets a partly received payload and any request waiting for budget (the connection is closing). */
   dropPayload(): void {
     this.payload = undefined;
+    this.waitingFor?.();
+    this.waitingFor = undefined;
+    const budget = this.host.ctx.budget;
+    if (this.payloadRes) budget.release(this.payloadRes);
+    if (this.readRes) budget.release(this.readRes);
+    this.payloadRes = this.readRes = undefined;
+    this.readHeader = undefined;
   }
 
-  /** True while the in-flight budget or the reply backlog is used up. */
+  /** True while the in-flight budget or the reply backlog is used up (no new request is read). */
   overloaded(): boolean {
     return this.inFlight >= MAX_IN_FLIGHT || this.inFlightBytes >= this.host.ctx.maxPayload || this.host.writeBacklogged();
+  }
+
+  /**
+   * True when reading the socket may go on: a request waiting for the server's budget holds it
+   * back; otherwise a payload being received is always read, and a new request only while the
+   * connection is not {@link overloaded}.
+   */
+  mayRead(): boolean {
+    if (this.waitingFor !== undefined) return false;
+    if (this.state !== S_REQ_HEADER) return true;
+    return !this.overloaded();
+  }
+
+  /**
+   * Reserves `bytes` of the server's budget: `onGrant` runs now, or later (the connection is
+   * woken to go on) when the budget frees; meanwhile {@link overloaded} holds.
+   */
+  private reserve(bytes: number, onGrant: (r: Reservation) => void): void {
+    const r = this.host.ctx.budget.reserve(bytes, (res) => {
+      this.waitingFor = undefined;
+      onGrant(res);
+      this.host.wake();
+    });
+    if (typeof r === 'function') this.waitingFor = r;
+    else onGrant(r);
+  }
+
+  /** Holds a WRITE payload's reservation; a client that stops sending it while others wait is dropped. */
+  private holdPayload(res: Reservation): void {
+    this.payloadRes = res;
+    res.lastProgress = Date.now();
+    res.onStall = () => {
+      this.host.log('a write payload stalled while other requests wait for memory; closing');
+      this.host.abort();
+    };
   }
 
   /** Parses what the receive buffer holds; false when it needs more bytes or must wait. */
@@ -103,6 +157,18 @@ export class Transmission {
       }
       case S_REQ_PAYLOAD: {
         const h = this.writeHeader!;
+        if (this.waitingFor) {
+          if (!host.shuttingDown) return host.block();
+          // Shutting down: the payload will not be used; drain it instead of waiting.
+          this.waitingFor();
+          this.waitingFor = undefined;
+          this.writeHeader = undefined;
+          this.inFlightBytes -= h.length;
+          this.replyError(h, NbdErr.ESHUTDOWN, 'server is shutting down');
+          this.drainLeft = h.length;
+          this.state = S_REQ_DRAIN;
+          return true;
+        }
         if (this.payload === undefined) {
           if (rx.length >= h.length) {
             this.payload = rx.take(h.length);
@@ -117,18 +183,41 @@ export class Transmission {
         if (this.payloadGot < h.length) {
           if (rx.length === 0) return false;
           this.payloadGot += rx.copyOut(this.payload, this.payloadGot, h.length - this.payloadGot);
+          if (this.payloadRes) this.payloadRes.lastProgress = Date.now();
           if (this.payloadGot < h.length) return false;
         }
         const payload = this.payload;
+        const res = this.payloadRes!;
+        res.lastProgress = undefined;
+        res.onStall = undefined;
         this.payload = undefined;
+        this.payloadRes = undefined;
         this.writeHeader = undefined;
         this.state = S_REQ_HEADER;
         if (host.shuttingDown) {
           this.inFlightBytes -= h.length;
+          host.ctx.budget.release(res);
           this.replyError(h, NbdErr.ESHUTDOWN, 'server is shutting down');
         } else {
-          this.dispatch(h, 0, payload);
+          this.dispatch(h, 0, payload, res);
         }
+        return true;
+      }
+      case S_REQ_READ_BUDGET: {
+        const h = this.readHeader!;
+        if (this.waitingFor) {
+          if (!host.shuttingDown) return host.block();
+          this.waitingFor();
+          this.waitingFor = undefined;
+          this.readHeader = undefined;
+          this.state = S_REQ_HEADER;
+          this.replyError(h, NbdErr.ESHUTDOWN, 'server is shutting down');
+          return true;
+        }
+        const res = this.readRes!;
+        this.readHeader = this.readRes = undefined;
+        this.state = S_REQ_HEADER;
+        this.dispatch(h, h.length, undefined, res);
         return true;
       }
       default: {
@@ -154,7 +243,13 @@ export class Transmission {
       if (h.type === Cmd.READ && this.structured) return this.host.send([packNoneChunk(h.cookieHi, h.cookieLo)]);
       return this.replyOk(h);
     }
-    this.dispatch(h, h.type === Cmd.READ ? h.length : 0, undefined);
+    if (h.type === Cmd.READ) {
+      this.readHeader = h;
+      this.state = S_REQ_READ_BUDGET;
+      this.reserve(h.length, (res) => (this.readRes = res));
+      return;
+    }
+    this.dispatch(h, 0, undefined, undefined);
   }
 
   private onWriteHeader(h: RequestHeader): void {
@@ -179,6 +274,7 @@ export class Transmission {
     this.payload = undefined;
     this.payloadGot = 0;
     this.state = S_REQ_PAYLOAD;
+    this.reserve(h.length, (res) => this.holdPayload(res));
   }
 
   private check(h: RequestHeader): Rejection | undefined {
@@ -220,24 +316,30 @@ export class Transmission {
     }
   }
 
-  private dispatch(h: RequestHeader, cost: number, payload: Buffer | undefined): void {
+  /**
+   * Runs a request. `res` is its share of the server's budget: a WRITE's is given back when it
+   * settles, a READ's once its reply has left for the socket (or when it fails).
+   */
+  private dispatch(h: RequestHeader, cost: number, payload: Buffer | undefined, res: Reservation | undefined): void {
     this.inFlight++;
     this.inFlightBytes += cost;
     const charged = cost + (payload ? payload.length : 0);
-    this.execute(h, payload).then(
-      () => this.settle(charged),
+    const settled = h.type === Cmd.READ ? undefined : res;
+    this.execute(h, payload, res).then(
+      () => this.settle(charged, settled),
       (err: unknown) => {
         try {
           this.fail(h, err);
         } catch (bug) {
           this.host.internalError(bug);
         }
-        this.settle(charged);
+        this.settle(charged, settled);
       },
     );
   }
 
-  private settle(charged: number): void {
+  private settle(charged: number, res: Reservation | undefined): void {
+    if (res) this.host.ctx.budget.release(res);
     this.inFlight--;
     this.inFlightBytes -= charged;
     try {
@@ -247,12 +349,12 @@ export class Transmission {
     }
   }
 
-  private async execute(h: RequestHeader, payload: Buffer | undefined): Promise<void> {
+  private async execute(h: RequestHeader, payload: Buffer | undefined, res: Reservation | undefined): Promise<void> {
     const exp = this.exp;
     const fua = (h.flags & CmdFlag.FUA) !== 0;
     switch (h.type) {
       case Cmd.READ:
-        return this.read(exp, h);
+        return this.read(exp, h, res);
       case Cmd.WRITE:
         await exp.write(h.offset, payload!, fua);
         return this.replyOk(h);
@@ -273,17 +375,27 @@ export class Transmission {
     }
   }
 
-  private async read(exp: NbdExport, h: RequestHeader): Promise<void> {
-    const raw = await exp.read(h.offset, h.length);
-    const release = exp.releaseRead ? () => exp.releaseRead!(raw) : undefined;
-    let segs: ReadSegment[];
+  private async read(exp: NbdExport, h: RequestHeader, res: Reservation | undefined): Promise<void> {
+    const budget = this.host.ctx.budget;
+    let sent = false;
     try {
-      segs = compactSegments(raw, h.offset, h.length);
-    } catch (err) {
-      release?.();
-      throw err;
+      const raw = await exp.read(h.offset, h.length);
+      const release = exp.releaseRead ? () => exp.releaseRead!(raw) : undefined;
+      let segs: ReadSegment[];
+      try {
+        segs = compactSegments(raw, h.offset, h.length);
+      } catch (err) {
+        release?.();
+        throw err;
+      }
+      sent = true;
+      this.host.send(readReply(segs, h, this.structured), () => {
+        release?.();
+        if (res) budget.release(res);
+      });
+    } finally {
+      if (!sent && res) budget.release(res);
     }
-    this.host.send(readReply(segs, h, this.structured), release);
   }
 
   private async blockStatus(exp: NbdExport, h: RequestHeader): Promise<void> {

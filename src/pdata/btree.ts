@@ -22,6 +22,17 @@ import {
 } from './btree-node.js';
 import type { TransactionManager } from './transaction-manager.js';
 
+/**
+ * Deepest descent accepted. A tree of 4 KiB nodes holding 2^64 keys is at most 10 levels deep
+ * (internal nodes at least a third full); anything deeper is a cycle in damaged metadata, which
+ * would otherwise be followed forever.
+ */
+export const MAX_TREE_DEPTH = 32;
+
+function tooDeep(what: string, nr: number): never {
+  throw new CorruptionError(`Cannot ${what}: btree node ${nr} lies more than ${MAX_TREE_DEPTH} levels down, expected a tree (the metadata has a cycle)`, { block: nr, kind: 'btree node', reason: 'depth' });
+}
+
 export interface ValueType<V> {
   /** Bytes per value on disk. */
   readonly size: number;
@@ -80,11 +91,12 @@ export class BTree<V> {
   async lookup(root: number, key: Key): Promise<V | undefined> {
     const [hi, lo] = splitKey(key);
     let b = await this.node(root);
-    for (;;) {
+    for (let depth = 0; ; depth++) {
       if (isLeaf(b)) {
         const i = lowerBound(b, hi, lo);
         return keyEquals(b, i, hi, lo) ? this.vt.unpack(b.view, valueOffset(b, i)) : undefined;
       }
+      if (depth > MAX_TREE_DEPTH) tooDeep(`look up a key in ${this.name}`, b.nr);
       const i = lastAtOrBelow(b, hi, lo);
       if (i < 0) return undefined;
       b = await this.node(childAt(b, i));
@@ -107,8 +119,8 @@ export class BTree<V> {
     }
     const bm = this.tm.bm;
     let b = bm.cached(root, nodeValidator);
-    for (;;) {
-      if (b === undefined) return NOT_CACHED;
+    for (let depth = 0; ; depth++) {
+      if (b === undefined || depth > MAX_TREE_DEPTH) return NOT_CACHED; // too deep: the locked lookup says why
       if (isLeaf(b)) {
         if (valueSize(b) !== this.vt.size) return NOT_CACHED;
         const i = lowerBound(b, hi, lo);
@@ -133,10 +145,11 @@ export class BTree<V> {
   /** The highest key in the tree, or undefined when it is empty. */
   async lastKey(root: number): Promise<Key | undefined> {
     let b = await this.node(root);
-    for (;;) {
+    for (let depth = 0; ; depth++) {
       const n = nrEntries(b);
       if (n === 0) return undefined;
       if (isLeaf(b)) return keyAt(b, n - 1);
+      if (depth > MAX_TREE_DEPTH) tooDeep(`find the last key of ${this.name}`, b.nr);
       b = await this.node(childAt(b, n - 1));
     }
   }
@@ -159,7 +172,8 @@ export class BTree<V> {
     let node = await this.shadowNode(root);
     const newRoot = node.nr;
     if (nrEntries(node) === maxEntries(node)) await this.splitBeneath(node);
-    for (;;) {
+    for (let depth = 0; ; depth++) {
+      if (depth > MAX_TREE_DEPTH) tooDeep(`insert into ${this.name}`, node.nr);
       if (isLeaf(node)) {
         const i = lowerBound(node, hi, lo);
         if (keyEquals(node, i, hi, lo)) {
@@ -243,7 +257,8 @@ export class BTree<V> {
     const [fhi, flo] = from === undefined ? [0, 0] : splitKey(from);
     const [thi, tlo] = to === undefined ? [0xffffffff, 0xffffffff] : splitKey(to);
     const unbounded = to === undefined;
-    const go = async (nr: number): Promise<boolean> => {
+    const go = async (nr: number, depth: number): Promise<boolean> => {
+      if (depth > MAX_TREE_DEPTH) tooDeep(`walk ${this.name}`, nr);
       const b = await this.node(nr);
       const n = nrEntries(b);
       if (isLeaf(b)) {
@@ -262,22 +277,23 @@ export class BTree<V> {
           const h = keyHi(b, i);
           if (h > thi || (h === thi && keyLo(b, i) >= tlo)) return false;
         }
-        if (!(await go(childAt(b, i)))) return false;
+        if (!(await go(childAt(b, i), depth + 1))) return false;
       }
       return true;
     };
-    await go(root);
+    await go(root, 0);
   }
 
   /** Number of entries (walks every leaf). */
   async count(root: number): Promise<number> {
     let n = 0;
-    const go = async (nr: number): Promise<void> => {
+    const go = async (nr: number, depth: number): Promise<void> => {
+      if (depth > MAX_TREE_DEPTH) tooDeep(`count ${this.name}`, nr);
       const b = await this.node(nr);
       if (isLeaf(b)) n += nrEntries(b);
-      else for (let i = 0; i < nrEntries(b); i++) await go(childAt(b, i));
+      else for (let i = 0; i < nrEntries(b); i++) await go(childAt(b, i), depth + 1);
     };
-    await go(root);
+    await go(root, 0);
     return n;
   }
 
@@ -377,6 +393,7 @@ export class BTree<V> {
     const newRoot = node.nr;
     const path: PathStep[] = [];
     while (!isLeaf(node)) {
+      if (path.length > MAX_TREE_DEPTH) tooDeep(`remove from ${this.name}`, node.nr);
       if (path.length === 0 && nrEntries(node) === 1) {
         await this.pullUp(node);
         continue;

@@ -11,10 +11,15 @@ import { NotFoundError } from '../errors.js';
 import { FileBlockFile } from '../io/block-file.js';
 import { checkMetadata } from '../thin/check.js';
 import type { CheckReport } from '../thin/check-issues.js';
+import { lockPoolFile } from './file-owner.js';
 import { PoolLock } from './pool-lock.js';
 
-/** Checks a pool's metadata file without opening the pool (no lock): for a pool nobody owns or a damaged one. */
-export async function checkPoolFiles(dir: string): Promise<CheckReport> {
+/**
+ * Checks a pool's metadata file without opening the pool: for a pool nobody owns or a damaged
+ * one. With `lockFile` the file's flock is taken for the check, so a file that another pool
+ * directory's owner has open (a link to it) is refused naming that owner, not read mid-change.
+ */
+export async function checkPoolFiles(dir: string, lockFile = false): Promise<CheckReport> {
   let file: FileBlockFile;
   try {
     file = await FileBlockFile.open(join(dir, 'metadata'), { readOnly: true });
@@ -22,6 +27,7 @@ export async function checkPoolFiles(dir: string): Promise<CheckReport> {
     throw new NotFoundError(`Cannot check pool ${dir}: no metadata file there`, { dir });
   }
   try {
+    if (lockFile) await lockPoolFile(file, 'metadata', `check pool ${dir}`);
     return await checkMetadata(file);
   } finally {
     await file.close();
@@ -49,7 +55,7 @@ export async function checkPoolDir(dir: string, ifOwned: () => Promise<CheckRepo
     if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS') throw err;
   }
   try {
-    return await checkPoolFiles(dir);
+    return await checkPoolFiles(dir, lock !== undefined);
   } finally {
     await lock?.release();
   }

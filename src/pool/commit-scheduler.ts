@@ -6,6 +6,7 @@
  * file counts its completed writes), so a commit syncs the data file at most once, in its first
  * round. The commit itself (data sync, metadata, catalog, superblock) is the pool's.
  */
+import { IoError, NoSpaceError, ThinpoolError } from '../errors.js';
 import type { BlockFile } from '../io/block-file.js';
 import type { Gate } from './gate.js';
 
@@ -67,7 +68,7 @@ export class CommitScheduler {
         () => {
           if (at !== undefined && at > this.syncedThrough) this.syncedThrough = at;
         },
-      ).finally(() => {
+      ).catch(syncFailed(this.dataFile.path)).finally(() => {
         this.running = undefined;
       });
       this.running = { promise, at };
@@ -80,4 +81,19 @@ export class CommitScheduler {
     });
     return this.syncNext;
   }
+}
+
+/**
+ * A failed data sync as a thinpool error: the host's ENOSPC/EDQUOT (a thin or network file
+ * system that could not store written data) as a NoSpaceError, anything else as an IoError.
+ * Either way the writes since the last sync may not be stored, and nothing is committed.
+ */
+function syncFailed(path: string): (err: unknown) => never {
+  return (err) => {
+    if (err instanceof ThinpoolError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    const msg = `Cannot sync ${path}: ${e?.message ?? String(err)}; data written since the last sync may not be stored, nothing was committed`;
+    if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT') throw new NoSpaceError(msg, { path });
+    throw new IoError(msg, { path, errno: e?.code }, { cause: err });
+  };
 }

@@ -37,9 +37,10 @@ export class DataSpace {
     const got = await this.modes.guard(() => md.allocDataBlocks(n));
     if (got.length < n) {
       if (got.length) await this.modes.guard(() => md.releaseDataBlocks(got));
-      this.modes.mode = 'out-of-data-space';
+      this.modes.change('out-of-data-space', `an allocation of ${n} data block${n === 1 ? '' : 's'} found ${got.length} free (${md.nrDataBlocks} blocks in the pool); writes that need new blocks fail with ENOSPC until blocks are freed or the pool is extended`);
       throw new NoSpaceError(`Cannot allocate ${n} data block${n === 1 ? '' : 's'}: the pool is out of data space (${md.nrDataBlocks} blocks of ${formatSize(this.blockSize)} all in use); extend it with thinpool pool extend --data-size`, { pool: this.dir });
     }
+    if (this.modes.mode === 'out-of-data-space') this.modes.change('rw', 'data blocks are free again');
     return got;
   }
 

@@ -21,6 +21,8 @@ export interface PoolStatus {
   lowWaterMark: number;
   autoExtend: { enabled: boolean; step: number; max: number };
   hostFreeBytes: number;
+  /** The last data write that needed new host space found the host file system full. */
+  hostFull: boolean;
   catalog: 'in-sync' | 'reconciled';
   outsideChanges: OutsideChanges | null;
   devices: number;
@@ -74,7 +76,7 @@ export async function listDevices(md: ThinMetadata, catalog: Catalog): Promise<D
 }
 
 /** The status of the pool in `dir` (host free space from statfs; -1 when that fails). */
-export async function poolStatus(dir: string, md: ThinMetadata, catalog: Catalog, mode: PoolMode): Promise<PoolStatus> {
+export async function poolStatus(dir: string, md: ThinMetadata, catalog: Catalog, mode: PoolMode, hostFull: boolean): Promise<PoolStatus> {
   const u = md.usage;
   const s = catalog.settings;
   const bs = md.blockBytes;
@@ -97,6 +99,7 @@ export async function poolStatus(dir: string, md: ThinMetadata, catalog: Catalog
     lowWaterMark: s.lowWaterMarkBlocks * bs,
     autoExtend: { enabled: s.autoExtend, step: s.autoExtendStepBlocks * bs, max: s.autoExtendMaxBlocks * bs },
     hostFreeBytes,
+    hostFull,
     catalog: catalog.state,
     outsideChanges: catalog.outsideChanges,
     devices: catalog.count,

@@ -17,6 +17,11 @@ export class DeviceUsers {
     };
   }
 
+  /** How many users device `id` has (0 when none). */
+  count(id: number): number {
+    return this.counts.get(id) ?? 0;
+  }
+
   /** True while something uses device `id`. */
   has(id: number): boolean {
     return (this.counts.get(id) ?? 0) > 0;

@@ -6,13 +6,17 @@
  */
 import { mkdir, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ExistsError, NotFoundError } from '../errors.js';
+import { BusyError, ExistsError, NoSpaceError, NotFoundError } from '../errors.js';
 import { type BlockFile, FileBlockFile } from '../io/block-file.js';
+import { newBlock } from '../pdata/block-manager.js';
+import { MAX_METADATA_BLOCKS } from '../pdata/space-map-disk.js';
 import { ThinMetadata } from '../thin/metadata.js';
+import { superblockValidator, unpackSuperblock } from '../thin/superblock.js';
 import { estimateMetadataBytes } from '../thin/metadata-size.js';
 import { GiB, KiB, METADATA_BLOCK_SIZE, formatSize } from '../units.js';
 import type { CatalogBody, PoolSettings } from './catalog-slots.js';
 import { CATALOG_FILES, type CatalogFiles, CatalogStore, type LoadedCatalog, directoryFiles, syncDirectory } from './catalog-store.js';
+import { lockPoolFile, markOwner, ownerOf, poolIdentity } from './file-owner.js';
 import { PoolLock } from './pool-lock.js';
 
 export const MIN_BLOCK_SIZE = 64 * KiB;
@@ -72,6 +76,8 @@ export interface PoolOpenOptions {
 /** What opening a pool directory gives: its lock, both files, the metadata and the catalog. */
 export interface OpenedPool {
   dir: string;
+  /** What opening did that the user should hear about (a short metadata file grown). */
+  notices: string[];
   lock: PoolLock;
   metadataFile: BlockFile;
   dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
@@ -111,6 +117,7 @@ export async function createPoolFiles(opts: PoolCreateOptions): Promise<void> {
     await data.close();
     const meta = await FileBlockFile.open(join(opts.dir, 'metadata'), { create: true });
     const md = await ThinMetadata.format(meta, { dataBlockSize: bs / 512, nrDataBlocks, nrMetadataBlocks: Math.floor(metaBytes / METADATA_BLOCK_SIZE) });
+    await reserveMetadata(meta, 'create the pool');
     const settings: PoolSettings = {
       lowWaterMarkBlocks: opts.lowWaterMark !== undefined ? Math.floor(opts.lowWaterMark / bs) : Math.max(1, Math.floor(nrDataBlocks / 10)),
       autoExtend: opts.autoExtend ?? true,
@@ -160,6 +167,20 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
   try {
     meta = await files.open('metadata');
     data = await files.open('data');
+    const notices: string[] = [];
+    // The directory's own files (not the in-memory ones of fault-injection tests): flocked and
+    // marked as this pool's, and the metadata given real host blocks.
+    if (meta instanceof FileBlockFile && data instanceof FileBlockFile) await claimPoolFiles(dir, meta, data);
+    const grown = await growShortMetadata(meta);
+    if (grown) notices.push(grown);
+    if (meta instanceof FileBlockFile) {
+      try {
+        await reserveMetadata(meta, `open pool ${dir}`);
+      } catch (err) {
+        if (!(err instanceof NoSpaceError)) throw err;
+        notices.push(`${err.message}; until space is freed on the host, a commit may fail`);
+      }
+    }
     const md = await ThinMetadata.open(meta, opts.cacheBlocks === undefined ? {} : { cacheBlocks: opts.cacheBlocks });
     const opened = await CatalogStore.open(files, md.superblockChecksum, md.deviceIds(), () => ({
       lowWaterMarkBlocks: Math.max(1, Math.floor(md.nrDataBlocks / 10)),
@@ -171,7 +192,7 @@ export async function openPoolFiles(dir: string, opts: PoolOpenOptions = {}): Pr
     store = opened.store;
     const want = md.nrDataBlocks * md.blockBytes;
     if ((await data.size()) < want) await data.truncate(want);
-    return { dir, lock, metadataFile: meta, dataFile: data, md, catalog: opened.loaded, catalogStore: opened.store, abandon };
+    return { dir, notices, lock, metadataFile: meta, dataFile: data, md, catalog: opened.loaded, catalogStore: opened.store, abandon };
   } catch (err) {
     await abandon();
     throw err;
@@ -188,13 +209,86 @@ export function poolDirectoryFiles(dir: string): PoolFiles {
 }
 
 /**
+ * Makes the open metadata and data files this pool's: their flocks taken (no other process, and
+ * no other open in this one, gets them while the pool is open), then refused if they belong to
+ * another pool directory (see file-owner.ts), then marked as this directory's.
+ */
+async function claimPoolFiles(dir: string, meta: FileBlockFile, data: FileBlockFile): Promise<void> {
+  const action = `open pool ${dir}`;
+  await lockPoolFile(meta, 'metadata', action);
+  await lockPoolFile(data, 'data', action);
+  const me = await poolIdentity(dir);
+  for (const role of ['metadata', 'data'] as const) {
+    const owner = await ownerOf(join(dir, role), role);
+    if (owner && owner !== me) {
+      throw new BusyError(`Cannot ${action}: its ${role} file belongs to pool ${owner}, which links the same file (it was adopted there); open that pool, or take the files over with thinpool pool adopt --force`, { owner, role }, 'ELOCKED');
+    }
+  }
+  await markOwner(join(dir, 'metadata'), me);
+  await markOwner(join(dir, 'data'), me);
+}
+
+/**
+ * Gives the whole metadata file real blocks on the host (it is created sparse), so that no
+ * metadata write of a commit can ever fail because the host file system filled up with data:
+ * a full host then fails the data writes that do not fit, with ENOSPC, and nothing else (the
+ * kernel's metadata device is a real device for the same reason).
+ * @throws NoSpaceError (`host: true`) when the host cannot give the space.
+ */
+export async function reserveMetadata(meta: FileBlockFile, action: string): Promise<void> {
+  const size = await meta.size();
+  try {
+    await meta.allocate(0, size);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+    throw new NoSpaceError(`Cannot ${action}: the host file system holding ${meta.path} has no room to reserve its ${formatSize(size)} of metadata`, { host: true, path: meta.path });
+  }
+}
+
+/**
+ * A metadata file shorter than its space map (a copy that dropped trailing unused blocks, a
+ * truncation just past the last block in use) is grown back to the space map's size before it
+ * is opened: the blocks past its end read as zeros either way, and only free blocks may lie
+ * there, exactly what `pool check` accepts with a warning (a reachable block past the end is
+ * damage that both the check and the open report). Returns the notice, or undefined when the
+ * file was long enough or its superblock is not valid (the open then says why).
+ */
+async function growShortMetadata(meta: BlockFile): Promise<string | undefined> {
+  const size = await meta.size();
+  if (size < METADATA_BLOCK_SIZE) return undefined;
+  const block = newBlock(0);
+  await meta.read(block.data, 0);
+  try {
+    superblockValidator.check(block);
+  } catch {
+    return undefined;
+  }
+  const sb = unpackSuperblock(block);
+  const want = sb.metadataSm.nrBlocks;
+  const have = Math.floor(size / METADATA_BLOCK_SIZE);
+  if (!(want > have && want <= MAX_METADATA_BLOCKS)) return undefined;
+  await meta.truncate(want * METADATA_BLOCK_SIZE);
+  return `the metadata file held ${have} blocks, fewer than its space map's ${want}; it was grown back to ${formatSize(want * METADATA_BLOCK_SIZE)} (the blocks past its old end were unused)`;
+}
+
+/**
  * Links a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
  * `devicemapper/{metadata,data}`, a kernel pool) into the pool directory `opts.dir`; nothing is
  * rewritten until the first change.
  */
-export async function adoptPoolFiles(opts: { dir: string; metadata: string; data: string }): Promise<void> {
+export async function adoptPoolFiles(opts: { dir: string; metadata: string; data: string; force?: boolean }): Promise<void> {
   const metadata = resolve(opts.metadata);
   const data = resolve(opts.data);
+  // A live pool's files are never taken, --force or not.
+  for (const [path, role] of [[metadata, 'metadata'], [data, 'data']] as const) {
+    const f = await FileBlockFile.open(path, { readOnly: true });
+    try {
+      await lockPoolFile(f, role, `adopt ${path}`);
+    } finally {
+      await f.close();
+    }
+  }
   const probe = await FileBlockFile.open(metadata, { readOnly: true });
   let need: number;
   try {
@@ -207,8 +301,18 @@ export async function adoptPoolFiles(opts: { dir: string; metadata: string; data
   if (dataSize < need) throw new RangeError(`Cannot adopt ${data}: it holds ${dataSize} bytes but the metadata maps ${need} (the kernel would refuse it too)`);
   await mkdir(opts.dir, { recursive: true });
   await checkEmpty(opts.dir, 'adopt into', 'a pool');
+  const me = await poolIdentity(opts.dir);
+  for (const [path, role] of [[metadata, 'metadata'], [data, 'data']] as const) {
+    const owner = await ownerOf(path, role);
+    if (owner && owner !== me && !opts.force) {
+      throw new BusyError(`Cannot adopt ${path} into ${opts.dir}: it is the ${role} file of pool ${owner} (closed now), and two pools on the same files overwrite each other's devices; give --force to move the files to ${opts.dir} (pool ${owner} then refuses to open them)`, { owner, role }, 'ELOCKED');
+    }
+  }
   await symlink(metadata, join(opts.dir, 'metadata'));
   await symlink(data, join(opts.dir, 'data'));
+  // The files are this directory's now (with --force: no longer the old owner's).
+  await markOwner(metadata, me);
+  await markOwner(data, me);
 }
 
 /** Deletes a pool directory's files (the pool must not be open). */

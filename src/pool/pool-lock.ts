@@ -52,6 +52,11 @@ export class PoolLock {
         const other = await currentHolder(path);
         if (other && other.pid !== process.pid && (other.host !== me.host || alive(other.pid))) throw busy(dir, other);
       }
+      // The holder record names a pid and host: readable by the pool's owner only, like the data
+      // (lock files made by older versions were 0644).
+      await fh.chmod(0o600).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EPERM') throw err;
+      });
       await fh.truncate(0);
       await fh.write(`pid ${me.pid} host ${me.host} since ${me.since}\n`, 0);
       await fh.datasync();

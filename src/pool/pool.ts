@@ -19,8 +19,8 @@
  * await pool.snapshot('web', 'web-snap');
  * await pool.close();
  */
-import { BusyError } from '../errors.js';
-import type { BlockFile, FileBlockFile } from '../io/block-file.js';
+import { BusyError, NoSpaceError } from '../errors.js';
+import { type BlockFile, FileBlockFile } from '../io/block-file.js';
 import { checkMetadata } from '../thin/check.js';
 import type { CheckReport } from '../thin/check-issues.js';
 import type { ThinMetadata } from '../thin/metadata.js';
@@ -40,7 +40,7 @@ import {
   type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
 } from './pool-lifecycle.js';
 import type { PoolLock } from './pool-lock.js';
-import { PoolModes } from './pool-modes.js';
+import { type PoolEvent, PoolModes } from './pool-modes.js';
 import { ThinVolume } from './thin-volume.js';
 import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
 
@@ -65,6 +65,7 @@ export class Pool implements VolumeHost {
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   private commitHook: PoolOpenOptions['commitHook'];
+  private readonly openNotices: readonly string[];
 
   private constructor(opened: OpenedPool) {
     this.dir = opened.dir;
@@ -72,6 +73,7 @@ export class Pool implements VolumeHost {
     this.metadataFile = opened.metadataFile;
     this.dataFile = opened.dataFile;
     this.lock = opened.lock;
+    this.openNotices = opened.notices;
     this.catalog = new Catalog(opened.catalogStore, opened.catalog);
     // Ids are never reused: the next one is above every id the metadata holds.
     const ids = this.md.deviceIds();
@@ -118,9 +120,11 @@ export class Pool implements VolumeHost {
   /**
    * Takes over a metadata + data pair made elsewhere (a copied LVM thin pool, Docker's loop-lvm
    * `devicemapper/{metadata,data}`, a kernel pool): the pool directory links to the files, which
-   * are not rewritten until the first change. Devices come in unnamed (`id:N`).
+   * are not rewritten until the first change. Devices come in unnamed (`id:N`). Files another
+   * pool has open are refused; files of another (closed) pool directory only with `force`,
+   * which makes them this pool's (the other then refuses to open them).
    */
-  static async adopt(opts: { dir: string; metadata: string; data: string }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
+  static async adopt(opts: { dir: string; metadata: string; data: string; force?: boolean }, openOpts: PoolOpenOptions = {}): Promise<Pool> {
     await adoptPoolFiles(opts);
     return Pool.open(opts.dir, openOpts);
   }
@@ -144,14 +148,28 @@ export class Pool implements VolumeHost {
     return this.md.needsCheck;
   }
 
+  /**
+   * Calls `listener` on every mode change and whenever the host file system fills up or has room
+   * again (one log line each: `event.message`). Returns the function that stops it.
+   */
+  onEvent(listener: (event: PoolEvent) => void): () => void {
+    this.modes.listeners.add(listener);
+    return () => this.modes.listeners.delete(listener);
+  }
+
+  /** See {@link VolumeHost.noteHostSpace}. */
+  noteHostSpace(room: boolean): void {
+    if (room === this.modes.hostFull) this.modes.hostSpace(!room, this.dataFile.path);
+  }
+
   /** What opening found worth telling the user (changes made outside thinpool). */
   get notices(): readonly string[] {
-    return this.catalog.notices;
+    return [...this.openNotices, ...this.catalog.notices];
   }
 
   /** Pool status as `thinpool pool status --json` prints it. */
   async status(): Promise<PoolStatus> {
-    return poolStatus(this.dir, this.md, this.catalog, this.modes.mode);
+    return poolStatus(this.dir, this.md, this.catalog, this.modes.mode, this.modes.hostFull);
   }
 
   /** The record of a device given by name or `id:N`. */
@@ -271,18 +289,29 @@ export class Pool implements VolumeHost {
     });
   }
 
-  /** Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of the last one. */
+  /**
+   * Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of
+   * the last one, and is refused ({@link BusyError}) while the device is in use (exported).
+   */
   async resize(dev: string, sizeBytes: number): Promise<void> {
     this.writable(`resize ${dev}`);
     checkDeviceSize(sizeBytes);
     const r = this.record(dev);
     const old = this.deviceSize(r.id);
+    // A client of an export read the size once, at connect; NBD cannot tell it the device
+    // shrank, so it would go on reading and writing past the new end. Growing is harmless.
+    const refuseInUse = () => {
+      const users = this.inUse.count(r.id);
+      if (users) throw new BusyError(`Cannot shrink ${dev} from ${old} to ${sizeBytes} bytes: it is in use (${users} export client${users === 1 ? '' : 's'} connected, which cannot be told the new size); disconnect them first`, { id: r.id, users });
+    };
+    if (sizeBytes < old) refuseInUse();
     if (sizeBytes < old) {
       const vol = this.volume(`id:${r.id}`);
       const bs = this.blockSize;
       const tailEnd = Math.min(old, Math.ceil(sizeBytes / bs) * bs);
       if (tailEnd > sizeBytes) await vol.writeZeroes(sizeBytes, tailEnd - sizeBytes, { noHole: false });
       await this.gate.exclusively(async () => {
+        refuseInUse(); // a client may have attached while the tail was zeroed
         await this.guard(() => this.md.openDevice(r.id).removeRange(Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
       });
     }
@@ -377,11 +406,16 @@ export class Pool implements VolumeHost {
       if (opts.metadataSize !== undefined) {
         const n = Math.floor(opts.metadataSize / METADATA_BLOCK_SIZE);
         if (n < this.md.nrMetadataBlocks) throw new RangeError(`Cannot shrink the metadata from ${this.md.nrMetadataBlocks} to ${n} blocks`);
+        // The host space first: a metadata device that cannot hold its blocks is never grown.
+        if (this.metadataFile instanceof FileBlockFile) await this.metadataFile.allocate(0, n * METADATA_BLOCK_SIZE).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
+          throw new NoSpaceError(`Cannot extend the metadata to ${n} blocks: the host file system holding ${this.metadataFile.path} is full`, { host: true, path: this.metadataFile.path });
+        });
         await this.guard(() => this.md.resizeMetadata(n));
       }
       await this.commitLocked();
     });
-    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.mode = 'rw';
+    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.change('rw', `the pool was extended to ${this.md.nrDataBlocks} data blocks`);
   }
 
   /** Sets the user's transaction id (dmsetup's `set_transaction_id OLD NEW`). */
@@ -439,7 +473,7 @@ export class Pool implements VolumeHost {
     return this.gate.exclusively(async () => {
       const report = await checkMetadata(this.metadataFile);
       if (!report.ok) return report;
-      if (this.modes.frozen) this.modes.mode = 'rw';
+      if (this.modes.frozen) this.modes.change('rw', 'a full check found no damage (needs_check cleared)');
       if (this.md.needsCheck) {
         await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
         await this.commitLocked();

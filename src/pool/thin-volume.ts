@@ -441,11 +441,13 @@ export class ThinVolume {
       if (fresh.length) await this.host.release(fresh);
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') {
+        this.host.noteHostSpace?.(false);
         throw new NoSpaceError(`Cannot write ${length} bytes at offset ${offset} of ${this.name}: the host file system holding ${this.host.dataFile.path} is full`, { host: true, path: this.host.dataFile.path });
       }
       throw err;
     }
     if (!fresh.length) return false;
+    this.host.noteHostSpace?.(true);
     const entries: Array<[number, number]> = [];
     for (const p of pieces) if (p.fresh !== undefined) entries.push([p.vblock, p.fresh]);
     await this.host.guard(() => this.device.insertMany(entries));

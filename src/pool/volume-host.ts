@@ -40,6 +40,12 @@ export interface VolumeHost {
   commit(): Promise<void>;
   /** Makes completed data writes durable, without a metadata commit. */
   syncData(): Promise<void>;
+  /**
+   * Told whether the host file system had room for a data write that needed new host space
+   * (false after one failed with ENOSPC/EDQUOT, true after one with new blocks succeeded); the
+   * pool logs the changes. Called on every such write: it must be cheap.
+   */
+  noteHostSpace?(room: boolean): void;
 }
 
 /** What the pool tells a volume about its device (and tells again when it changes). */

@@ -6,8 +6,8 @@
  * mode 0600 in the pool directory.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmod, unlink } from 'node:fs/promises';
 import { UsageError } from '../errors.js';
+import { type SocketFile, listenUnixSocket, removeSocketFile } from '../nbd/unix-socket.js';
 import { type Message, MessageReader, frame, serializeError } from './control-wire.js';
 import { type PoolService, isOpName, runOp } from './pool-service.js';
 
@@ -15,20 +15,15 @@ import { type PoolService, isOpName, runOp } from './pool-service.js';
 export class ControlServer {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
-  private path: string | undefined;
+  private file: SocketFile | undefined;
 
   constructor(private readonly service: PoolService) {}
 
+  /** Listens on `path` (mode 0600); a stale socket there is replaced, anything else refused (see `listenUnixSocket`). */
   async listen(path: string): Promise<void> {
-    await unlink(path).catch(() => undefined);
     const server = createServer((s) => this.accept(s));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
-    await chmod(path, 0o600);
+    this.file = await listenUnixSocket(server, path, 0o600);
     this.server = server;
-    this.path = path;
   }
 
   private accept(s: Socket): void {
@@ -69,6 +64,6 @@ export class ControlServer {
     for (const s of this.sockets) s.end();
     if (srv) await new Promise<void>((resolve) => srv.close(() => resolve()));
     for (const s of this.sockets) s.destroy();
-    if (this.path) await unlink(this.path).catch(() => undefined);
+    if (this.file) await removeSocketFile(this.file);
   }
 }

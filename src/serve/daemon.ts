@@ -6,6 +6,7 @@
  */
 import { join } from 'node:path';
 import { NbdServer } from '../nbd/server.js';
+import { NbdTls, type NbdTlsCredentials } from '../nbd/tls.js';
 import { Pool } from '../pool/pool.js';
 import type { PoolOpenOptions } from '../pool/pool-lifecycle.js';
 import { ControlServer } from './control.js';
@@ -27,6 +28,8 @@ export interface ServeOptions {
   /** TCP listeners; an address other than loopback needs `listenAny`. */
   listen?: Array<{ host: string; port: number }>;
   listenAny?: boolean;
+  /** TLS for the TCP listeners (required of every TCP client when set; the unix socket stays plain). */
+  tls?: NbdTlsCredentials;
   /** Device served for the export name "". */
   defaultDevice?: string;
   /** Devices exported read-only. */
@@ -129,13 +132,17 @@ export class Daemon {
         throw new RangeError(`Cannot listen on ${l.host}:${l.port}: only loopback addresses without --listen-any`);
       }
     }
+    // Bad TLS credentials are refused before the pool is touched.
+    const tls = opts.tls ? new NbdTls(opts.tls) : undefined;
     const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000, ...opts.openOptions });
     const log = opts.log ?? (() => undefined);
+    // Every mode change and host-space change gets a log line (the pool itself never prints).
+    pool.onEvent((e) => log(`pool: ${e.message}`));
     try {
       if (opts.defaultDevice !== undefined) pool.record(opts.defaultDevice);
       for (const r of opts.readOnly ?? []) pool.record(r);
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [] });
-      const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`) });
+      const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`), ...(tls ? { tls } : {}) });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
       const service = new DaemonService(pool, exports);
       const control = new ControlServer(service);

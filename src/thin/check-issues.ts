@@ -84,9 +84,9 @@ export const ISSUE_CODES: Readonly<Record<IssueCode, string>> = {
   'mapping-missing': 'damage: a device with details but no mapping tree',
   'mapped-blocks': 'damage: details mapped_blocks differs from the mappings in the tree',
   'metadata-count': 'damage: stored metadata reference count differs from the references found',
-  'metadata-leak': 'leak: a metadata block counted as used that nothing refers to',
+  'metadata-leak': 'leak: a metadata block counted once that nothing refers to (counted twice or more: metadata-count)',
   'data-count': 'damage: stored data reference count differs from the mappings found',
-  'data-leak': 'leak: a data block counted as used that no mapping refers to',
+  'data-leak': 'leak: a data block counted once that no mapping refers to (counted twice or more: data-count)',
   'counts-unverified': 'warning: counts above those found, not attributable because part of the metadata could not be read',
   'too-many-issues': 'warning: issues beyond the list limit were counted but not listed',
 };

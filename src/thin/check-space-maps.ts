@@ -2,8 +2,9 @@
  * The checker's space map checks: the metadata space map (index block, bitmaps, ref-count tree)
  * and the data space map (index tree, bitmaps, ref-count tree) are read, their index entries
  * checked, and every stored reference count compared with the one recomputed from what the
- * walk found reachable: a count too high with nothing referring is a leak, any other mismatch
- * damage, and a mismatch that unreadable metadata could explain only a warning.
+ * walk found reachable: a count of 1 with nothing referring is a leak, any other mismatch
+ * damage (also 2 or more with nothing referring), and a mismatch that unreadable metadata could
+ * explain only a warning.
  */
 import type { BlockManager } from '../pdata/block-manager.js';
 import { keyAt, valueOffset } from '../pdata/btree-node.js';
@@ -291,7 +292,10 @@ export class SpaceMapChecks {
       defer(b);
       return;
     }
-    if (found === 0) {
+    // A leak is one reference to a block nothing uses (what a crash between the space map and
+    // the tree update leaves). Any other over-count, e.g. 2 for an unused block, is damage: both
+    // thin_checks fail it (1.x as fatal), and a count that high cannot come from a lost update.
+    if (found === 0 && stored === 1) {
       if (kind === 'data') c.summary.leakedDataBlocks++;
       else c.summary.leakedMetadataBlocks++;
       c.issues.leak(kind === 'data' ? 'data-leak' : 'metadata-leak', `Cannot account for ${unit} ${b}: the space map counts ${stored} reference(s) but nothing refers to it, expected 0 (leaked)`, b, `${kind} space map`);

@@ -73,7 +73,7 @@ class Checker {
       limit = Math.min(fileBlocks, KERNEL_META_LIMIT);
     } else if (smNr > fileBlocks) {
       // A truncated copy: fine as long as nothing reachable lies past the end (pointers there are damage).
-      issues.warning('metadata-size', `The metadata space map covers ${smNr} blocks but the file holds ${fileBlocks}, expected at most ${fileBlocks}`, 0, 'superblock');
+      issues.warning('metadata-size', `The metadata space map covers ${smNr} blocks but the file holds ${fileBlocks}, expected at most ${fileBlocks} (harmless while nothing reachable lies past the end: opening the pool grows the file back)`, 0, 'superblock');
       limit = fileBlocks;
     } else {
       limit = smNr;

@@ -182,6 +182,10 @@ export class MetadataStore {
     if (!validDataBlockSize(sb.dataBlockSize)) {
       throw new CorruptionError(`Cannot open metadata: data block size ${sb.dataBlockSize} sectors is not a multiple of 128 in 128..2097152`, { block: 0, reason: 'data block size' });
     }
+    const smBlocks = sb.metadataSm.nrBlocks;
+    if (!Number.isSafeInteger(smBlocks) || smBlocks < 1 || smBlocks > MAX_METADATA_BLOCKS) {
+      throw new CorruptionError(`Cannot open metadata: its space map covers ${smBlocks} blocks, expected 1..${MAX_METADATA_BLOCKS}`, { block: 0, reason: 'size' });
+    }
     const fileBlocks = this.bm.nrBlocks;
     if (sb.metadataSm.nrBlocks > fileBlocks && !this.readOnly) {
       throw new CorruptionError(`Cannot open metadata: its space map covers ${sb.metadataSm.nrBlocks} blocks but the file holds ${fileBlocks}`, { block: 0, reason: 'size' });

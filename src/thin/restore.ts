@@ -38,8 +38,10 @@ export interface RestoreOptions {
 /** What a restore built. */
 export interface RestoreSummary {
   devices: number;
-  /** Mappings inserted (ranges and `<ref>`s expanded; a replaced mapping counts twice). */
+  /** Mappings stored (ranges and `<ref>`s expanded; a block mapped twice counts once). */
   mappings: number;
+  /** Mapping elements that mapped a block the same device had mapped already (the later one is kept). */
+  replaced: number;
   /** `<def>` elements read. */
   defs: number;
   dataBlockSize: number;
@@ -111,6 +113,7 @@ class Restorer {
   private sbAttrs = { time: 0, transaction: 0, flags: 0 };
   private nrData = 0;
   private dataBlockSize = 0;
+  /** Mappings inserted, counting a block mapped twice twice. */
   mappings = 0;
 
   constructor(private readonly file: BlockFile, private readonly opts: RestoreOptions) {}
@@ -121,9 +124,12 @@ class Restorer {
 
   summary(): RestoreSummary {
     const md = this.md!;
+    let stored = 0;
+    for (const id of this.deviceLines.keys()) stored += md.device(id).mappedBlocks;
     return {
       devices: this.deviceLines.size,
-      mappings: this.mappings,
+      mappings: stored,
+      replaced: this.mappings - stored,
       defs: this.defs.size,
       dataBlockSize: this.dataBlockSize,
       nrDataBlocks: this.nrData,

@@ -1,8 +1,9 @@
 /**
  * The native addon and its fallbacks: hole punching frees blocks and reads zeros, SEEK_DATA /
  * SEEK_HOLE find data islands in a sparse file, non-blocking cached reads return at once or say
- * they would block, errors name the errno and the call; without the addon (THINPOOL_NO_NATIVE=1)
- * hole punching goes through util-linux fallocate and every byte counts as data.
+ * they would block, preallocation gives a sparse range real blocks (and grows the file past its
+ * end), errors name the errno and the call; without the addon (THINPOOL_NO_NATIVE=1) hole
+ * punching and preallocation go through util-linux fallocate and every byte counts as data.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -56,6 +57,35 @@ async function punchMiddleOfOnes(m: NativeModule): Promise<void> {
     await fh.close();
   }
 }
+
+async function allocateSparse(m: NativeModule): Promise<void> {
+  const path = join(tempDir(), 'sparse');
+  const fh = await open(path, 'w+');
+  try {
+    await fh.truncate(MiB);
+    assert.is((await fh.stat()).blocks, 0, 'sparse to start with');
+    await m.allocate(fh.fd, 0, MiB);
+    let st = await fh.stat();
+    assert.is(st.size, MiB, 'the size is kept');
+    assert.ok(st.blocks * 512 >= MiB, `blocks ${st.blocks}`);
+    await m.allocate(fh.fd, MiB, MiB);
+    st = await fh.stat();
+    assert.is(st.size, 2 * MiB, 'a range past the end grows the file');
+    const buf = new Uint8Array(2 * MiB).fill(9);
+    await fh.read(buf, 0, buf.length, 0);
+    assert.ok(buf.every((b) => b === 0), 'preallocated blocks read zeros');
+  } finally {
+    await fh.close();
+  }
+}
+
+test('allocate: a sparse range gets real blocks, the size is kept, a range past the end grows the file', async () => {
+  await allocateSparse(native);
+});
+
+test('fallback: allocate via util-linux fallocate', async () => {
+  await allocateSparse(fallback);
+});
 
 test('addon is loaded exactly when it was built', () => {
   assert.is(nativeLoaded, existsSync(addonPath) && process.env.THINPOOL_NO_NATIVE !== '1');

@@ -98,6 +98,8 @@ export interface DaemonOptions {
   defaultDevice?: string;
   /** --read-only DEV... */
   readOnly?: string[];
+  /** CLI only: extra arguments of `serve` (e.g. `--tls-psk FILE`). */
+  extraArgs?: string[];
   /** Script only: the pool's commit timer (0 = only FLUSH/FUA/stop commit). */
   commitIntervalMs?: number;
   /** How to run it (default: CLI if it has `serve` and no script-only option is set, else the script). */
@@ -126,6 +128,8 @@ export interface DaemonHandle {
   tcpUri(name?: string, i?: number): string;
   /** What the daemon wrote to stderr so far. */
   log(): string;
+  /** What the daemon wrote to stdout so far (its ready line). */
+  stdout(): string;
   alive(): boolean;
   /** A negotiated strict NBD client on the unix socket. */
   client(opts?: ConnectOptions): Promise<NbdClient>;
@@ -160,6 +164,7 @@ export function cliHasServe(): boolean {
 
 function chooseVia(opts: DaemonOptions): 'cli' | 'script' {
   if (opts.via) return opts.via;
+  if (opts.extraArgs) return 'cli';
   const env = process.env.THINPOOL_DAEMON_VIA;
   if (env === 'cli' || env === 'script') return env;
   return opts.commitIntervalMs === undefined && cliHasServe() ? 'cli' : 'script';
@@ -168,6 +173,7 @@ function chooseVia(opts: DaemonOptions): 'cli' | 'script' {
 function argsFor(opts: DaemonOptions, via: 'cli' | 'script'): string[] {
   if (via === 'script') {
     const { via: _v, readyTimeoutMs: _r, ...rest } = opts;
+    if (rest.extraArgs) throw new Error('extraArgs needs the CLI daemon');
     return [SCRIPT, JSON.stringify(rest)];
   }
   if (opts.commitIntervalMs !== undefined) throw new Error('commitIntervalMs needs the script daemon');
@@ -177,6 +183,7 @@ function argsFor(opts: DaemonOptions, via: 'cli' | 'script'): string[] {
   if (opts.listenAny) a.push('--listen-any');
   if (opts.defaultDevice !== undefined) a.push('--default', opts.defaultDevice);
   if (opts.readOnly?.length) a.push('--read-only', ...opts.readOnly);
+  if (opts.extraArgs) a.push(...opts.extraArgs);
   return a;
 }
 
@@ -220,8 +227,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<DaemonHandle> {
       const m = /^ready (.*)$/m.exec(text);
       if (m) ready = JSON.parse(m[1]!) as { nbdSocket: string; tcpPorts: number[] };
     } else {
-      const m = /^serving .*?socket=(\S+)(.*)\(pid \d+\)$/m.exec(text);
-      if (m) ready = { nbdSocket: m[1]!, tcpPorts: [...m[2]!.matchAll(/nbd:\/\/\S*:(\d+)\//g)].map((x) => Number(x[1])) };
+      const m = /^serving .*?socket=(\S+)(.*?)\(pid \d+\)/m.exec(text);
+      if (m) ready = { nbdSocket: m[1]!, tcpPorts: [...m[2]!.matchAll(/nbds?:\/\/\S*:(\d+)\//g)].map((x) => Number(x[1])) };
     }
     if (ready) break;
     if (gone) throw new Error(`daemon (${via}) exited (${gone.code ?? gone.signal}) before it was ready:\n${err()}${out()}`);
@@ -270,6 +277,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<DaemonHandle> {
     uri: (name = '') => `nbd+unix:///${encodeURIComponent(name)}?socket=${sock}`,
     tcpUri: (name = '', i = 0) => `nbd://127.0.0.1:${ready.tcpPorts[i]}/${encodeURIComponent(name)}`,
     log: err,
+    stdout: out,
     alive: () => gone === undefined,
     client: async (o = {}) => NbdClient.connect(await dialUnix(sock), o),
     service: async () => {

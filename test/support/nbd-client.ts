@@ -180,6 +180,16 @@ export class NbdClient {
     return c;
   }
 
+  /**
+   * A client continuing option haggling on a new stream whose greeting and client flags went over
+   * an earlier one (the TLS socket after NBD_OPT_STARTTLS).
+   */
+  static resume(stream: Duplex, clientFlags = 3): NbdClient {
+    const c = new NbdClient(stream);
+    c.noZeroes = (clientFlags & 2) !== 0;
+    return c;
+  }
+
   /** Full handshake with the usual option sequence (SR, SET_META_CONTEXT, GO). */
   static async connect(stream: Duplex, opts: ConnectOptions = {}): Promise<NbdClient> {
     const c = await NbdClient.open(stream);

@@ -25,6 +25,8 @@ export interface HarnessOptions {
   maxPayload?: number;
   closeGraceMs?: number;
   shutdownTimeoutMs?: number;
+  maxBufferedBytes?: number;
+  payloadStallMs?: number;
 }
 
 export async function startNbd(exports: NbdExport[], opts: HarnessOptions = {}): Promise<NbdHarness> {
@@ -38,6 +40,8 @@ export async function startNbd(exports: NbdExport[], opts: HarnessOptions = {}):
     ...(opts.maxPayload === undefined ? {} : { maxPayload: opts.maxPayload }),
     ...(opts.closeGraceMs === undefined ? {} : { closeGraceMs: opts.closeGraceMs }),
     ...(opts.shutdownTimeoutMs === undefined ? {} : { shutdownTimeoutMs: opts.shutdownTimeoutMs }),
+    ...(opts.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: opts.maxBufferedBytes }),
+    ...(opts.payloadStallMs === undefined ? {} : { payloadStallMs: opts.payloadStallMs }),
   });
   await server.listenUnix(sock);
   return {

@@ -226,6 +226,10 @@ const cases: Case[] = [
   { name: 'details key 1 -> 2', patch: (m) => patchImage(m, 98, 32, 'Q', 2, 'node'), expect: [['damage', 'details-missing', 98], ['damage', 'mapping-missing', 100]], ok: false },
   { name: 'top-level leaf emptied', patch: (m) => patchImage(m, 100, 16, 'I', 0, 'node'), expect: [['damage', 'mapping-missing', 100], ['leak', 'metadata-leak', 90]], ok: false },
   { name: 'leaked metadata block 1', patch: (m) => setBitmapEntry(m, 99, 1, 1), expect: [['leak', 'metadata-leak', 1]], ok: true },
+  // Regression: an unused block counted twice was reported as a leak and the check passed; both
+  // thin_checks fail it (1.x as fatal).
+  { name: 'unused metadata block 1 counted 2', patch: (m) => setBitmapEntry(m, 99, 1, 2), expect: [['damage', 'metadata-count', 1]], ok: false },
+  { name: 'unused data block 7 counted 2', patch: (m) => setBitmapEntry(m, 101, 7, 2), expect: [['damage', 'data-count', 7]], ok: false },
   { name: 'data block 2000 past nr_data_blocks 1024', patch: (m) => patchImage(m, 90, 2048, 'Q', (2000n << 24n) | 1n, 'node'), expect: [['damage', 'data-block-range', 90], ['leak', 'data-leak', 5]], ok: false },
   { name: 'mapping time after the pool time', patch: (m) => patchImage(m, 90, 2048, 'Q', (5n << 24n) | 7n, 'node'), expect: [['warning', 'mapping-time', 90]], ok: true },
   { name: 'child pointer past the end', patch: (m) => patchImage(m, 100, 2048, 'Q', 5000, 'node'), expect: [['damage', 'block-range', 100]], ok: false },

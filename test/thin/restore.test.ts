@@ -281,7 +281,8 @@ oracle09('unsorted mappings, a replaced mapping and 24-bit times restore like th
 </superblock>
 `;
   const { path, summary } = await restoreTo(chunks(xml, 7));
-  assert.is(summary.mappings, 7);
+  assert.is(summary.mappings, 6, 'the mappings stored (block 2 is mapped twice)');
+  assert.is(summary.replaced, 1);
   const ours = await ourDump(path);
   assert.fixture(strip(ours), strip(await tool(tool09('thin_dump'), [await realRestore(tool09('thin_restore'), xml)])));
   assert.match(ours, /dev_id="3" mapped_blocks="6"/);
@@ -407,6 +408,22 @@ test('bytes split inside a multi-byte character decode correctly', async () => {
   const xml = readFixture('02-one-thin.xml').toString().replace('<device', '<!-- é€😀 --><device');
   const { path } = await restoreTo(chunks(xml, 1));
   assert.fixture(strip(await ourDump(path)), strip(readFixture('02-one-thin.thin_dump.xml').toString()));
+});
+
+test('a block mapped twice counts once: the summary reports the mappings stored and the replaced element', async () => {
+  // Regression: the summary counted mapping elements, so a duplicate origin block reported two
+  // mappings while one was stored.
+  const xml = readFixture('02-one-thin.xml').toString();
+  const dup = xml.replace(/(<single_mapping origin_block="(\d+)"[^>]*>)/, '$1<single_mapping origin_block="$2" data_block="30" time="0"/>');
+  assert.ok(dup !== xml, 'a duplicate was added');
+  const { path, summary } = await restoreTo(chunks(dup));
+  const dump = await ourDump(path);
+  const stored = [...dump.matchAll(/<single_mapping/g)].length + [...dump.matchAll(/<range_mapping[^>]*length="(\d+)"/g)].reduce((n, m) => n + Number(m[1]), 0);
+  assert.is(stored, 7, 'vector 02 maps 7 blocks; the duplicate replaced one');
+  assert.is(summary.mappings, stored, 'the stored mappings');
+  assert.is(summary.replaced, 1);
+  assert.match(dump, /data_block="30"/, 'the later element wins');
+  await assertChecks(path);
 });
 
 test.run();

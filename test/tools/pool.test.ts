@@ -24,7 +24,7 @@ let n = 0;
 const newPool = () => join(root, `p${n++}`);
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
-const STATUS_KEYS = ['pool', 'transactionId', 'blockSize', 'dataBlocks', 'metadataBlocks', 'heldRoot', 'mode', 'needsCheck', 'lowWaterMark', 'autoExtend', 'hostFreeBytes', 'catalog', 'outsideChanges', 'devices'];
+const STATUS_KEYS = ['pool', 'transactionId', 'blockSize', 'dataBlocks', 'metadataBlocks', 'heldRoot', 'mode', 'needsCheck', 'lowWaterMark', 'autoExtend', 'hostFreeBytes', 'hostFull', 'catalog', 'outsideChanges', 'devices'];
 
 interface Status {
   pool: string;
@@ -38,6 +38,7 @@ interface Status {
   lowWaterMark: number;
   autoExtend: { enabled: boolean; step: number; max: number };
   hostFreeBytes: number;
+  hostFull: boolean;
   catalog: string;
   outsideChanges: unknown;
   devices: number;
@@ -72,6 +73,7 @@ test('pool create with defaults and status --json has the stable keys', async ()
   assert.is(s.lowWaterMark, 102 * 65536);
   assert.equal(s.autoExtend, { enabled: true, step: 205 * 65536, max: 4096 * 65536 });
   assert.ok(s.hostFreeBytes > 0);
+  assert.is(s.hostFull, false);
   assert.is(s.catalog, 'in-sync');
   assert.is(s.devices, 0);
   const text = await cliOk(['pool', 'status'], { pool: dir });
