@@ -171,6 +171,9 @@ class LayerApplier {
     if (base.startsWith(WHITEOUT_PREFIX)) return applyWhiteout(this.whiteoutContext, e, comps);
     if (comps.length === 0) return this.rootEntry(e);
 
+    // A small file still being created in the background on this entry's path must exist before
+    // the path is resolved (else resolving would make a directory in its place).
+    if (this.dependsOnInflight(comps.join('/'))) await this.settle();
     const dir = (await this.scoped.resolveDir(comps.slice(0, -1), e.name, true))!;
     const path = join(dir.real, base);
     const rel = [...dir.comps, base].join('/');

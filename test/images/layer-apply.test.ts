@@ -11,6 +11,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { link, lstat, mkdir, readFile, readdir, readlink, writeFile } from 'node:fs/promises';
+import { pbkdf2 } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { BadImageError } from '../../src/errors.js';
@@ -192,6 +193,21 @@ test('errors name the layer or the entry', async () => {
   assert.match((underFile as Error).message, /Cannot apply entry "f\/x": f on its path is not a directory/);
   const notDir = await applyLayer(join(root, 'nope'), Readable.from([tar])).then(() => null, (e: unknown) => e);
   assert.match((notDir as Error).message, /is not a directory/);
+});
+
+test('an entry under a small file still being created waits for it (busy thread pool): always the clear error', async () => {
+  // Found under the full suite's load: the parent of "f/x" was resolved while "f" (a small file
+  // created in the background) did not exist yet, so a directory was made in its place and the
+  // layer failed with EEXIST from mkdir instead (about 1 in 100 with the pool kept busy).
+  const tar = await buildTar([{ name: 'f', content: 'x' }, { name: 'f/x', content: 'y' }]);
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 150; i++) {
+    for (let j = 0; j < 4; j++) pbkdf2('thinpool', 'salt', 20_000, 64, 'sha512', () => undefined);
+    const err = await applyLayer(tempDir(), Readable.from([tar])).then(() => null, (e: unknown) => e);
+    const key = `${(err as Error | null)?.constructor?.name}: ${(err as Error | null)?.message}`;
+    seen.set(key, (seen.get(key) ?? 0) + 1);
+  }
+  assert.equal([...seen.keys()], ['BadImageError: Cannot apply entry "f/x": f on its path is not a directory'], JSON.stringify([...seen]));
 });
 
 test('an abort stops between entries', async () => {
