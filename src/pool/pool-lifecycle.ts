@@ -233,10 +233,12 @@ async function claimPoolFiles(dir: string, meta: FileBlockFile, data: FileBlockF
  * metadata write of a commit can ever fail because the host file system filled up with data:
  * a full host then fails the data writes that do not fit, with ENOSPC, and nothing else (the
  * kernel's metadata device is a real device for the same reason).
+ * `bytes` (default: the file's size) is how much of it, from the start (an extension reserves its
+ * new size first).
  * @throws NoSpaceError (`host: true`) when the host cannot give the space.
  */
-export async function reserveMetadata(meta: FileBlockFile, action: string): Promise<void> {
-  const size = await meta.size();
+export async function reserveMetadata(meta: FileBlockFile, action: string, bytes?: number): Promise<void> {
+  const size = bytes ?? (await meta.size());
   try {
     await meta.allocate(0, size);
   } catch (err) {

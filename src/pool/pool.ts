@@ -9,8 +9,9 @@
  * Its parts: the directory's files (pool-lifecycle.ts), the catalog (catalog.ts), the mode and
  * metadata-full guard (pool-modes.ts), data allocation and auto-extension (data-space.ts), when
  * commits and data syncs run (commit-scheduler.ts), the commit's two sync rounds
- * (pool-commit.ts), batches of device changes (device-changes.ts), the listing and status
- * shapes (device-listing.ts).
+ * (pool-commit.ts), batches of device changes (device-changes.ts), resizing a device
+ * (device-resize.ts), the pool-wide maintenance operations (pool-maintenance.ts), the listing and
+ * status shapes (device-listing.ts).
  *
  * @example
  * const pool = await Pool.create({ dir: '/var/lib/thinpool', dataSize: 10 * GiB });
@@ -19,13 +20,10 @@
  * await pool.snapshot('web', 'web-snap');
  * await pool.close();
  */
-import { BusyError, NoSpaceError } from '../errors.js';
-import { type BlockFile, FileBlockFile } from '../io/block-file.js';
-import { checkMetadata } from '../thin/check.js';
+import { BusyError } from '../errors.js';
+import type { BlockFile, FileBlockFile } from '../io/block-file.js';
 import type { CheckReport } from '../thin/check-issues.js';
 import type { ThinMetadata } from '../thin/metadata.js';
-import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
-import { METADATA_BLOCK_SIZE } from '../units.js';
 import { BufferPool } from './buffer-pool.js';
 import { Catalog } from './catalog.js';
 import { type DeviceChange, checkDeviceSize, planChanges } from './device-changes.js';
@@ -39,7 +37,9 @@ import { commitRounds } from './pool-commit.js';
 import {
   type OpenedPool, type PoolCreateOptions, type PoolOpenOptions, adoptPoolFiles, createPoolFiles, destroyPoolFiles, openPoolFiles,
 } from './pool-lifecycle.js';
+import { resizeDevice } from './device-resize.js';
 import type { PoolLock } from './pool-lock.js';
+import { type MaintenanceHost, clearNeedsCheck, extendPool, releaseMetadataSnap, reserveMetadataSnap, setTransactionId } from './pool-maintenance.js';
 import { type PoolEvent, PoolModes } from './pool-modes.js';
 import { ThinVolume } from './thin-volume.js';
 import type { PoolMode, VolumeHost, VolumeState } from './volume-host.js';
@@ -289,37 +289,17 @@ export class Pool implements VolumeHost {
     });
   }
 
-  /**
-   * Changes a device's size; shrinking discards the blocks past the new end and zeroes the tail of
-   * the last one, and is refused ({@link BusyError}) while the device is in use (exported).
-   */
-  async resize(dev: string, sizeBytes: number): Promise<void> {
-    this.writable(`resize ${dev}`);
-    checkDeviceSize(sizeBytes);
-    const r = this.record(dev);
-    const old = this.deviceSize(r.id);
-    // A client of an export read the size once, at connect; NBD cannot tell it the device
-    // shrank, so it would go on reading and writing past the new end. Growing is harmless.
-    const refuseInUse = () => {
-      const users = this.inUse.count(r.id);
-      if (users) throw new BusyError(`Cannot shrink ${dev} from ${old} to ${sizeBytes} bytes: it is in use (${users} export client${users === 1 ? '' : 's'} connected, which cannot be told the new size); disconnect them first`, { id: r.id, users });
-    };
-    if (sizeBytes < old) refuseInUse();
-    if (sizeBytes < old) {
-      const vol = this.volume(`id:${r.id}`);
-      const bs = this.blockSize;
-      const tailEnd = Math.min(old, Math.ceil(sizeBytes / bs) * bs);
-      if (tailEnd > sizeBytes) await vol.writeZeroes(sizeBytes, tailEnd - sizeBytes, { noHole: false });
-      await this.gate.exclusively(async () => {
-        refuseInUse(); // a client may have attached while the tail was zeroed
-        await this.guard(() => this.md.openDevice(r.id).removeRange(Math.ceil(sizeBytes / bs), Number.MAX_SAFE_INTEGER));
-      });
-    }
-    await this.gate.exclusively(async () => {
-      this.catalog.resize(r, sizeBytes);
-      this.pushState(r.id);
-      await this.commitLocked();
-    });
+  /** Changes a device's size (see device-resize.ts); shrinking is refused while the device is exported. */
+  resize(dev: string, sizeBytes: number): Promise<void> {
+    return resizeDevice({
+      ...this.maintenance,
+      catalog: this.catalog,
+      record: (d) => this.record(d),
+      deviceSize: (id) => this.deviceSize(id),
+      users: (id) => this.inUse.count(id),
+      volume: (d) => this.volume(d),
+      pushState: (id) => this.pushState(id),
+    }, dev, sizeBytes);
   }
 
   // ---- batches of device changes (container snapshots keep their records this way) -------
@@ -394,54 +374,36 @@ export class Pool implements VolumeHost {
 
   // ---- pool-wide -------------------------------------------------------------------------
 
-  /** Grows the data capacity and/or the metadata device. */
-  async extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void> {
-    this.writable('extend the pool');
-    await this.gate.exclusively(async () => {
-      if (opts.dataSize !== undefined) {
-        const n = Math.floor(opts.dataSize / this.blockSize);
-        if (n < this.md.nrDataBlocks) throw new RangeError(`Cannot shrink the pool's data from ${this.md.nrDataBlocks} to ${n} blocks`);
-        await this.space.grow(n);
-      }
-      if (opts.metadataSize !== undefined) {
-        const n = Math.floor(opts.metadataSize / METADATA_BLOCK_SIZE);
-        if (n < this.md.nrMetadataBlocks) throw new RangeError(`Cannot shrink the metadata from ${this.md.nrMetadataBlocks} to ${n} blocks`);
-        // The host space first: a metadata device that cannot hold its blocks is never grown.
-        if (this.metadataFile instanceof FileBlockFile) await this.metadataFile.allocate(0, n * METADATA_BLOCK_SIZE).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
-          throw new NoSpaceError(`Cannot extend the metadata to ${n} blocks: the host file system holding ${this.metadataFile.path} is full`, { host: true, path: this.metadataFile.path });
-        });
-        await this.guard(() => this.md.resizeMetadata(n));
-      }
-      await this.commitLocked();
-    });
-    if (this.modes.mode === 'out-of-data-space' && this.md.freeDataBlocks > 0) this.modes.change('rw', `the pool was extended to ${this.md.nrDataBlocks} data blocks`);
+  /** Grows the data capacity and/or the metadata device (see pool-maintenance.ts). */
+  extend(opts: { dataSize?: number; metadataSize?: number }): Promise<void> {
+    return extendPool(this.maintenance, opts);
   }
 
   /** Sets the user's transaction id (dmsetup's `set_transaction_id OLD NEW`). */
-  async setTransactionId(old: number, next: number): Promise<void> {
-    this.writable('set the transaction id');
-    await this.gate.exclusively(async () => {
-      await this.md.setTransactionId(old, next);
-      await this.commitLocked();
-    });
+  setTransactionId(old: number, next: number): Promise<void> {
+    return setTransactionId(this.maintenance, old, next);
   }
 
-  async reserveMetadataSnap(): Promise<number> {
-    this.writable('reserve a metadata snapshot');
-    return this.gate.exclusively(async () => {
-      const h = await this.guard(() => this.md.reserveMetadataSnap());
-      await this.commitLocked();
-      return h;
-    });
+  reserveMetadataSnap(): Promise<number> {
+    return reserveMetadataSnap(this.maintenance);
   }
 
-  async releaseMetadataSnap(): Promise<void> {
-    this.writable('release the metadata snapshot');
-    await this.gate.exclusively(async () => {
-      await this.guard(() => this.md.releaseMetadataSnap());
-      await this.commitLocked();
-    });
+  releaseMetadataSnap(): Promise<void> {
+    return releaseMetadataSnap(this.maintenance);
+  }
+
+  /** Clears NEEDS_CHECK after a clean full check of the committed metadata. */
+  clearNeedsCheck(): Promise<CheckReport> {
+    return clearNeedsCheck(this.maintenance);
+  }
+
+  private get maintenance(): MaintenanceHost {
+    return {
+      gate: this.gate, md: this.md, metadataFile: this.metadataFile, modes: this.modes, space: this.space, blockSize: this.blockSize,
+      writable: (action) => this.writable(action),
+      guard: (fn) => this.guard(fn),
+      commitLocked: () => this.commitLocked(),
+    };
   }
 
   /**
@@ -463,23 +425,6 @@ export class Pool implements VolumeHost {
    */
   guard<T>(fn: () => Promise<T>): Promise<T> {
     return this.modes.guard(fn);
-  }
-
-  /**
-   * Clears NEEDS_CHECK after a full check of the committed metadata finds no damage (like
-   * `thin_check --clear-needs-check-flag`); the pool is writable again.
-   */
-  async clearNeedsCheck(): Promise<CheckReport> {
-    return this.gate.exclusively(async () => {
-      const report = await checkMetadata(this.metadataFile);
-      if (!report.ok) return report;
-      if (this.modes.frozen) this.modes.change('rw', 'a full check found no damage (needs_check cleared)');
-      if (this.md.needsCheck) {
-        await this.md.setFlags(this.md.committedSuperblock.flags & ~NEEDS_CHECK_FLAG);
-        await this.commitLocked();
-      }
-      return { ...report, needsCheck: false };
-    });
   }
 
   /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */
