@@ -36,6 +36,12 @@ export function registerSnapshotter(program: Command, poolDir: () => string, run
         process.stderr.on('error', () => undefined);
         process.stdout.on('error', () => undefined);
         const log = (m: string) => process.stderr.write(`thinpool snapshotter: ${m}\n`);
+        // Signals are taken from the start: one that arrives while the daemon starts stops it
+        // once it is up (before, the default action killed it half-started).
+        const signalled = new Promise<string>((resolve) => {
+          process.once('SIGINT', () => resolve('SIGINT'));
+          process.once('SIGTERM', () => resolve('SIGTERM'));
+        });
         const d = await SnapshotterDaemon.start({
           dir,
           address: opts.address,
@@ -47,17 +53,9 @@ export function registerSnapshotter(program: Command, poolDir: () => string, run
         });
         if (d.createdPool) log(`created pool ${dir} (${formatSize(d.pool.md.nrDataBlocks * d.pool.blockSize)}, sparse)`);
         process.stdout.write(`snapshotter on ${d.address} for pool ${dir}; devices attach by ${d.daemon.attacher.method}; NBD nbd+unix:///DEVICE?socket=${d.daemon.nbdSocket} (pid ${process.pid})\n`);
-        await new Promise<void>((resolve) => {
-          const stop = (sig: string) => {
-            log(`${sig}: releasing attachments, committing`);
-            d.stop().then(resolve, (err) => {
-              log(`stop failed: ${(err as Error).message}`);
-              resolve();
-            });
-          };
-          process.once('SIGINT', () => stop('SIGINT'));
-          process.once('SIGTERM', () => stop('SIGTERM'));
-        });
+        const sig = await signalled;
+        log(`${sig}: releasing attachments, committing`);
+        await d.stop().catch((err: unknown) => log(`stop failed: ${(err as Error).message}`));
       }),
     );
 }

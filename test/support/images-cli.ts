@@ -6,7 +6,6 @@
  * behind (loop devices, nbdfuse processes, mounts under the pool).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -18,7 +17,7 @@ import type { RemotePoolService } from '../../src/serve/remote-pool-service.js';
 import { type CliResult, cli } from './cli.js';
 import { CLI, type DaemonHandle, makePool, startDaemon } from './daemon.js';
 import { putBlob, tagManifest, writeIndex } from './oci-layout-edit.js';
-import { isRoot, run, which } from './oracles.js';
+import { isRoot, which } from './oracles.js';
 import { tempDir } from './tmp.js';
 
 export const MiB = 1024 * 1024;
@@ -114,16 +113,7 @@ export async function withTestPool<T>(opts: Parameters<typeof testPool>[0], fn: 
   }
 }
 
-/** Loop devices backed by files under `dir`, nbdfuse processes naming it, mounts under it, attachment files. */
-export async function leftovers(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const l of (await run('losetup', ['-a'])).stdout.split('\n')) if (l.includes(dir)) out.push(`loop ${l}`);
-  for (const l of (await run('pgrep', ['-af', 'nbdfuse'])).stdout.split('\n')) if (l.includes(dir)) out.push(`process ${l}`);
-  for (const l of (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout.split('\n')) if (l.startsWith(dir)) out.push(`mount ${l}`);
-  const att = join(dir, 'run', 'attach');
-  if (existsSync(att)) for (const f of readdirSync(att)) out.push(`file ${join(att, f)}`);
-  return out;
-}
+export { leftovers } from './leftovers.js';
 
 // ---- OCI layouts from layer tars ---------------------------------------------------------------
 

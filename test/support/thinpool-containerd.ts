@@ -4,12 +4,10 @@
  * leave behind, images built once per process, and a snapshotter + containerd stack started and
  * stopped by PID.
  */
-import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildOciImage, type OciImage } from './oci-image.js';
 import { startContainerd, type Containerd } from './containerd.js';
 import { cliJson } from './cli.js';
-import { run } from './oracles.js';
 import { startSnapshotter, type SnapshotterHandle } from './snapshotter.js';
 import { tempDir } from './tmp.js';
 
@@ -45,16 +43,7 @@ export async function until(what: string, cond: () => Promise<boolean>, ms = 20_
   }
 }
 
-/** Loop devices backed by a file under `dir`, nbdfuse processes naming it, FUSE mounts under it. */
-export async function leftovers(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const l of (await run('losetup', ['-a'])).stdout.split('\n')) if (l.includes(dir)) out.push(`loop ${l}`);
-  for (const l of (await run('pgrep', ['-af', 'nbdfuse'])).stdout.split('\n')) if (l.includes(dir)) out.push(`process ${l}`);
-  for (const l of (await run('findmnt', ['-rn', '-o', 'TARGET'])).stdout.split('\n')) if (l.startsWith(dir)) out.push(`mount ${l}`);
-  const att = join(dir, 'run', 'attach');
-  if (existsSync(att)) for (const f of readdirSync(att)) out.push(`file ${join(att, f)}`);
-  return out;
-}
+export { leftovers } from './leftovers.js';
 
 /**
  * containerd redials a proxy plugin with a backoff of at most 3 s and fails calls at once while
