@@ -7,12 +7,11 @@
  * written where the caller says. Peers that cannot run here are skipped and named.
  */
 import { execFileSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { rmSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { lineChart, renderSvg } from './charts.js';
-import { makeLowerFile } from './copyup.bench.js';
-import { makePeers, type CopyupPeer, type FileUnderTest } from './copyup-peers.js';
+import { prepareFiles } from './copyup.bench.js';
+import { makePeers, type CopyupPeer } from './copyup-peers.js';
 import { fmtBytes, fmtMicros, fmtRatio } from './format.js';
 import { benchDir, now, pairedRatio, stats } from './harness.js';
 
@@ -69,19 +68,8 @@ export async function demoFirstWrite(opts: DemoFirstWriteOptions = {}): Promise<
       if (why) skipped.push({ system: p.id, label: p.label('system'), reason: why });
       else active.push(p);
     }
-    const data = randomFillSync(Buffer.allocUnsafe(4096));
-    const files = new Map<number, FileUnderTest>();
-    for (const size of sizes) {
-      const bytes = size * MiB;
-      const lowerDir = join(dir, `lower-${size}`);
-      const rel = join('srv', 'file.bin');
-      mkdirSync(join(lowerDir, 'srv'), { recursive: true });
-      const f: FileUnderTest = { bytes, lowerDir, rel, path: join(lowerDir, rel), offset: Math.floor(bytes / 2 / 4096) * 4096, data };
-      makeLowerFile(f.path, bytes);
-      for (const p of active) await p.prepare(f);
-      files.set(size, f);
-      for (const p of active) got.set(`${size}/${p.id}`, { micros: [], bytes: [] });
-    }
+    const files = await prepareFiles(dir, sizes, active);
+    for (const size of sizes) for (const p of active) got.set(`${size}/${p.id}`, { micros: [], bytes: [] });
     for (let round = 0; round <= samples; round++) {
       const order = round % 2 ? [...active].reverse() : active;
       for (const size of round % 2 ? [...sizes].reverse() : sizes) {

@@ -77,6 +77,26 @@ export function makeLowerFile(path: string, bytes: number): void {
   }
 }
 
+/**
+ * Makes one lower file per size (`DIR/lower-SIZE/srv/file.bin`, 4 KiB written in its middle by
+ * the samples) and has every active peer prepare it; returns them by size.
+ */
+export async function prepareFiles(dir: string, sizes: readonly number[], active: readonly CopyupPeer[]): Promise<Map<number, FileUnderTest>> {
+  const data = randomFillSync(Buffer.allocUnsafe(4096));
+  const files = new Map<number, FileUnderTest>();
+  for (const size of sizes) {
+    const bytes = size * MiB;
+    const lowerDir = join(dir, `lower-${size}`);
+    const rel = join('srv', 'file.bin');
+    mkdirSync(join(lowerDir, 'srv'), { recursive: true });
+    const f: FileUnderTest = { bytes, lowerDir, rel, path: join(lowerDir, rel), offset: Math.floor(bytes / 2 / 4096) * 4096, data };
+    makeLowerFile(f.path, bytes);
+    for (const p of active) await p.prepare(f);
+    files.set(size, f);
+  }
+  return files;
+}
+
 function cellOf(cells: CopyupCell[], sizeMiB: number, system: string, mode: Mode): CopyupCell | undefined {
   return cells.find((c) => c.sizeMiB === sizeMiB && c.system === system && c.mode === mode && c.samples);
 }
@@ -187,20 +207,9 @@ export async function copyupBench(): Promise<CopyupResult> {
       } else active.push(p);
     }
     for (const p of PENDING) console.log(`copyup: pending (not a peer yet): ${p.label}; needs ${p.needs}`);
-    const data = randomFillSync(Buffer.allocUnsafe(4096));
     // Every size is prepared first, so each round samples every size: load and drift from
     // other processes fall on all sizes alike (the flatness goal compares sizes).
-    const files = new Map<number, FileUnderTest>();
-    for (const size of SIZES) {
-      const bytes = size * MiB;
-      const lowerDir = join(dir, `lower-${size}`);
-      const rel = join('srv', 'file.bin');
-      mkdirSync(join(lowerDir, 'srv'), { recursive: true });
-      const f: FileUnderTest = { bytes, lowerDir, rel, path: join(lowerDir, rel), offset: Math.floor(bytes / 2 / 4096) * 4096, data };
-      makeLowerFile(f.path, bytes);
-      for (const p of active) await p.prepare(f);
-      files.set(size, f);
-    }
+    const files = await prepareFiles(dir, SIZES, active);
     console.log(`copyup: prepared ${SIZES.length} files and their thin devices in ${(now() - started).toFixed(1)} s`);
     const combos = active.flatMap((p) => MODES.map((m) => [p, m] as const));
     const got = new Map<string, FirstWriteSample[]>(SIZES.flatMap((size) => combos.map(([p, m]) => [`${size}/${p.id}/${m}`, []])));
