@@ -160,12 +160,23 @@ export class NbdConnection {
     this.stream = socket;
     this.listen(socket);
     let handshaken = false;
+    let failed = false;
+    const failure = (why: string) => {
+      if (handshaken || failed) return;
+      failed = true;
+      this.host.log(`TLS handshake failed: ${why}`);
+    };
     socket.once('secure', () => (handshaken = true));
     socket.on('error', (err: Error) => {
-      if (!handshaken) this.host.log(`TLS handshake failed: ${err.message}`);
+      failure(err.message);
       socket.destroy();
     });
-    raw.once('close', () => socket.destroy());
+    // A client that gives up without an alert it could send (a certificate it refused, a wrong
+    // key) only closes the connection: that is a failed handshake too.
+    raw.once('close', () => {
+      failure('the client closed the connection during the handshake');
+      socket.destroy();
+    });
   }
 
   private get inFlight(): number {
