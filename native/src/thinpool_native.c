@@ -144,6 +144,15 @@ static int get_integer(napi_env env, napi_value *argv, size_t argc, size_t i, co
   return 1;
 }
 
+/* Rejects a request's promise when its work could not be queued on the thread pool. */
+static void reject_unqueued(napi_env env, napi_deferred deferred) {
+  napi_value code, text, error;
+  napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, "thinpool_native: cannot queue work", NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &error);
+  napi_reject_deferred(env, deferred, error);
+}
+
 static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
   size_t argc = 3;
   napi_value argv[3];
@@ -172,11 +181,7 @@ static napi_value start(napi_env env, napi_callback_info info, op_kind op) {
   napi_create_string_utf8(env, "thinpool_native", NAPI_AUTO_LENGTH, &name);
   if (napi_create_async_work(env, NULL, name, execute, complete, r, &r->work) != napi_ok ||
       napi_queue_async_work(env, r->work) != napi_ok) {
-    napi_value code, text, error;
-    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, "thinpool_native: cannot queue work", NAPI_AUTO_LENGTH, &text);
-    napi_create_error(env, code, text, &error);
-    napi_reject_deferred(env, r->deferred, error);
+    reject_unqueued(env, r->deferred);
     if (r->work != NULL) napi_delete_async_work(env, r->work);
     free(r);
   }
@@ -426,11 +431,7 @@ static napi_value write_runs(napi_env env, napi_callback_info info) {
   napi_create_string_utf8(env, "thinpool_native_writeRuns", NAPI_AUTO_LENGTH, &name);
   if (napi_create_async_work(env, NULL, name, runs_execute, runs_complete, r, &r->work) != napi_ok ||
       napi_queue_async_work(env, r->work) != napi_ok) {
-    napi_value code, text, error;
-    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, "thinpool_native: cannot queue work", NAPI_AUTO_LENGTH, &text);
-    napi_create_error(env, code, text, &error);
-    napi_reject_deferred(env, r->deferred, error);
+    reject_unqueued(env, r->deferred);
     if (r->work != NULL) napi_delete_async_work(env, r->work);
     runs_free(env, r);
   }

@@ -27,8 +27,8 @@ import { imagesCliUnavailable, leftovers, testPool, type TestPool, withTestPool 
 import { isRoot, run, testIf } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';
 import { type Tree, snapshotTree, treeDifferences } from '../support/tree.js';
-import { BUSYBOX, addLayer, haveSkopeo, haveUmoci, newImage, repack, umoci, unpack } from '../support/umoci.js';
-import { baseRootfs, secondLayer, thirdLayer } from '../support/umoci-layers.js';
+import { BUSYBOX, haveSkopeo, haveUmoci, unpack } from '../support/umoci.js';
+import { buildTaggedImage } from '../support/umoci-layers.js';
 
 const why = imagesCliUnavailable() ?? (!haveUmoci ? 'umoci missing' : !haveSkopeo ? 'skopeo missing' : BUSYBOX === null ? 'busybox-static missing' : null);
 const it = testIf(test, why === null && isRoot, why ?? '');
@@ -38,18 +38,7 @@ let built: { layout: string; work: string } | undefined;
 async function umociImage(): Promise<{ layout: string; work: string }> {
   if (built) return built;
   const work = tempDir('thinpool-cli-oci-');
-  const layout = join(work, 'img');
-  const bundle = join(work, 'bundle');
-  await newImage(layout, 'base');
-  const rootfs = await unpack(layout, 'base', bundle);
-  await baseRootfs(rootfs);
-  await repack(layout, 'base', bundle);
-  await umoci('tag', '--image', `${layout}:base`, 'v1');
-  await secondLayer(rootfs);
-  await repack(layout, 'base', bundle);
-  await umoci('tag', '--image', `${layout}:base`, 'v2');
-  await addLayer(layout, 'base', await thirdLayer(), work);
-  await umoci('tag', '--image', `${layout}:base`, 'v3');
+  const { layout, bundle } = await buildTaggedImage(work);
   await rm(bundle, { recursive: true, force: true });
   built = { layout, work };
   return built;

@@ -17,25 +17,14 @@ import { readImage } from '../../src/images/read-image.js';
 import { isRoot, testIf } from '../support/oracles.js';
 import { tempDir } from '../support/tmp.js';
 import { snapshotTree, treeDifferences } from '../support/tree.js';
-import { BUSYBOX, addLayer, haveUmoci, newImage, repack, umoci, unpack } from '../support/umoci.js';
-import { CAP_NET_RAW, baseRootfs, secondLayer, thirdLayer } from '../support/umoci-layers.js';
+import { BUSYBOX, haveUmoci, unpack } from '../support/umoci.js';
+import { CAP_NET_RAW, buildTaggedImage } from '../support/umoci-layers.js';
 
 const it = testIf(test, isRoot && haveUmoci && BUSYBOX !== null, 'needs root, umoci and busybox-static');
 
 it('layers by umoci (busybox + every file kind, umoci diff, whiteouts, opaque dirs) apply exactly as umoci unpack', async () => {
   const work = tempDir('thinpool-umoci-');
-  const layout = join(work, 'img');
-  const bundle = join(work, 'bundle');
-  await newImage(layout, 'base');
-  const rootfs = await unpack(layout, 'base', bundle);
-  await baseRootfs(rootfs);
-  await repack(layout, 'base', bundle);
-  await umoci('tag', '--image', `${layout}:base`, 'v1');
-  await secondLayer(rootfs);
-  await repack(layout, 'base', bundle);
-  await umoci('tag', '--image', `${layout}:base`, 'v2');
-  await addLayer(layout, 'base', await thirdLayer(), work);
-  await umoci('tag', '--image', `${layout}:base`, 'v3');
+  const { layout } = await buildTaggedImage(work);
 
   const ours = join(work, 'ours');
   await mkdir(ours);

@@ -10,7 +10,7 @@ import { chmod, chown, link, mkdir, rename, rm, symlink, writeFile } from 'node:
 import { join } from 'node:path';
 import { lsetxattr, mknod } from '../../src/io/native.js';
 import { buildTar } from './tar-build.js';
-import { addBusybox } from './umoci.js';
+import { addBusybox, addLayer, newImage, repack, umoci, unpack } from './umoci.js';
 
 /** security.capability v2 for cap_net_raw+ep (magic 0x02000001 with the effective bit, permitted bit 13). */
 export const CAP_NET_RAW = Buffer.from('0100000200200000000000000000000000000000', 'hex');
@@ -102,3 +102,24 @@ export function thirdLayer(): Promise<Buffer> {
   ]);
 }
 
+
+/**
+ * Builds the three-tag image in `work/img` with umoci: `v1` the base rootfs (busybox and every
+ * file kind), `v2` with the second layer (umoci's own diff), `v3` with the hand-made third layer
+ * (whiteouts, an opaque dir). Returns the layout and the bundle umoci unpacked into.
+ */
+export async function buildTaggedImage(work: string): Promise<{ layout: string; bundle: string }> {
+  const layout = join(work, 'img');
+  const bundle = join(work, 'bundle');
+  await newImage(layout, 'base');
+  const rootfs = await unpack(layout, 'base', bundle);
+  await baseRootfs(rootfs);
+  await repack(layout, 'base', bundle);
+  await umoci('tag', '--image', `${layout}:base`, 'v1');
+  await secondLayer(rootfs);
+  await repack(layout, 'base', bundle);
+  await umoci('tag', '--image', `${layout}:base`, 'v2');
+  await addLayer(layout, 'base', await thirdLayer(), work);
+  await umoci('tag', '--image', `${layout}:base`, 'v3');
+  return { layout, bundle };
+}
