@@ -52,7 +52,9 @@ const SELF = fileURLToPath(import.meta.url);
 async function serveChild(dir: string): Promise<void> {
   // BENCH_NBD_COMMIT_MS (diagnosis only): the daemon's commit timer; 1000 is what `thinpool serve` uses.
   const commitIntervalMs = process.env.BENCH_NBD_COMMIT_MS === undefined ? 1000 : Number(process.env.BENCH_NBD_COMMIT_MS);
-  const daemon = await Daemon.start({ dir, commitIntervalMs, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
+  // BENCH_NBD_EARLY_REPLIES=0 (a variant): WRITE replies only when the data write completed.
+  const earlyWriteReplies = process.env.BENCH_NBD_EARLY_REPLIES !== '0';
+  const daemon = await Daemon.start({ dir, commitIntervalMs, earlyWriteReplies, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
   process.stdout.write(`ready ${daemon.nbdSocket}\n`);
   const stop = () => {
     daemon.stop().then(

@@ -18,6 +18,8 @@ export interface ServeCliOptions {
   tlsKey?: string;
   tlsCa?: string;
   tlsPsk?: string;
+  /** commander's `--no-early-write-replies`: false when given. */
+  earlyWriteReplies?: boolean;
 }
 
 function parseListen(spec: string): { host: string; port: number } {
@@ -42,6 +44,7 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
     .option('--tls-psk <file>', 'pre-shared keys for --listen (psktool format username:hexkey); TCP clients must use TLS-PSK')
     .option('--default <dev>', 'device served for the default export name ""')
     .option('--read-only <dev...>', 'devices exported read-only')
+    .option('--no-early-write-replies', 'reply to an NBD write only when its data write completed (default: once it is queued, for writes into blocks the device already owns; reads wait for it, FLUSH covers it)')
     .action((opts: ServeCliOptions) =>
       run(async () => {
         const dir = poolDir();
@@ -57,6 +60,7 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
           ...(tls ? { tls } : {}),
           ...(opts.default !== undefined ? { defaultDevice: opts.default } : {}),
           readOnly: opts.readOnly ?? [],
+          earlyWriteReplies: opts.earlyWriteReplies !== false,
           log: (m) => process.stderr.write(`thinpool serve: ${m}\n`),
         });
         const scheme = tls ? 'nbds' : 'nbd';

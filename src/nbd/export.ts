@@ -49,8 +49,15 @@ export interface NbdExport {
    * the socket, or the connection ended); the export may reuse them.
    */
   releaseRead?(segments: ReadSegment[]): void;
-  /** Writes `data` at `offset`; with `fua` the bytes are durable when the promise resolves. */
-  write(offset: number, data: Uint8Array, fua: boolean): Promise<void>;
+  /**
+   * Writes `data` at `offset`; with `fua` the bytes are durable when the promise resolves.
+   * Without `fua` the server passes `accepted`: the export may call it (once) before the promise
+   * resolves, as soon as every later read (on any connection) sees the data and a later flush
+   * covers it, i.e. once the write sits in the export's volatile cache; the server replies then.
+   * A failure after that must fail the next flush (the spec's ordering rules: a FLUSH makes
+   * every write replied to before it durable).
+   */
+  write(offset: number, data: Uint8Array, fua: boolean, accepted?: () => void): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Discards what can be discarded inside the range (the rest keeps its contents). */

@@ -356,8 +356,7 @@ export class Transmission {
       case Cmd.READ:
         return this.read(exp, h, res);
       case Cmd.WRITE:
-        await exp.write(h.offset, payload!, fua);
-        return this.replyOk(h);
+        return fua ? exp.write(h.offset, payload!, true).then(() => this.replyOk(h)) : this.writeAccepting(exp, h, payload!);
       case Cmd.FLUSH:
         await exp.flush();
         return this.replyOk(h);
@@ -373,6 +372,27 @@ export class Transmission {
       case Cmd.BLOCK_STATUS:
         return this.blockStatus(exp, h);
     }
+  }
+
+  /**
+   * A WRITE without FUA: replied to when the export accepts it (which may be before its data
+   * write completed, see {@link NbdExport.write}) or else when it resolves. A failure after the
+   * reply is the export's to report (at the next FLUSH); it is only logged here. The request
+   * (and its payload's budget) stays in flight until the write is over.
+   */
+  private async writeAccepting(exp: NbdExport, h: RequestHeader, payload: Buffer): Promise<void> {
+    let replied = false;
+    try {
+      await exp.write(h.offset, payload, false, () => {
+        replied = true;
+        this.replyOk(h);
+      });
+    } catch (err) {
+      if (!replied) throw err;
+      this.host.log(`export ${JSON.stringify(exp.name)}: WRITE ${h.offset}+${h.length} failed after its reply: ${messageOf(err)}`);
+      return;
+    }
+    if (!replied) this.replyOk(h);
   }
 
   private async read(exp: NbdExport, h: RequestHeader, res: Reservation | undefined): Promise<void> {

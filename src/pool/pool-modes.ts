@@ -59,6 +59,16 @@ export class PoolModes {
     return this.hostFullValue;
   }
 
+  /** Set once an acknowledged data write failed (see {@link writeLost}): what every later commit fails with. */
+  lostWrite: IoError | undefined;
+
+  /** An acknowledged data write failed: read-only from now on, and every commit fails (the first failure is kept). */
+  writeLost(what: string, err: unknown): void {
+    const e = err as { code?: string } | null;
+    this.lostWrite ??= new IoError(`Cannot make the pool's writes durable: ${what}; the pool is read-only until it is reopened`, { errno: e?.code }, { cause: err });
+    this.change('ro', what);
+  }
+
   /** Records whether the host had room for the last data write that needed new host blocks. */
   hostSpace(full: boolean, path: string): void {
     if (full === this.hostFullValue) return;

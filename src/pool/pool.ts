@@ -429,7 +429,7 @@ export class Pool implements VolumeHost {
 
   /** Commits: data synced, then metadata (catalog before the superblock), then freed space returned to the host. */
   commit(): Promise<void> {
-    return this.scheduler.commit();
+    return this.modes.lostWrite ? Promise.reject(this.modes.lostWrite) : this.scheduler.commit();
   }
 
   /**
@@ -437,7 +437,12 @@ export class Pool implements VolumeHost {
    * syncs: one that arrives during a sync waits for the next one, which covers its writes.
    */
   syncData(): Promise<void> {
-    return this.scheduler.syncData();
+    return this.modes.lostWrite ? Promise.reject(this.modes.lostWrite) : this.scheduler.syncData();
+  }
+
+  /** See {@link VolumeHost.writeLost}. */
+  writeLost(what: string, err: unknown): void {
+    this.modes.writeLost(what, err);
   }
 
   /** Commit with the gate already held exclusively: two sync rounds (see pool-commit.ts). */

@@ -42,6 +42,7 @@ export interface VolumeExtent {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
+const noop = (): void => undefined;
 /** Results of the synchronous read path. */
 const NOW_MISS = 0;
 const NOW_READ = 1;
@@ -49,6 +50,11 @@ const NOW_HOLE = 2;
 
 export class ThinVolume {
   private readonly locks = new BlockLocks();
+  /**
+   * Writes acknowledged before their data write completed (a write's `accepted`), by virtual
+   * block: the completion (never rejecting) each read of the block waits for first.
+   */
+  private readonly inFlight = new Map<number, Promise<void>>();
   private removed = false;
   private state: VolumeState;
   readonly id: number;
@@ -142,6 +148,7 @@ export class ThinVolume {
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
+      if (this.inFlight.size && this.inFlight.has(vb)) return NOW_MISS;
       const m = this.device.lookupCached(vb);
       if (m === NOT_CACHED) return NOW_MISS;
       if (!m) return NOW_HOLE;
@@ -211,6 +218,8 @@ export class ThinVolume {
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
+      const w = this.settled(vb, vb);
+      if (w) await w;
       let m = this.lookup(vb);
       if (m instanceof Promise) m = await m;
       if (!m) return false;
@@ -224,6 +233,21 @@ export class ThinVolume {
   /** Gives the buffers of a {@link readSegments} result back for reuse (the caller is done with them). */
   releaseSegments(segments: readonly VolumeSegment[]): void {
     for (const s of segments) if (s.data) this.host.buffers.put(s.data);
+  }
+
+  /** Resolves when no acknowledged write into virtual blocks `first..last` is in flight; undefined when none is. */
+  private settled(first: number, last: number): Promise<unknown> | undefined {
+    if (this.inFlight.size === 0) return undefined;
+    const waits: Promise<void>[] = [];
+    if (last - first < this.inFlight.size) {
+      for (let vb = first; vb <= last; vb++) {
+        const p = this.inFlight.get(vb);
+        if (p) waits.push(p);
+      }
+    } else {
+      for (const [vb, p] of this.inFlight) if (vb >= first && vb <= last) waits.push(p);
+    }
+    return waits.length === 0 ? undefined : waits.length === 1 ? waits[0] : Promise.all(waits);
   }
 
   /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */
@@ -251,6 +275,8 @@ export class ThinVolume {
     const end = offset + length;
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
+    const w = this.settled(first, last);
+    if (w) await w;
     // The mapped blocks of the range: a few lookups for short ranges, one tree walk for long ones
     // (so a huge, mostly unprovisioned range costs what is mapped, not what is covered).
     const vblocks: number[] = [];
@@ -305,12 +331,21 @@ export class ThinVolume {
   /**
    * Writes `data` at `offset`. With `fua` the bytes are durable when this resolves (a data sync
    * when no mapping changed, else a commit).
+   *
+   * `accepted` (not with `fua`): called as soon as the write is as good as done for everyone
+   * else, possibly before its data write completed: a write in place into exclusive blocks calls
+   * it once its data write is queued, and from then on every read of those blocks waits for it
+   * and a flush covers it (the volatile write cache of a disk: an NBD server replies at that
+   * point). Other writes (new or copied blocks) never call it: they are done when the promise
+   * resolves. Should the data write fail
+   * after `accepted`, the pool turns read-only and its next flush fails (see
+   * {@link VolumeHost.writeLost}); the promise still rejects.
    */
-  async write(offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
+  async write(offset: number, data: Uint8Array, opts: { fua?: boolean; accepted?: () => void } = {}): Promise<void> {
     this.checkRange(offset, data.length, 'write');
     this.checkWritable('write to');
     if (data.length === 0) return;
-    const changed = await this.writeRange(offset, data.length, data, false);
+    const changed = await this.writeRange(offset, data.length, data, false, opts.fua ? undefined : opts.accepted);
     if (opts.fua) await this.makeDurable(changed);
   }
 
@@ -387,7 +422,7 @@ export class ThinVolume {
    * The write path for `[offset, offset + length)` with bytes from `data` (null = zeros).
    * `provision`: allocate even where the bytes are zero (NO_HOLE). Returns whether any mapping changed.
    */
-  private async writeRange(offset: number, length: number, data: Uint8Array | null, provision: boolean): Promise<boolean> {
+  private async writeRange(offset: number, length: number, data: Uint8Array | null, provision: boolean, accepted?: () => void): Promise<boolean> {
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
@@ -403,7 +438,7 @@ export class ThinVolume {
         await this.locks.acquireAll(keys);
       }
       try {
-        return await this.writeLocked(offset, length, data, provision, first, last);
+        return await this.writeLocked(offset, length, data, provision, first, last, accepted);
       } finally {
         this.locks.releaseAll(keys);
       }
@@ -412,7 +447,7 @@ export class ThinVolume {
     }
   }
 
-  private async writeLocked(offset: number, length: number, data: Uint8Array | null, provision: boolean, first: number, last: number): Promise<boolean> {
+  private async writeLocked(offset: number, length: number, data: Uint8Array | null, provision: boolean, first: number, last: number, accepted?: () => void): Promise<boolean> {
     const bs = this.blockSize;
     const pieces: Piece[] = [];
     let needAlloc = 0;
@@ -429,6 +464,7 @@ export class ThinVolume {
       pieces.push(p);
     }
     if (pieces.length === 0) return false;
+    if (accepted && needAlloc === 0) return this.writeInPlaceAccepted(pieces, offset, length, accepted);
     let fresh: number[] = [];
     if (needAlloc) {
       fresh = await this.host.allocate(needAlloc);
@@ -452,5 +488,31 @@ export class ThinVolume {
     for (const p of pieces) if (p.fresh !== undefined) entries.push([p.vblock, p.fresh]);
     await this.host.guard(() => this.device.insertMany(entries));
     return true;
+  }
+
+  /**
+   * A write in place into exclusive blocks, acknowledged (`accepted`) once its data write is
+   * queued: reads of its blocks wait for it (see {@link settled}); the caller still holds the
+   * gate and the block locks until it completes, so commits, snapshots and other writes of the
+   * same blocks come after it as before.
+   */
+  private async writeInPlaceAccepted(pieces: Piece[], offset: number, length: number, accepted: () => void): Promise<boolean> {
+    const done = writePieces(this.host.dataFile, this.blockSize, pieces);
+    const settledP = done.then(noop, noop);
+    for (const p of pieces) this.inFlight.set(p.vblock, settledP);
+    let acked = false;
+    try {
+      accepted();
+      acked = true;
+      await done;
+      return false;
+    } catch (err) {
+      if (!acked) throw err;
+      const e = err as NodeJS.ErrnoException;
+      this.host.writeLost(`a write of ${length} bytes at offset ${offset} of ${this.name}, already acknowledged, failed: ${e?.message ?? String(err)}`, err);
+      throw err;
+    } finally {
+      for (const p of pieces) if (this.inFlight.get(p.vblock) === settledP) this.inFlight.delete(p.vblock);
+    }
   }
 }

@@ -46,6 +46,12 @@ export interface VolumeHost {
    * pool logs the changes. Called on every such write: it must be cheap.
    */
   noteHostSpace?(room: boolean): void;
+  /**
+   * A data write failed after it was acknowledged (see `ThinVolume.write`'s `accepted`): the
+   * pool turns read-only and every later flush or commit fails, so the client learns it at its
+   * next flush, as from a disk whose write cache could not be written out.
+   */
+  writeLost(what: string, err: unknown): void;
 }
 
 /** What the pool tells a volume about its device (and tells again when it changes). */

@@ -34,6 +34,12 @@ export interface ServeOptions {
   defaultDevice?: string;
   /** Devices exported read-only. */
   readOnly?: string[];
+  /**
+   * Reply to an NBD WRITE into an exclusive, provisioned block once its data write is queued
+   * (default true; reads wait for it and FLUSH covers it, see `ThinVolume.write`); false: when
+   * the data write completed.
+   */
+  earlyWriteReplies?: boolean;
   commitIntervalMs?: number;
   log?: (msg: string) => void;
   /** How devices are attached as block devices (default: chosen for the host). */
@@ -141,7 +147,7 @@ export class Daemon {
     try {
       if (opts.defaultDevice !== undefined) pool.record(opts.defaultDevice);
       for (const r of opts.readOnly ?? []) pool.record(r);
-      const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [] });
+      const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [], earlyWriteReplies: opts.earlyWriteReplies ?? true });
       const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`), ...(tls ? { tls } : {}) });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
       const service = new DaemonService(pool, exports);

@@ -12,14 +12,18 @@ export interface PoolExportsOptions {
   defaultDevice?: string;
   /** Devices exported read-only. */
   readOnly?: string[];
+  /** See `ThinExport`'s `earlyReplies` (default true). */
+  earlyWriteReplies?: boolean;
 }
 
 export class PoolExports implements NbdExportProvider {
   /** Devices named by the options, resolved to ids once: renames do not change what they mean. */
   private readonly readOnlyIds: Set<number>;
   private readonly defaultId: number | undefined;
+  private readonly earlyWriteReplies: boolean;
 
   constructor(private readonly pool: Pool, opts: PoolExportsOptions = {}) {
+    this.earlyWriteReplies = opts.earlyWriteReplies ?? true;
     this.readOnlyIds = new Set((opts.readOnly ?? []).map((r) => pool.record(r).id));
     this.defaultId = opts.defaultDevice === undefined ? undefined : pool.record(opts.defaultDevice).id;
   }
@@ -37,7 +41,7 @@ export class PoolExports implements NbdExportProvider {
     } catch {
       return undefined;
     }
-    return new ThinExport(this.pool.volume(`id:${id}`), this.pool.label(id), this.forcedReadOnly(id));
+    return new ThinExport(this.pool.volume(`id:${id}`), this.pool.label(id), this.forcedReadOnly(id), this.earlyWriteReplies);
   }
 
   attach(exp: NbdExport): () => void {

@@ -10,7 +10,12 @@ import type { AllocationExtent, NbdExport, ReadSegment, WriteZeroesOptions } fro
 import type { ThinVolume, VolumeSegment } from '../pool/thin-volume.js';
 
 export class ThinExport implements NbdExport {
-  constructor(readonly volume: ThinVolume, readonly name: string, private readonly forceReadOnly = false) {}
+  /**
+   * @param earlyReplies pass the server's `accepted` on to the volume: a write in place into an
+   *   exclusive block is replied to once it is queued (see `ThinVolume.write`); false: every
+   *   write is replied to when its data write completed.
+   */
+  constructor(readonly volume: ThinVolume, readonly name: string, private readonly forceReadOnly = false, private readonly earlyReplies = true) {}
 
   get size(): number {
     return this.volume.size;
@@ -32,8 +37,8 @@ export class ThinExport implements NbdExport {
     this.volume.releaseSegments(segments as VolumeSegment[]);
   }
 
-  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
-    return this.volume.write(offset, data, { fua });
+  write(offset: number, data: Uint8Array, fua: boolean, accepted?: () => void): Promise<void> {
+    return this.volume.write(offset, data, this.earlyReplies && accepted ? { fua, accepted } : { fua });
   }
 
   flush(): Promise<void> {

@@ -9,7 +9,9 @@
  * keep working; closed and reopened without faults, the pool checks clean (no damage, no leak),
  * every device committed before is there, and every 4 KiB sector holds what it held at the last
  * successful commit or what was written to it since (nothing committed is lost). The test
- * counts the injection points it covered. THINPOOL_FAULT_SEEDS=N runs N workloads.
+ * counts the injection points it covered. THINPOOL_FAULT_SEEDS=N runs N workloads. A data write
+ * that fails after it was acknowledged (a write's `accepted`, what the NBD server replies at)
+ * turns the pool read-only and fails every later flush, naming the lost write.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -264,6 +266,36 @@ test('an I/O error at every read, write and sync of a seeded workload: clean err
   }
   assert.ok(points > 50, `${points} injection points`);
   console.log(`I/O fault injection: ${seeds} workload(s), ${points} I/O points (${Object.entries(perFile).map(([k, v]) => `${k} ${v}`).join(', ')}), ${runs} injected faults`);
+});
+
+test('a data write failing after it was acknowledged: the pool turns read-only and every later flush fails', async () => {
+  const dir = tempDir();
+  const pool = await Pool.create({ dir, dataSize: 16 * M, autoExtend: false });
+  const events: string[] = [];
+  pool.onEvent((e) => events.push(e.message));
+  try {
+    await pool.createDevice('a', DEV_SIZE);
+    const vol = pool.volume('a');
+    await vol.write(0, Buffer.alloc(SECTOR, 1));
+    await pool.commit();
+    const faults = new IoFaults({ file: 'data', op: 'write', n: 1, kind: 'EIO' });
+    faults.install(pool.dataFile as FileBlockFile, 'data');
+    let accepted = false;
+    const err = await vol.write(0, Buffer.alloc(SECTOR, 2), { accepted: () => (accepted = true) }).then(() => undefined, (e: unknown) => e);
+    assert.ok(faults.fired && accepted);
+    assert.instance(err, ThinpoolError);
+    assert.is(pool.mode, 'ro');
+    assert.ok(events.some((m) => /^mode rw -> ro: a write of 4096 bytes at offset 0 of a, already acknowledged, failed/.test(m)), events.join('\n'));
+    for (const flush of [() => vol.flush(), () => pool.commit(), () => pool.syncData()]) {
+      const e = await flush().then(() => undefined, (x: unknown) => x);
+      assert.instance(e, ThinpoolError);
+      assert.is((e as ThinpoolError).code, 'EIO');
+      assert.match((e as Error).message, /already acknowledged, failed/);
+    }
+    assert.equal(await vol.read(0, SECTOR), Buffer.alloc(SECTOR, 1), 'reads go on (the old bytes)');
+  } finally {
+    await pool.close();
+  }
 });
 
 test.run();

@@ -43,8 +43,8 @@ class TestHost implements VolumeHost {
       path: file.path,
       read: (b, p) => file.read(b, p),
       readCached: (b, p) => file.readCached(b, p),
-      write: (b, p) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.write(b, p)),
-      writev: (bs, p) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.writev(bs, p)),
+      write: (b, p) => host.held(() => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.write(b, p))),
+      writev: (bs, p) => host.held(() => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.writev(bs, p))),
       sync: () => file.sync(),
       writeDurable: (runs) => (host.failWrites ? Promise.reject(new IoError('Cannot write: injected')) : file.writeDurable(runs)),
       size: () => file.size(),
@@ -77,6 +77,15 @@ class TestHost implements VolumeHost {
   async syncData(): Promise<void> {
     this.syncs++;
     await this.file.sync();
+  }
+  /** While set, data writes wait for it (a data write still in flight). */
+  hold: Promise<void> | undefined;
+  held<T>(fn: () => Promise<T>): Promise<T> {
+    return this.hold ? this.hold.then(fn) : fn();
+  }
+  lost: string[] = [];
+  writeLost(what: string): void {
+    this.lost.push(what);
   }
 }
 
@@ -238,6 +247,85 @@ test('segments: data where provisioned, null holes; released buffers are reused'
   assert.equal(segs[1]!.data, fill(BS, 5));
   vol.releaseSegments(segs);
   assert.is(host.buffers.idleBytes, BS);
+});
+
+/** A promise and its resolver. */
+function latch(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
+}
+
+/** Whether `p` settled within a few turns of the event loop. */
+async function settledSoon(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  p.then(() => (done = true), () => (done = true));
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  return done;
+}
+
+test('a write in place is accepted while its data write is in flight; reads wait for it and see its bytes, a commit comes after it', async () => {
+  const { host, vol } = await setup();
+  await vol.write(0, fill(BS, 1));
+  const l = latch();
+  host.hold = l.promise;
+  let accepted = 0;
+  const w = vol.write(100, fill(10, 7), { accepted: () => accepted++ });
+  for (let i = 0; i < 3 && !accepted; i++) await new Promise((r) => setImmediate(r));
+  assert.is(accepted, 1, 'accepted before the data write completed');
+  const whole = vol.read(0, BS);
+  const small = vol.read(96, 20);
+  const segs = vol.readSegments(0, 2 * BS);
+  assert.is(await settledSoon(whole), false, 'a read of the block waits for the write');
+  assert.is(await settledSoon(small), false, 'a small read of the block waits too');
+  assert.equal(await vol.read(BS, 16), Buffer.alloc(16), 'other blocks read at once');
+  const commit = host.commit();
+  assert.is(await settledSoon(commit), false, 'a commit waits for the write');
+  host.hold = undefined;
+  l.open();
+  await w;
+  assert.equal((await whole).subarray(100, 110), fill(10, 7));
+  assert.equal(await small, Buffer.concat([fill(4, 1), fill(10, 7), fill(6, 1)]));
+  assert.equal((await segs)[0]!.data!.subarray(100, 110), fill(10, 7));
+  await commit;
+  assert.equal(host.lost, []);
+});
+
+test('writes that need a block (unmapped or shared) and FUA writes are not accepted before they are done', async () => {
+  const { md, vol } = await setup();
+  let accepted = 0;
+  await vol.write(0, fill(10, 1), { accepted: () => accepted++ });
+  assert.is(accepted, 0, 'a write into an unmapped block');
+  await md.createSnap(2, 1);
+  await vol.write(0, fill(10, 2), { accepted: () => accepted++ });
+  assert.is(accepted, 0, 'a write into a block shared with a snapshot');
+  await vol.write(0, fill(10, 3), { fua: true, accepted: () => accepted++ });
+  assert.is(accepted, 0, 'a FUA write');
+  await vol.write(0, fill(10, 4), { accepted: () => accepted++ });
+  assert.is(accepted, 1, 'a plain write into its own block');
+  assert.equal(await vol.read(0, 10), fill(10, 4));
+});
+
+test('a data write that fails after it was accepted is reported to the pool; reads go on with the old bytes', async () => {
+  const { host, vol } = await setup();
+  await vol.write(0, fill(BS, 1));
+  host.failWrites = true;
+  let accepted = 0;
+  try {
+    await vol.write(0, fill(10, 9), { accepted: () => accepted++ });
+    assert.unreachable();
+  } catch (err) {
+    assert.instance(err, IoError);
+  }
+  assert.is(accepted, 1);
+  assert.is(host.lost.length, 1);
+  assert.match(host.lost[0]!, /a write of 10 bytes at offset 0 of vol, already acknowledged, failed/);
+  host.failWrites = false;
+  assert.equal(await vol.read(0, 10), fill(10, 1));
+  // Not accepted yet when it fails (the data write throws before): nothing reported.
+  host.failWrites = true;
+  await vol.write(5 * BS, fill(10, 9), { accepted: () => accepted++ }).catch(() => undefined);
+  assert.is(host.lost.length, 1);
 });
 
 test.run();
