@@ -31,7 +31,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, rmSync, writeSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { randomFillSync } from 'node:crypto';
 import { FileBlockFile } from '../src/io/block-file.js';
@@ -45,6 +45,8 @@ import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 const SELF = fileURLToPath(import.meta.url);
+/** The built CLI (dist/tools/thinpool.js). */
+export const THINPOOL_CLI = join(dirname(SELF), '..', 'tools', 'thinpool.js');
 
 // ---- the thinpool server child ------------------------------------------------------------
 
@@ -54,7 +56,14 @@ async function serveChild(dir: string): Promise<void> {
   const commitIntervalMs = process.env.BENCH_NBD_COMMIT_MS === undefined ? 1000 : Number(process.env.BENCH_NBD_COMMIT_MS);
   // BENCH_NBD_EARLY_REPLIES=0 (a variant): WRITE replies only when the data write completed.
   const earlyWriteReplies = process.env.BENCH_NBD_EARLY_REPLIES !== '0';
-  const daemon = await Daemon.start({ dir, commitIntervalMs, earlyWriteReplies, log: (m) => process.stderr.write(`bench server: ${m}\n`) });
+  // BENCH_NBD_BUFFER_MIB, BENCH_NBD_METADATA_CACHE_MIB (diagnosis only, e.g. in BENCH_NBD_VARIANTS): the daemon's memory bounds instead of its defaults.
+  const mib = (name: string) => (process.env[name] === undefined ? undefined : Number(process.env[name]) * MiB);
+  const nbdBufferBytes = mib('BENCH_NBD_BUFFER_MIB');
+  const metadataCacheBytes = mib('BENCH_NBD_METADATA_CACHE_MIB');
+  const daemon = await Daemon.start({
+    dir, commitIntervalMs, earlyWriteReplies, log: (m) => process.stderr.write(`bench server: ${m}\n`),
+    ...(nbdBufferBytes === undefined ? {} : { nbdBufferBytes }), ...(metadataCacheBytes === undefined ? {} : { metadataCacheBytes }),
+  });
   process.stdout.write(`ready ${daemon.nbdSocket}\n`);
   const stop = () => {
     daemon.stop().then(
@@ -260,6 +269,29 @@ export async function spawnThinServer(poolDir: string, nodeArgs: string[] = [], 
       }
     });
     proc.once('exit', (code) => reject(new Error(`thinpool server exited with ${code} before it was ready`)));
+  });
+  return { server, sock };
+}
+
+/**
+ * `thinpool -p POOL serve` itself (the CLI, with its defaults): what a user runs, for
+ * measurements of the daemon process as a whole (its memory). Resolves once it prints where it serves.
+ */
+export async function spawnServeCli(poolDir: string): Promise<{ server: Server; sock: string }> {
+  const proc = spawn(process.execPath, [THINPOOL_CLI, '-p', poolDir, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = track(proc);
+  let sock = '';
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /^serving .*?socket=(\S+)/m.exec(out);
+      if (m) {
+        sock = m[1]!;
+        resolve();
+      }
+    });
+    proc.once('exit', (code) => reject(new Error(`thinpool serve exited with ${code} before it was ready`)));
   });
   return { server, sock };
 }

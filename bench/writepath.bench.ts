@@ -13,8 +13,8 @@
  *   committed once); each round writes 4 KiB into an unmapped block of one device (one new
  *   mapping) and times `Pool.commit()`. Goal: 10,000 devices within 1.5x of 10.
  * - **daemon memory**: a 100 GiB pool whose devices map 1.6 M blocks (16 devices x 102,400
- *   blocks, made through the metadata layer; the data blocks stay holes) served by the daemon
- *   in a child process; every device is read once through NBD (`nbdcopy URI null:`), then the
+ *   blocks, made through the metadata layer; the data blocks stay holes) served by `thinpool serve`
+ *   (the CLI, its defaults) in a child process; every device is read once through NBD (`nbdcopy URI null:`), then the
  *   daemon's peak RSS (VmHWM in /proc/PID/status). Goal: <= 200 MiB.
  *
  * Run: npm run bench -- writepath   (images/bench-writepath.json, .svg)
@@ -31,7 +31,7 @@ import { Pool } from '../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
-import { run, spawnThinServer, stopServer } from './nbd.bench.js';
+import { THINPOOL_CLI, run, spawnServeCli, stopServer } from './nbd.bench.js';
 import { qemuIo, runTool } from './qemu-io.js';
 
 const BS = 64 * KiB;
@@ -199,6 +199,8 @@ interface MemoryResult {
   setupSec: number;
   vmHwmKiB: number;
   vmRssKiB: number;
+  /** What the daemon reported of itself afterwards (`thinpool pool status --json`: memory). */
+  daemon: Record<string, number>;
 }
 
 function procStatus(pid: number): Record<string, number> {
@@ -234,15 +236,18 @@ async function daemonMemory(dir: string, poolGiB: number, devices: number, block
   }
   const setupSec = now() - t;
   console.log(`writepath: ${poolGiB} GiB pool, ${devices} devices x ${blocksPerDevice} mapped blocks made in ${setupSec.toFixed(1)} s`);
-  const { server, sock } = await spawnThinServer(poolDir);
+  const { server, sock } = await spawnServeCli(poolDir);
   try {
     const t1 = now();
     for (let d = 0; d < devices; d++) await run('nbdcopy', [`nbd+unix:///dev-${d}?socket=${sock}`, 'null:']);
     const readSec = now() - t1;
     const st = procStatus(server.proc.pid!);
     const bytesRead = devices * blocksPerDevice * BS;
+    const daemon = (JSON.parse(await run(process.execPath, [THINPOOL_CLI, '-p', poolDir, 'pool', 'status', '--json'])) as { memory: Record<string, number> }).memory;
+    const m = (k: string) => fmt(daemon[k]! / MiB);
     console.log(`writepath: read ${fmt(bytesRead / GiB)} GiB through NBD in ${readSec.toFixed(1)} s; daemon VmHWM ${fmt(st['VmHWM']! / 1024)} MiB, VmRSS ${fmt(st['VmRSS']! / 1024)} MiB`);
-    return { poolGiB, devices, mappedBlocks: devices * blocksPerDevice, bytesRead, readSec, setupSec, vmHwmKiB: st['VmHWM']!, vmRssKiB: st['VmRSS']! };
+    console.log(`writepath: the daemon's own account: metadata cache ${m('metadataCacheBytes')} MiB (${fmt(daemon['metadataCachedBlocks']!)} blocks held), NBD buffer ${m('nbdBufferBytes')} MiB (peak ${m('nbdBufferPeakBytes')} MiB, ${m('idleReadBufferBytes')} MiB idle)`);
+    return { poolGiB, devices, mappedBlocks: devices * blocksPerDevice, bytesRead, readSec, setupSec, vmHwmKiB: st['VmHWM']!, vmRssKiB: st['VmRSS']!, daemon };
   } finally {
     await stopServer(server);
   }
@@ -313,7 +318,7 @@ export async function writepathBench(): Promise<WritepathResult> {
         qcow2: "qemu-img create -f qcow2 -o cluster_size=65536 -b LOWER -F raw; qemu-io -f qcow2 -t writethrough -c 'write -P N S/2 4096' (qemu-io's own clock)",
         thinpool: 'Pool.snapshot (untimed), ThinVolume.write(S/2, 4 KiB) + flush(); phases from the commit hook',
         commit: 'write 4 KiB into an unmapped block of one device (untimed), Pool.commit() timed',
-        daemon: 'Daemon.start({dir, commitIntervalMs: 1000}) in a child node process; nbdcopy nbd+unix:///DEV null: for every device; /proc/PID/status VmHWM',
+        daemon: 'thinpool -p POOL serve (the CLI, default memory bounds); nbdcopy nbd+unix:///DEV null: for every device; /proc/PID/status VmHWM',
       },
       durable,
       commits,

@@ -57,6 +57,7 @@ export function statusJson(s: ServiceStatus): Record<string, unknown> {
   };
   if (s.exports) out.exports = s.exports;
   if (s.servedBy !== undefined) out.servedBy = s.servedBy;
+  if (s.memory) out.memory = s.memory;
   return out;
 }
 
@@ -87,6 +88,10 @@ export function statusText(s: ServiceStatus): string {
     pairs.push(['exports', s.exports.length ? s.exports.map((e) => `${e.name} (${e.connections} connection${e.connections === 1 ? '' : 's'}${e.readOnly ? ', read-only' : ''})`).join(', ') : 'none']);
   }
   if (s.servedBy !== undefined) pairs.push(['served by', `pid ${s.servedBy}`]);
+  if (s.memory) {
+    const m = s.memory;
+    pairs.push(['daemon memory', `RSS ${formatSize(m.rssBytes)} (peak ${formatSize(m.peakRssBytes)}); metadata cache ${formatSize(m.metadataCacheBytes)} (${m.metadataCachedBlocks} blocks held); NBD buffer ${formatSize(m.nbdBufferBytes)} (peak ${formatSize(m.nbdBufferPeakBytes)} in use, ${formatSize(m.idleReadBufferBytes)} idle)`]);
+  }
   return keyValues(pairs);
 }
 

@@ -5,8 +5,9 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../src/errors.js';
-import { Daemon } from '../src/serve/daemon.js';
+import { DEFAULT_METADATA_CACHE_BYTES, DEFAULT_NBD_BUFFER_BYTES, Daemon } from '../src/serve/daemon.js';
 import { readTlsCredentials } from '../src/nbd/tls.js';
+import { parseSize } from '../src/units.js';
 
 export interface ServeCliOptions {
   socket?: string;
@@ -20,6 +21,8 @@ export interface ServeCliOptions {
   tlsPsk?: string;
   /** commander's `--no-early-write-replies`: false when given. */
   earlyWriteReplies?: boolean;
+  metadataCache?: string;
+  nbdBuffer?: string;
 }
 
 function parseListen(spec: string): { host: string; port: number } {
@@ -45,6 +48,8 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
     .option('--default <dev>', 'device served for the default export name ""')
     .option('--read-only <dev...>', 'devices exported read-only')
     .option('--no-early-write-replies', 'reply to an NBD write only when its data write completed (default: once it is queued, for writes into blocks the device already owns; reads wait for it, FLUSH covers it)')
+    .option('--metadata-cache <size>', `memory for cached metadata blocks (dm-bufio's cache in the kernel; default ${DEFAULT_METADATA_CACHE_BYTES / 1048576}M)`)
+    .option('--nbd-buffer <size>', `memory for NBD write payloads and read replies in flight, all clients together; past it clients wait (default ${DEFAULT_NBD_BUFFER_BYTES / 1048576}M)`)
     .action((opts: ServeCliOptions) =>
       run(async () => {
         const dir = poolDir();
@@ -54,6 +59,8 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
         process.stderr.on('error', () => undefined);
         const daemon = await Daemon.start({
           dir,
+          ...(opts.metadataCache !== undefined ? { metadataCacheBytes: parseSize(opts.metadataCache, '--metadata-cache') } : {}),
+          ...(opts.nbdBuffer !== undefined ? { nbdBufferBytes: parseSize(opts.nbdBuffer, '--nbd-buffer') } : {}),
           ...(opts.socket ? { socket: opts.socket } : {}),
           listen: (opts.listen ?? []).map(parseListen),
           listenAny: !!opts.listenAny,

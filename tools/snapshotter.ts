@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../src/errors.js';
-import { DEFAULT_SNAPSHOTTER_SOCKET, SnapshotterDaemon } from '../src/serve/snapshotter/snapshotter-daemon.js';
+import { DEFAULT_SNAPSHOTTER_SOCKET } from '../src/serve/snapshotter/defaults.js';
 import type { BaseFs } from '../src/snapshots/types.js';
 import { formatSize, parseSize } from '../src/units.js';
 
@@ -42,6 +42,8 @@ export function registerSnapshotter(program: Command, poolDir: () => string, run
           process.once('SIGINT', () => resolve('SIGINT'));
           process.once('SIGTERM', () => resolve('SIGTERM'));
         });
+        // Loaded here: gRPC is for this command only, not for every other one (nor the memory of `thinpool serve`).
+        const { SnapshotterDaemon } = await import('../src/serve/snapshotter/snapshotter-daemon.js');
         const d = await SnapshotterDaemon.start({
           dir,
           address: opts.address,

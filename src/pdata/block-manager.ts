@@ -299,6 +299,16 @@ export class BlockManager {
     }
   }
 
+  /** Clean blocks kept in memory at most (the cache's size). */
+  get cacheCapacity(): number {
+    return this.capacity;
+  }
+
+  /** Clean blocks in memory now. */
+  get cleanCount(): number {
+    return this.clean.size;
+  }
+
   /** Number of dirty blocks in the open transaction. */
   get dirtyCount(): number {
     return this.dirty.size;

@@ -67,8 +67,10 @@ export interface PoolOpenOptions {
   commitHook?: (point: CommitPoint) => void | Promise<void>;
   /** Commit on a timer when there are changes (milliseconds; 0 = only on flush/close). */
   commitIntervalMs?: number;
-  /** Metadata blocks cached in memory. */
+  /** Clean metadata blocks cached in memory (default 16384 = 64 MiB); also the dirty blocks kept before a transaction spills early. */
   cacheBlocks?: number;
+  /** Bytes of read buffers kept idle for reuse (default 64 MiB, the read-buffer pool of buffer-pool.ts). */
+  idleReadBufferBytes?: number;
   /** Where the pool's files are opened (fault injection; default the pool directory). */
   files?: PoolFiles;
 }

@@ -49,7 +49,7 @@ export type { DeviceListing, PoolStatus } from './device-listing.js';
 export class Pool implements VolumeHost {
   readonly gate = new Gate();
   /** Read buffers reused across requests (see {@link ThinVolume.releaseSegments}). */
-  readonly buffers = new BufferPool();
+  readonly buffers: BufferPool;
   readonly dir: string;
   readonly md: ThinMetadata;
   readonly metadataFile: BlockFile;
@@ -67,7 +67,8 @@ export class Pool implements VolumeHost {
   private commitHook: PoolOpenOptions['commitHook'];
   private readonly openNotices: readonly string[];
 
-  private constructor(opened: OpenedPool) {
+  private constructor(opened: OpenedPool, opts: PoolOpenOptions) {
+    this.buffers = new BufferPool(undefined, opts.idleReadBufferBytes);
     this.dir = opened.dir;
     this.md = opened.md;
     this.metadataFile = opened.metadataFile;
@@ -100,7 +101,7 @@ export class Pool implements VolumeHost {
    */
   static async open(dir: string, opts: PoolOpenOptions = {}): Promise<Pool> {
     const opened = await openPoolFiles(dir, opts);
-    const pool = new Pool(opened);
+    const pool = new Pool(opened, opts);
     pool.commitHook = opts.commitHook;
     try {
       for (const d of pool.catalog.records()) if (d.sizeBytes === null) await pool.refreshUnknownSize(d.id);

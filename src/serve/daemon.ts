@@ -5,7 +5,7 @@
  * stop accepting, let in-flight requests finish, commit, release the lock.
  */
 import { join } from 'node:path';
-import { NbdServer } from '../nbd/server.js';
+import { DEFAULT_MAX_PAYLOAD, NbdServer } from '../nbd/server.js';
 import { NbdTls, type NbdTlsCredentials } from '../nbd/tls.js';
 import { Pool } from '../pool/pool.js';
 import type { PoolOpenOptions } from '../pool/pool-lifecycle.js';
@@ -13,13 +13,31 @@ import { ControlServer } from './control.js';
 import { PoolExports } from './pool-exports.js';
 import { LocalPoolService } from './local-pool-service.js';
 import type { CleanupResult, ServiceStatus } from './pool-service.js';
-import { BusyError } from '../errors.js';
+import { BusyError, RangeErrorWithCode } from '../errors.js';
+import { METADATA_BLOCK_SIZE, MiB, formatSize } from '../units.js';
 import { AttachManager, type CleanupReport } from './attach/attach-manager.js';
 import type { AttachMethod, AttachMount, AttachRecord } from './attach/attach-records.js';
 import { cleanupStaleAttachments } from './attach/stale-attachments.js';
 import { DaemonFsMounter } from './image-mounter.js';
 import { imagesOf } from './images-registry.js';
-import type { PoolService } from './pool-service.js';
+import type { DaemonMemory, PoolService } from './pool-service.js';
+
+/**
+ * The daemon's metadata block cache unless told otherwise: 16 MiB (4096 blocks) holds every
+ * interior node of the mapping trees of a pool with millions of mapped blocks and a working
+ * set of their leaves; a miss costs one 4 KiB read, mostly from the host's page cache.
+ */
+export const DEFAULT_METADATA_CACHE_BYTES = 16 * MiB;
+/** The smallest metadata cache: 64 blocks. */
+export const MIN_METADATA_CACHE_BYTES = 64 * METADATA_BLOCK_SIZE;
+/**
+ * NBD WRITE payloads and READ replies the daemon holds in memory at once unless told
+ * otherwise: 32 MiB (128 requests of 256 KiB, nbdcopy's size) keeps a disk busy; past it
+ * clients wait (their sockets are not read).
+ */
+export const DEFAULT_NBD_BUFFER_BYTES = 32 * MiB;
+/** The smallest NBD buffer. */
+export const MIN_NBD_BUFFER_BYTES = 1 * MiB;
 
 export interface ServeOptions {
   dir: string;
@@ -52,8 +70,35 @@ export interface ServeOptions {
   control?: boolean;
   /** A daemon for one command: its mounts end with it, so `container mount` refuses. */
   ephemeral?: boolean;
+  /**
+   * Bytes of metadata blocks cached in memory (default {@link DEFAULT_METADATA_CACHE_BYTES},
+   * at least {@link MIN_METADATA_CACHE_BYTES}); a transaction also keeps up to as many changed
+   * blocks in memory before it writes some out early.
+   */
+  metadataCacheBytes?: number;
+  /**
+   * Bytes of NBD WRITE payloads and READ replies held in memory across all connections
+   * (default {@link DEFAULT_NBD_BUFFER_BYTES}, at least {@link MIN_NBD_BUFFER_BYTES}; requests
+   * up to 256 KiB have an eighth more of their own). Requests larger than this are refused
+   * (the advertised maximum payload is the smaller of 32 MiB and this), and at most this many
+   * bytes of read buffers are kept idle for reuse.
+   */
+  nbdBufferBytes?: number;
   /** Options for opening the pool (tests: a commit hook). */
   openOptions?: PoolOpenOptions;
+}
+
+/** The memory bounds of `opts`, checked: `{ cacheBlocks, nbdBuffer }`. */
+export function memoryBounds(opts: Pick<ServeOptions, 'metadataCacheBytes' | 'nbdBufferBytes'>): { cacheBlocks: number; nbdBuffer: number } {
+  const cache = opts.metadataCacheBytes ?? DEFAULT_METADATA_CACHE_BYTES;
+  if (!Number.isSafeInteger(cache) || cache < MIN_METADATA_CACHE_BYTES) {
+    throw new RangeErrorWithCode(`Cannot serve with a metadata cache of ${cache} bytes: expected a whole number of bytes, at least ${formatSize(MIN_METADATA_CACHE_BYTES)}`);
+  }
+  const nbdBuffer = opts.nbdBufferBytes ?? DEFAULT_NBD_BUFFER_BYTES;
+  if (!Number.isSafeInteger(nbdBuffer) || nbdBuffer < MIN_NBD_BUFFER_BYTES) {
+    throw new RangeErrorWithCode(`Cannot serve with an NBD buffer of ${nbdBuffer} bytes: expected a whole number of bytes, at least ${formatSize(MIN_NBD_BUFFER_BYTES)}`);
+  }
+  return { cacheBlocks: Math.floor(cache / METADATA_BLOCK_SIZE), nbdBuffer };
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
@@ -68,7 +113,11 @@ class DaemonService extends LocalPoolService {
   constructor(pool: Pool, private readonly exportsOf: PoolExports) {
     super(pool);
   }
-  override status = async (): Promise<ServiceStatus> => ({ ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid });
+  /** Set once the daemon is up: its NBD server. */
+  nbd: NbdServer | undefined;
+  override status = async (): Promise<ServiceStatus> => ({
+    ...(await this.pool.status()), exports: this.exportsOf.exports(), servedBy: process.pid, ...(this.nbd ? { memory: daemonMemory(this.pool, this.nbd) } : {}),
+  });
   private get att(): AttachManager {
     if (!this.attacher) throw new BusyError('Cannot attach a device: the daemon is starting');
     return this.attacher;
@@ -102,6 +151,20 @@ class DaemonService extends LocalPoolService {
   }
   /** Clients disconnecting do not close the daemon's pool. */
   override async close(): Promise<void> {}
+}
+
+function daemonMemory(pool: Pool, nbd: NbdServer): DaemonMemory {
+  const cache = pool.md.cache;
+  return {
+    metadataCacheBytes: cache.capacityBlocks * METADATA_BLOCK_SIZE,
+    metadataCachedBlocks: cache.cleanBlocks + cache.dirtyBlocks,
+    nbdBufferBytes: nbd.budget.limit,
+    nbdBufferPeakBytes: nbd.budget.peak,
+    idleReadBufferBytes: pool.buffers.idleBytes,
+    rssBytes: process.memoryUsage.rss(),
+    // ru_maxrss is in KiB on Linux.
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+  };
 }
 
 export class Daemon {
@@ -140,7 +203,8 @@ export class Daemon {
     }
     // Bad TLS credentials are refused before the pool is touched.
     const tls = opts.tls ? new NbdTls(opts.tls) : undefined;
-    const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000, ...opts.openOptions });
+    const { cacheBlocks, nbdBuffer } = memoryBounds(opts);
+    const pool = await Pool.open(opts.dir, { commitIntervalMs: opts.commitIntervalMs ?? 1000, cacheBlocks, idleReadBufferBytes: nbdBuffer, ...opts.openOptions });
     const log = opts.log ?? (() => undefined);
     // Every mode change and host-space change gets a log line (the pool itself never prints).
     pool.onEvent((e) => log(`pool: ${e.message}`));
@@ -148,7 +212,9 @@ export class Daemon {
       if (opts.defaultDevice !== undefined) pool.record(opts.defaultDevice);
       for (const r of opts.readOnly ?? []) pool.record(r);
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [], earlyWriteReplies: opts.earlyWriteReplies ?? true });
-      const nbd = new NbdServer({ provider: exports, log: (m) => log(`nbd: ${m}`), ...(tls ? { tls } : {}) });
+      const nbd = new NbdServer({
+        provider: exports, log: (m) => log(`nbd: ${m}`), maxPayload: Math.min(DEFAULT_MAX_PAYLOAD, nbdBuffer), maxBufferedBytes: nbdBuffer, ...(tls ? { tls } : {}),
+      });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
       const service = new DaemonService(pool, exports);
       const control = new ControlServer(service);
@@ -164,6 +230,7 @@ export class Daemon {
         if (pending.length) await pool.change(pending.map((d) => ({ op: 'remove' as const, dev: d.id })));
         const attacher = new AttachManager(pool, { nbdSocket, method: opts.attachMethod ?? 'auto', log: (m) => log(`attach: ${m}`) });
         service.attacher = attacher;
+        service.nbd = nbd;
         imagesOf(pool).setMounter(new DaemonFsMounter(attacher, !opts.ephemeral));
         if (opts.control !== false) await control.listen(join(opts.dir, 'control.sock'));
         return new Daemon(pool, nbd, control, exports, nbdSocket, ports, attacher, stale, service);

@@ -32,9 +32,29 @@ export interface ExportInfo {
   readOnly: boolean;
 }
 
+/** The daemon's memory bounds and what it holds now (`pool status` while served). */
+export interface DaemonMemory {
+  /** The metadata block cache's size (`--metadata-cache`), bytes. */
+  metadataCacheBytes: number;
+  /** Metadata blocks it holds now (clean and dirty). */
+  metadataCachedBlocks: number;
+  /** NBD WRITE payloads and READ replies held in memory at most (`--nbd-buffer`; requests up to 256 KiB have an eighth more), bytes. */
+  nbdBufferBytes: number;
+  /** The most of them held at once since the daemon started, bytes. */
+  nbdBufferPeakBytes: number;
+  /** Read buffers kept idle for reuse now, bytes. */
+  idleReadBufferBytes: number;
+  /** The daemon's resident set now, bytes. */
+  rssBytes: number;
+  /** Its largest resident set so far (getrusage's ru_maxrss), bytes. */
+  peakRssBytes: number;
+}
+
 export interface ServiceStatus extends PoolStatus {
   /** Exports and their connections while a daemon serves the pool. */
   exports?: ExportInfo[];
+  /** The serving daemon's memory. */
+  memory?: DaemonMemory;
   /** pid of the daemon that owns the pool, when served. */
   servedBy?: number;
 }

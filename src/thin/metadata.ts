@@ -129,6 +129,11 @@ export class ThinMetadata {
   get dirtyBlocks(): number {
     return this.s.bm.dirtyCount;
   }
+  /** The metadata block cache: its size and the blocks it holds now (clean, and dirty ones of the open transaction). */
+  get cache(): { capacityBlocks: number; cleanBlocks: number; dirtyBlocks: number } {
+    const bm = this.s.bm;
+    return { capacityBlocks: bm.cacheCapacity, cleanBlocks: bm.cleanCount, dirtyBlocks: bm.dirtyCount };
+  }
   /** Internals for the checker and tests. */
   get internals(): { bm: BlockManager; tm: TransactionManager; msm: MetadataSpaceMap; dsm: DataSpaceMap; mappingRoot: number; detailsRoot: number } {
     const s = this.s;

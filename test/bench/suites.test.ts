@@ -6,7 +6,8 @@
  * copy-up, one block for block CoW and whole blocks (never the file) through a mounted ext4
  * snapshot, no row is pending any more, the charts parse as SVG and the markdown tables name
  * every system; the writepath run has its three rows, one log entry of the same size per commit
- * whatever the device count, and the daemon's peak RSS. No timing is asserted.
+ * whatever the device count, and the peak RSS of `thinpool serve` with its default memory bounds.
+ * No timing is asserted.
  */
 import { Ajv } from 'ajv';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -146,6 +147,9 @@ testIf(test, haveTools('qemu-img', 'qemu-io', 'nbdcopy'), 'qemu-img, qemu-io or 
   assert.is(r.memory.mappedBlocks, 16384, 'a 1 GiB pool of 64 KiB blocks, every block mapped');
   assert.is(r.memory.bytesRead, 16384 * 65536);
   assert.ok(r.memory.vmHwmKiB > 0);
+  assert.is(r.memory.daemon['nbdBufferBytes'], 32 * 1024 * 1024, 'thinpool serve with its default bounds, as it reports them');
+  assert.is(r.memory.daemon['metadataCacheBytes'], 16 * 1024 * 1024);
+  assert.ok(r.memory.daemon['peakRssBytes']! > 0);
   assert.is(r.targets.length, 3);
   assert.ok(existsSync(join(out, 'bench-writepath.json')) && existsSync(join(out, 'bench-writepath.svg')));
 });

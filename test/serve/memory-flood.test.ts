@@ -1,7 +1,7 @@
 /**
  * The daemon's memory stays bounded under a flood of partial WRITEs: 150 connections each send
  * the header of a 32 MiB WRITE and 4 MiB of its payload, then hold on. The daemon's RSS grows by
- * less than its payload budget (256 MiB plus the small lane) and some slack, an ordinary client
+ * less than its NBD buffer (the daemon's default, 32 MiB, plus the small lane) and some slack, an ordinary client
  * is served during the flood, and the daemon stops cleanly afterwards.
  *
  * Regression: the same flood grew the daemon from about 70 MB to 709 MB (and to 2.6 GB with
@@ -9,13 +9,14 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { DEFAULT_NBD_BUFFER_BYTES } from '../../src/serve/daemon.js';
 import { cliHasServe, makePool, startDaemon } from '../support/daemon.js';
 import { flood, rssOf, settledRss } from '../support/nbd-flood.js';
 import { withTimeout } from '../support/nbd-client.js';
 import { testIf } from '../support/oracles.js';
 
 const MiB = 1024 * 1024;
-const BOUND = 256 * MiB + 32 * MiB; // the default budget and its small lane
+const BOUND = DEFAULT_NBD_BUFFER_BYTES + DEFAULT_NBD_BUFFER_BYTES / 8; // the daemon's default NBD buffer and its small lane
 const SLACK = 64 * MiB; // socket chunks of 150 paused connections, the heap's own growth
 
 testIf(test, cliHasServe() && process.platform === 'linux', 'needs the CLI serve command and /proc')('150 connections holding partial 32 MiB WRITEs: RSS grows by less than the budget; service goes on', async () => {

@@ -23,9 +23,10 @@ import type { AttachMethod } from '../attach/attach-records.js';
 import { Daemon } from '../daemon.js';
 import { loadSnapshotsApi } from './snapshots-api.js';
 import { snapshotsHandlers } from './snapshots-service.js';
+import { DEFAULT_SNAPSHOTTER_SOCKET } from './defaults.js';
 
-/** Where containerd's config points the proxy plugin by default. */
-export const DEFAULT_SNAPSHOTTER_SOCKET = '/run/thinpool/snapshotter.sock';
+export { DEFAULT_SNAPSHOTTER_SOCKET };
+
 /** Capacity of a pool the snapshotter creates (sparse; it auto-extends to 4x). */
 export const DEFAULT_SNAPSHOTTER_DATA_SIZE = 100 * GiB;
 
