@@ -500,19 +500,24 @@ export class ThinVolume {
     const done = writePieces(this.host.dataFile, this.blockSize, pieces);
     const settledP = done.then(noop, noop);
     for (const p of pieces) this.inFlight.set(p.vblock, settledP);
-    let acked = false;
+    // Whatever `accepted` does, the data write is waited for before the locks and the gate go.
+    let ackFailure: { err: unknown } | undefined;
     try {
       accepted();
-      acked = true;
-      await done;
-      return false;
     } catch (err) {
-      if (!acked) throw err;
+      ackFailure = { err };
+    }
+    try {
+      await done;
+    } catch (err) {
+      if (ackFailure) throw err;
       const e = err as NodeJS.ErrnoException;
       this.host.writeLost(`a write of ${length} bytes at offset ${offset} of ${this.name}, already acknowledged, failed: ${e?.message ?? String(err)}`, err);
       throw err;
     } finally {
       for (const p of pieces) if (this.inFlight.get(p.vblock) === settledP) this.inFlight.delete(p.vblock);
     }
+    if (ackFailure) throw ackFailure.err;
+    return false;
   }
 }
