@@ -254,44 +254,35 @@ function nodeFilePeer(dir: string, bytes: number): Peer {
  * `nodeArgs`, and `env` added to the environment); resolves once it serves, with the process
  * and its NBD socket. Stop it with {@link stopServer}.
  */
-export async function spawnThinServer(poolDir: string, nodeArgs: string[] = [], env: Record<string, string> = {}): Promise<{ server: Server; sock: string }> {
+export function spawnThinServer(poolDir: string, nodeArgs: string[] = [], env: Record<string, string> = {}): Promise<{ server: Server; sock: string }> {
   const proc = spawn(process.execPath, [...nodeArgs, SELF, '--serve-child', poolDir], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
-  const server = track(proc);
-  let sock = '';
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    proc.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /ready (\S+)\n/.exec(out);
-      if (m) {
-        sock = m[1]!;
-        resolve();
-      }
-    });
-    proc.once('exit', (code) => reject(new Error(`thinpool server exited with ${code} before it was ready`)));
-  });
-  return { server, sock };
+  return serving(proc, /ready (\S+)\n/, 'thinpool server');
 }
 
 /**
  * `thinpool -p POOL serve` itself (the CLI, with its defaults): what a user runs, for
  * measurements of the daemon process as a whole (its memory). Resolves once it prints where it serves.
  */
-export async function spawnServeCli(poolDir: string): Promise<{ server: Server; sock: string }> {
+export function spawnServeCli(poolDir: string): Promise<{ server: Server; sock: string }> {
   const proc = spawn(process.execPath, [THINPOOL_CLI, '-p', poolDir, 'serve'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return serving(proc, /^serving .*?socket=(\S+)/m, 'thinpool serve');
+}
+
+/** Tracks `proc` and resolves with its socket once its stdout matches `ready` (group 1: the socket). */
+async function serving(proc: ChildProcess, ready: RegExp, what: string): Promise<{ server: Server; sock: string }> {
   const server = track(proc);
   let sock = '';
   await new Promise<void>((resolve, reject) => {
     let out = '';
     proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /^serving .*?socket=(\S+)/m.exec(out);
+      const m = ready.exec(out);
       if (m) {
         sock = m[1]!;
         resolve();
       }
     });
-    proc.once('exit', (code) => reject(new Error(`thinpool serve exited with ${code} before it was ready`)));
+    proc.once('exit', (code) => reject(new Error(`${what} exited with ${code} before it was ready`)));
   });
   return { server, sock };
 }

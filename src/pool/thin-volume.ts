@@ -23,6 +23,7 @@ import { NOT_CACHED } from '../pdata/btree.js';
 import { isZero } from '../io/zeroes.js';
 import { MiB } from '../units.js';
 import type { LookupResult, ThinDevice } from '../thin/thin-device.js';
+import { AcknowledgedWrites } from './acknowledged-writes.js';
 import { BlockLocks } from './block-locks.js';
 import { type Piece, writePieces } from './block-writes.js';
 import type { VolumeHost, VolumeState } from './volume-host.js';
@@ -42,7 +43,6 @@ export interface VolumeExtent {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
-const noop = (): void => undefined;
 /** Results of the synchronous read path. */
 const NOW_MISS = 0;
 const NOW_READ = 1;
@@ -50,11 +50,8 @@ const NOW_HOLE = 2;
 
 export class ThinVolume {
   private readonly locks = new BlockLocks();
-  /**
-   * Writes acknowledged before their data write completed (a write's `accepted`), by virtual
-   * block: the completion (never rejecting) each read of the block waits for first.
-   */
-  private readonly inFlight = new Map<number, Promise<void>>();
+  /** Writes acknowledged before their data write completed (a write's `accepted`). */
+  private readonly acked = new AcknowledgedWrites();
   private removed = false;
   private state: VolumeState;
   readonly id: number;
@@ -148,7 +145,7 @@ export class ThinVolume {
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
-      if (this.inFlight.size && this.inFlight.has(vb)) return NOW_MISS;
+      if (this.acked.has(vb)) return NOW_MISS;
       const m = this.device.lookupCached(vb);
       if (m === NOT_CACHED) return NOW_MISS;
       if (!m) return NOW_HOLE;
@@ -218,7 +215,7 @@ export class ThinVolume {
     try {
       const bs = this.blockSize;
       const vb = Math.floor(offset / bs);
-      const w = this.settled(vb, vb);
+      const w = this.acked.settled(vb, vb);
       if (w) await w;
       let m = this.lookup(vb);
       if (m instanceof Promise) m = await m;
@@ -233,21 +230,6 @@ export class ThinVolume {
   /** Gives the buffers of a {@link readSegments} result back for reuse (the caller is done with them). */
   releaseSegments(segments: readonly VolumeSegment[]): void {
     for (const s of segments) if (s.data) this.host.buffers.put(s.data);
-  }
-
-  /** Resolves when no acknowledged write into virtual blocks `first..last` is in flight; undefined when none is. */
-  private settled(first: number, last: number): Promise<unknown> | undefined {
-    if (this.inFlight.size === 0) return undefined;
-    const waits: Promise<void>[] = [];
-    if (last - first < this.inFlight.size) {
-      for (let vb = first; vb <= last; vb++) {
-        const p = this.inFlight.get(vb);
-        if (p) waits.push(p);
-      }
-    } else {
-      for (const [vb, p] of this.inFlight) if (vb >= first && vb <= last) waits.push(p);
-    }
-    return waits.length === 0 ? undefined : waits.length === 1 ? waits[0] : Promise.all(waits);
   }
 
   /** Provisioned and unprovisioned runs covering `[offset, offset + length)`. */
@@ -275,7 +257,7 @@ export class ThinVolume {
     const end = offset + length;
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
-    const w = this.settled(first, last);
+    const w = this.acked.settled(first, last);
     if (w) await w;
     // The mapped blocks of the range: a few lookups for short ranges, one tree walk for long ones
     // (so a huge, mostly unprovisioned range costs what is mapped, not what is covered).
@@ -464,7 +446,12 @@ export class ThinVolume {
       pieces.push(p);
     }
     if (pieces.length === 0) return false;
-    if (accepted && needAlloc === 0) return this.writeInPlaceAccepted(pieces, offset, length, accepted);
+    if (accepted && needAlloc === 0) {
+      // In place into exclusive blocks: acknowledged once queued; the gate and the locks are held until it is done.
+      await this.acked.write(() => writePieces(this.host.dataFile, this.blockSize, pieces), pieces.map((p) => p.vblock), accepted, (err) =>
+        this.host.writeLost(`a write of ${length} bytes at offset ${offset} of ${this.name}, already acknowledged, failed: ${(err as Error)?.message ?? String(err)}`, err));
+      return false;
+    }
     let fresh: number[] = [];
     if (needAlloc) {
       fresh = await this.host.allocate(needAlloc);
@@ -488,36 +475,5 @@ export class ThinVolume {
     for (const p of pieces) if (p.fresh !== undefined) entries.push([p.vblock, p.fresh]);
     await this.host.guard(() => this.device.insertMany(entries));
     return true;
-  }
-
-  /**
-   * A write in place into exclusive blocks, acknowledged (`accepted`) once its data write is
-   * queued: reads of its blocks wait for it (see {@link settled}); the caller still holds the
-   * gate and the block locks until it completes, so commits, snapshots and other writes of the
-   * same blocks come after it as before.
-   */
-  private async writeInPlaceAccepted(pieces: Piece[], offset: number, length: number, accepted: () => void): Promise<boolean> {
-    const done = writePieces(this.host.dataFile, this.blockSize, pieces);
-    const settledP = done.then(noop, noop);
-    for (const p of pieces) this.inFlight.set(p.vblock, settledP);
-    // Whatever `accepted` does, the data write is waited for before the locks and the gate go.
-    let ackFailure: { err: unknown } | undefined;
-    try {
-      accepted();
-    } catch (err) {
-      ackFailure = { err };
-    }
-    try {
-      await done;
-    } catch (err) {
-      if (ackFailure) throw err;
-      const e = err as NodeJS.ErrnoException;
-      this.host.writeLost(`a write of ${length} bytes at offset ${offset} of ${this.name}, already acknowledged, failed: ${e?.message ?? String(err)}`, err);
-      throw err;
-    } finally {
-      for (const p of pieces) if (this.inFlight.get(p.vblock) === settledP) this.inFlight.delete(p.vblock);
-    }
-    if (ackFailure) throw ackFailure.err;
-    return false;
   }
 }
