@@ -31,7 +31,7 @@ import { Pool } from '../src/pool/pool.js';
 import { GiB, KiB, MiB } from '../src/units.js';
 import { barChart, type ChartSpec } from './charts.js';
 import { benchDir, envList, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, tiny, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
-import { THINPOOL_CLI, run, spawnServeCli, stopServer } from './nbd.bench.js';
+import { THINPOOL_CLI, run, spawnServeCli, stopServer } from './nbd-servers.js';
 import { qemuIo, runTool } from './qemu-io.js';
 
 const BS = 64 * KiB;
