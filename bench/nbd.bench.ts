@@ -12,7 +12,9 @@
  * qemu-nbd runs with `-t --cache=writeback --aio=threads --discard=unmap --shared=0`; thinpool
  * also goes through the host page cache (the same "writeback" mode). No flush is timed unless
  * BENCH_NBD_FLUSH=1 (then nbdcopy gets --flush). After every copy-in sample the target file is
- * synced untimed, so no sample pays for an earlier one's writeback.
+ * synced untimed, so no sample pays for an earlier one's writeback, and deleted unless it is the
+ * last round's (kept for copy out and fio). BENCH_NBD_COPY_SAMPLES rounds (default 5) after one
+ * warm-up; the peers' order rotates every round and each ratio is the median of per-round ratios.
  *
  * Servers are ours: started with spawn, stopped by PID (SIGTERM, then waited for), their sockets
  * and files removed at the end, also on failure.
@@ -36,7 +38,7 @@ import { randomFillSync } from 'node:crypto';
 import { Pool } from '../src/pool/pool.js';
 import { KiB, MiB } from '../src/units.js';
 import { barChart, type ChartSpec } from './charts.js';
-import { fileServerCommand, run, type Server, spawnThinServer, stopServer, timed, track, waitForExport } from './nbd-servers.js';
+import { fileServerCommand, run, type Server, spawnThinServer, stopServer, THINPOOL_CLI, timed, track, waitForExport } from './nbd-servers.js';
 import { benchDir, envNum, fmt, now, pairedRatio, printTargets, sourceState, stats, writeCharts, writeResults, type Stats, type TargetRow } from './harness.js';
 
 // ---- peers --------------------------------------------------------------------------------
@@ -49,6 +51,8 @@ interface Peer {
   sync(): Promise<void>;
   /** Stops serving the current target, keeping its file (not for thinpool, which serves all devices). */
   release(): Promise<void>;
+  /** Deletes the target of copy sample `i` (its file, or its thin device), untimed. */
+  drop(i: number): Promise<void>;
   /** Serves the target of copy sample `i` again (for the copy-out and fio phases). */
   serve(i: number): Promise<string>;
   close(): Promise<void>;
@@ -86,6 +90,9 @@ function filePeer(name: string, dir: string, ext: string, create: (file: string)
     async release() {
       await stopServer(server);
       server = undefined;
+    },
+    async drop(i) {
+      rmSync(file(i), { force: true });
     },
     async serve(i) {
       current = i;
@@ -129,6 +136,9 @@ async function thinPeer(dir: string, bytes: number, devices: number, variant?: {
       await run('sync', ['-d', join(poolDir, 'data')]);
     },
     async release() {},
+    async drop(i) {
+      await run(process.execPath, [THINPOOL_CLI, '-p', poolDir, 'device', 'rm', `copy-${i}`]);
+    },
     async serve(i) {
       return uri(i);
     },
@@ -172,7 +182,7 @@ function makeSource(path: string, bytes: number): void {
 
 export async function nbdBench(): Promise<Record<string, unknown>> {
   const MIBS = envNum('BENCH_NBD_MIB', 1024);
-  const COPY_SAMPLES = envNum('BENCH_NBD_COPY_SAMPLES', 3);
+  const COPY_SAMPLES = envNum('BENCH_NBD_COPY_SAMPLES', 5);
   const FIO_SAMPLES = envNum('BENCH_NBD_FIO_SAMPLES', 4);
   const FIO_RUNTIME = envNum('BENCH_NBD_FIO_RUNTIME', 2);
   const FLUSH = process.env.BENCH_NBD_FLUSH === '1';
@@ -214,6 +224,11 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
         const secs = await timed('nbdcopy', [...(FLUSH ? ['--flush'] : []), src, uri]);
         await p.sync();
         await p.release();
+        // Only the last round's targets are kept (for copy out and fio): the page cache stays the
+        // size of one copy per peer instead of growing by one every sample (on this VM, memory the
+        // guest touches for the first time costs host page faults: a plain 1 GiB dd went from
+        // 2.2 GB/s to 280 MB/s as the cache grew), so no sample pays for the ones before it.
+        if (r < rounds - 1) await p.drop(r);
         if (r >= WARMUP) copyIn[p.name]!.push(MIBS / secs);
         console.log(`nbd: copy in, ${p.name}, round ${r}${r < WARMUP ? ' (warm-up)' : ''}: ${fmt(MIBS / secs)} MiB/s`);
       }

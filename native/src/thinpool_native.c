@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "path_ops.h"
+#include "send_ops.h"
 
 #ifndef FALLOC_FL_KEEP_SIZE
 #define FALLOC_FL_KEEP_SIZE 0x01
@@ -442,6 +443,32 @@ oom:
   return NULL;
 }
 
+/*
+ * dupFd(fd): a new descriptor for the same open file (fcntl F_DUPFD_CLOEXEC), on the calling
+ * thread. Lets a connection accepted by net.Server be re-opened as a socket of its own
+ * (`new net.Socket({ fd, onread })`) whose reads land in buffers the caller chooses.
+ */
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t fd;
+  if (!get_integer(env, argv, argc, 0, "fd", 0, &fd)) return NULL;
+  int n;
+  do {
+    n = fcntl((int)fd, F_DUPFD_CLOEXEC, 3);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "fcntl(F_DUPFD_CLOEXEC) of fd %d failed: %s", (int)fd, strerror(errno));
+    napi_throw_error(env, uv_err_name(-errno), msg);
+    return NULL;
+  }
+  napi_value result;
+  napi_create_int32(env, n, &result);
+  return result;
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_PUNCH_HOLE); }
 static napi_value seek_data(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_DATA); }
 static napi_value seek_hole(napi_env env, napi_callback_info info) { return start(env, info, OP_SEEK_HOLE); }
@@ -457,8 +484,10 @@ NAPI_MODULE_INIT() {
     {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readNow", NULL, read_now, NULL, NULL, NULL, napi_enumerable, NULL},
     {"writeRuns", NULL, write_runs, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"dupFd", NULL, dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   define_path_ops(env, exports);
+  define_send_ops(env, exports);
   return exports;
 }

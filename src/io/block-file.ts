@@ -45,6 +45,8 @@ export interface BlockFile {
    * count unchanged since then needs no new sync.
    */
   readonly completedWrites?: number;
+  /** The open file descriptor, for calls that take one (zero-copy sends); absent for files that are not host files. */
+  readonly fd?: number;
   /** Current apparent size in bytes. */
   size(): Promise<number>;
   /** Sets the apparent size; growing leaves a hole. */
@@ -289,7 +291,7 @@ export class FileBlockFile implements BlockFile {
     }
   }
 
-  /** The file descriptor, for native helpers (SEEK_DATA/SEEK_HOLE). */
+  /** The file descriptor, for native helpers (SEEK_DATA/SEEK_HOLE, zero-copy sends). */
   get fd(): number {
     return this.fh.fd;
   }

@@ -26,6 +26,14 @@ interface NativeAddon {
   readNow(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
   /** pwritev of each run at its position, then fdatasync when `sync`, in one thread-pool job. */
   writeRuns(fd: number, positions: number[], runs: Uint8Array[][], sync: boolean): Promise<void>;
+  /** fcntl(F_DUPFD_CLOEXEC): a new descriptor for the same open file; throws with the errno name as `code`. */
+  dupFd(fd: number): number;
+  /** See {@link sendFileRuns}. */
+  sendRuns(sockfd: number, header: Uint8Array, filefd: number, positions: number[], lengths: number[]): number;
+  /** SO_SNDBUFFORCE or SO_SNDBUF; the size the kernel reports afterwards. */
+  setSendBuffer(sockfd: number, bytes: number): number;
+  /** Whether the file system punches holes in the file (a no-op punch past its end). */
+  canPunchHoles(fd: number): boolean;
   lsetxattr(path: string, name: string, value: Buffer, flags: number): Promise<void>;
   /** null on ENODATA (no such attribute). */
   lgetxattr(path: string, name: string): Promise<Buffer | null>;
@@ -273,4 +281,50 @@ export async function createFile(path: string, data: Uint8Array, meta: FileMeta)
  */
 export async function setMeta(target: string | number, meta: FileMeta): Promise<void> {
   return required('set owner, mode and times of', String(target)).setMeta(target, metaArgs(meta));
+}
+
+/**
+ * A new descriptor for the same open file or socket (fcntl F_DUPFD_CLOEXEC), or null when the
+ * addon is missing. Throws with the errno name as `code` (EMFILE, EBADF).
+ */
+export function dupFd(fd: number): number | null {
+  const a = load();
+  return a ? a.dupFd(fd) : null;
+}
+
+/** {@link sendFileRuns}: a range was not all in the page cache, nothing sent. */
+export const SEND_NOT_CACHED = -1;
+/** {@link sendFileRuns}: the kernel cannot tell what is cached (no cachestat, before 6.5), nothing sent. */
+export const SEND_UNSUPPORTED = -2;
+
+/**
+ * Sends `header` and then the file runs (`positions[i]`, `lengths[i]` of `filefd`, at most 64)
+ * to the non-blocking socket `sockfd` with sendfile, on this thread and without waiting: the
+ * socket's buffers reference the page cache pages instead of copying them. Only when every run
+ * is in the page cache (else {@link SEND_NOT_CACHED}, or {@link SEND_UNSUPPORTED} without
+ * cachestat; nothing is sent then). Returns the bytes sent, fewer than all when the socket
+ * filled up (the caller queues the rest). Null when the addon is missing. Throws (EPIPE,
+ * ECONNRESET, ...) with the errno name as `code`.
+ */
+export function sendFileRuns(sockfd: number, header: Uint8Array, filefd: number, positions: number[], lengths: number[]): number | null {
+  const a = load();
+  return a ? a.sendRuns(sockfd, header, filefd, positions, lengths) : null;
+}
+
+/**
+ * Asks for a socket send buffer of `bytes` (SO_SNDBUFFORCE where privileged, else SO_SNDBUF up to
+ * the system's wmem_max); returns the size the kernel reports, or null without the addon.
+ */
+export function setSendBuffer(sockfd: number, bytes: number): number | null {
+  const a = load();
+  return a ? a.setSendBuffer(sockfd, bytes) : null;
+}
+
+/**
+ * Whether holes can be punched in the open file `fd` (a punch past its end, which changes
+ * nothing, is refused where the file system cannot); false without the addon.
+ */
+export function canPunchHoles(fd: number): boolean {
+  const a = load();
+  return a ? a.canPunchHoles(fd) : false;
 }

@@ -3,6 +3,7 @@
  * connection that runs them: the context, the receive buffer, whole-reply sends, flow control
  * and the ways to end. {@link NbdConnection} implements it; the phases never touch the stream.
  */
+import type { BufferPool } from '../io/buffer-pool.js';
 import type { NbdExportProvider } from './export.js';
 import type { PayloadBudget } from './payload-budget.js';
 import type { ReceiveBuffer } from './receive-buffer.js';
@@ -27,6 +28,18 @@ export interface ConnectionContext {
   handshakeTimeoutMs: number;
   /** TLS credentials: when set, the client must upgrade with NBD_OPT_STARTTLS before anything else. */
   tls?: NbdTls;
+  /** Where WRITE payloads that do not fit in one received chunk come from and go back to (else each is allocated). */
+  buffers?: BufferPool;
+  /** The connection's own socket descriptor (a plain socket re-opened for direct receive): READ replies may be sent zero-copy on it. */
+  socketFd?: number;
+  /** The server's counters, shared by its connections. */
+  stats?: NbdServerStats;
+}
+
+/** What an NBD server counts across its connections. */
+export interface NbdServerStats {
+  /** READ replies whose data went out by reference (sendfile), whole or in part. */
+  zeroCopyReplies: number;
 }
 
 export interface ConnectionHost {
@@ -39,6 +52,13 @@ export interface ConnectionHost {
   log(msg: string): void;
   /** Writes one whole reply; `sent` runs once the stream is done with the buffers. */
   send(bufs: Uint8Array[], sent?: () => void): void;
+  /**
+   * Writes one whole reply: `header`, then `total` bytes from the runs of file `fd`, sent by
+   * reference where the socket allows (sendfile; see connection.ts). False, with nothing sent,
+   * when it cannot be done now (no socket descriptor, replies still queued, the runs not in the
+   * page cache, the socket full): the caller sends the reply the usual way.
+   */
+  sendFile(header: Uint8Array, fd: number, positions: number[], lengths: number[], total: number): boolean;
   /** True while more than `2 * maxPayload` bytes of replies wait to be sent. */
   writeBacklogged(): boolean;
   /** Stops reading until the budget frees up; returns false (for `step`). */

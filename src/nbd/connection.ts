@@ -14,11 +14,13 @@
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { ConnectionContext, ConnectionHost } from './connection-host.js';
+import type { ReadTargets } from './direct-receive.js';
 import type { PayloadBudget } from './payload-budget.js';
 import { Handshake } from './handshake.js';
 import { packGreeting } from './protocol.js';
 import { ReceiveBuffer } from './receive-buffer.js';
 import { type Transmission, messageOf } from './transmission.js';
+import { sendFileReply } from './zero-copy-send.js';
 
 const P_HANDSHAKE = 0;
 const P_TRANSMISSION = 1;
@@ -33,7 +35,7 @@ const P_DONE = 3;
  * const conn = new NbdConnection(socket, { id: 1, provider, maxPayload: 32 * MiB, log: console.error, closeGraceMs: 2000, shutdownTimeoutMs: 10000, handshakeTimeoutMs: 30000 });
  * await conn.closed;
  */
-export class NbdConnection {
+export class NbdConnection implements ReadTargets {
   /** Resolves once the stream is closed and every started request has settled. */
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
@@ -69,6 +71,7 @@ export class NbdConnection {
       },
       log: (msg) => ctx.log(`connection ${ctx.id}: ${msg}`),
       send: (bufs, sent) => this.send(bufs, sent),
+      sendFile: (header, fd, positions, lengths, total) => this.sendFile(header, fd, positions, lengths, total),
       writeBacklogged: () => this.stream.writableLength >= this.writeLimit(),
       block: () => this.block(),
       wake: () => this.unblock(),
@@ -187,6 +190,30 @@ export class NbdConnection {
     if (this.phase >= P_CLOSING) return;
     this.rx.push(chunk);
     this.pump();
+  }
+
+  // ---- direct receive (direct-receive.ts): a socket that reads where these say ----
+
+  /** The tail of the WRITE payload being received, once everything received before it is parsed. */
+  readTarget(): Uint8Array | undefined {
+    return this.phase === P_TRANSMISSION && this.rx.length === 0 ? this.tx!.readTarget() : undefined;
+  }
+
+  landed(view: Uint8Array, n: number): void {
+    if (this.phase >= P_CLOSING) return;
+    try {
+      this.tx!.landed(view, n);
+    } catch (err) {
+      return this.internalError(err);
+    }
+    this.pump();
+  }
+
+  received(chunk: Buffer): void {
+    if (this.phase >= P_CLOSING) return;
+    this.rx.pushTransient(chunk);
+    this.pump();
+    this.rx.ownTransient();
   }
 
   private onEnd(): void {
@@ -319,6 +346,23 @@ export class NbdConnection {
     const t = setTimeout(fn, ms);
     t.unref();
     this.timers.push(t);
+  }
+
+  /** See {@link ConnectionHost.sendFile}: only on the plain socket, with nothing of earlier replies still queued. */
+  private sendFile(header: Uint8Array, fd: number, positions: number[], lengths: number[], total: number): boolean {
+    const sock = this.ctx.socketFd;
+    const s = this.stream;
+    if (sock === undefined || this.secure || this.phase === P_DONE || this.ended || s.destroyed || !s.writable || s.writableLength > 0) return false;
+    try {
+      const sent = sendFileReply(sock, header, fd, positions, lengths, total, this.ctx.buffers, (bufs, done) => this.send(bufs, done));
+      if (sent && this.ctx.stats) this.ctx.stats.zeroCopyReplies++;
+      return sent;
+    } catch (err) {
+      // The client went away (EPIPE, ECONNRESET): the connection is over.
+      this.host.log(`zero-copy send failed, closing: ${messageOf(err)}`);
+      this.abort();
+      return true;
+    }
   }
 
   /** Writes one whole reply; `sent` runs once the stream is done with the buffers. */

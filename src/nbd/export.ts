@@ -50,6 +50,16 @@ export interface NbdExport {
    */
   releaseRead?(segments: ReadSegment[]): void;
   /**
+   * Optional, for zero-copy READ replies: when every byte of the range can be sent straight from
+   * a file right now (all provisioned, nothing to wait for), calls `send` synchronously with the
+   * file's descriptor and the byte runs of the range in it (in order) and returns true; returns
+   * false without calling it when not, and the server uses {@link read}. The sender passes the
+   * file's pages on by reference (sendfile), so the export promises they keep the bytes they
+   * had during the call, unless the export itself is written there later (the overlap of a
+   * read with a later write), e.g. because a block is reused only after it was punched out.
+   */
+  sendNow?(offset: number, length: number, send: (fd: number, positions: number[], lengths: number[]) => void): boolean;
+  /**
    * Writes `data` at `offset`; with `fua` the bytes are durable when the promise resolves.
    * Without `fua` the server passes `accepted`: the export may call it (once) before the promise
    * resolves, as soon as every later read (on any connection) sees the data and a later flush

@@ -26,6 +26,17 @@ export const MAX_EXTENTS = 1 << 17;
 const ZEROES = Buffer.alloc(1024 * 1024);
 
 /**
+ * The header of a successful reply to READ `h` whose `h.length` data bytes follow it: a simple
+ * reply, or one OFFSET_DATA chunk flagged DONE (for data sent from elsewhere, e.g. a file).
+ */
+export function readReplyHeader(h: RequestHeader, structured: boolean): Buffer {
+  if (!structured) return packSimpleReply(0, h.cookieHi, h.cookieLo);
+  const head = Buffer.allocUnsafe(OFFSET_DATA_HEADER_SIZE);
+  writeOffsetDataHeader(head, 0, REPLY_FLAG_DONE, h.cookieHi, h.cookieLo, h.offset, h.length);
+  return head;
+}
+
+/**
  * Checks that `segs` cover `[offset, offset + length)` in order, drops empty ones and merges
  * neighbouring holes; throws (-> EIO) when the export broke the {@link NbdExport.read} contract.
  */

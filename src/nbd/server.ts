@@ -6,7 +6,11 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BusyError, RangeErrorWithCode, UsageError } from '../errors.js';
 import { MiB } from '../units.js';
+import { BufferPool } from '../io/buffer-pool.js';
 import { NbdConnection } from './connection.js';
+import type { NbdServerStats } from './connection-host.js';
+import { setSendBuffer } from '../io/native.js';
+import { directReceiveWanted, reopenForDirectReceive } from './direct-receive.js';
 import { PREFERRED_BLOCK_SIZE } from './handshake.js';
 import type { NbdExportProvider } from './export.js';
 import { PayloadBudget } from './payload-budget.js';
@@ -39,7 +43,16 @@ export interface NbdServerOptions {
    * any other option (the spec's FORCEDTLS). Unix sockets stay plain (their file mode guards them).
    */
   tls?: NbdTls;
+  /**
+   * Where WRITE payloads come from and go back to once written (share the data path's read-buffer
+   * pool to keep one bound on idle buffers); default: a pool of its own keeping at most
+   * `maxBufferedBytes` idle.
+   */
+  buffers?: BufferPool;
 }
+
+/** The send buffer asked for on connections that may send READ replies by reference. */
+const SEND_BUFFER_BYTES = 2 * MiB;
 
 /** Default and largest sensible payload. */
 export const DEFAULT_MAX_PAYLOAD = 32 * MiB;
@@ -64,6 +77,11 @@ export class NbdServer {
   private readonly shutdownTimeoutMs: number;
   private readonly handshakeTimeoutMs: number;
   private readonly tls: NbdTls | undefined;
+  private readonly buffers: BufferPool;
+  /** Counters across connections (zero-copy READ replies). */
+  readonly stats: NbdServerStats = { zeroCopyReplies: 0 };
+  /** Accepted plain connections read into their payloads (direct-receive.ts). */
+  private readonly directReceive = directReceiveWanted();
   /** The server-wide bound on payload and read-reply bytes in memory. */
   readonly budget: PayloadBudget;
   private readonly listeners: { server: Server; unixFile?: SocketFile }[] = [];
@@ -88,6 +106,7 @@ export class NbdServer {
       throw new RangeErrorWithCode(`Cannot create NBD server: maxBufferedBytes ${buffered}, expected an integer of at least maxPayload ${maxPayload}`);
     }
     this.budget = new PayloadBudget(buffered, opts.payloadStallMs ?? 30_000);
+    this.buffers = opts.buffers ?? new BufferPool(undefined, buffered);
   }
 
   /**
@@ -123,12 +142,14 @@ export class NbdServer {
    * Serves one already-connected stream (socket activation, a socketpair, an in-memory duplex).
    * The stream should allow half-open operation so replies can go out after the client's FIN.
    * `tls` requires the client to upgrade with the server's credentials (default: no TLS).
+   * `socketFd` is the stream's own socket descriptor (a plain socket written by nothing else):
+   * READ replies may then be sent zero-copy on it (zero-copy-send.ts).
    */
-  serve(stream: Duplex, opts: { tls?: boolean } = {}): void {
+  serve(stream: Duplex, opts: { tls?: boolean; socketFd?: number } = {}): NbdConnection | undefined {
     if (opts.tls && !this.tls) throw new UsageError('Cannot serve a connection over TLS: the NBD server has no TLS credentials');
     if (this.closing) {
       stream.destroy();
-      return;
+      return undefined;
     }
     const conn = new NbdConnection(stream, {
       id: this.nextId++,
@@ -140,9 +161,13 @@ export class NbdServer {
       shutdownTimeoutMs: this.shutdownTimeoutMs,
       handshakeTimeoutMs: this.handshakeTimeoutMs,
       ...(opts.tls && this.tls ? { tls: this.tls } : {}),
+      buffers: this.buffers,
+      stats: this.stats,
+      ...(opts.socketFd === undefined ? {} : { socketFd: opts.socketFd }),
     });
     this.conns.add(conn);
     void conn.closed.then(() => this.conns.delete(conn));
+    return conn;
   }
 
   /**
@@ -184,9 +209,23 @@ export class NbdServer {
   }
 
   private makeServer(tcp: boolean): Server {
-    const server = createServer({ allowHalfOpen: true }, (sock: Socket) => {
-      if (tcp) sock.setNoDelay(true);
-      this.serve(sock, { tls: tcp && this.tls !== undefined });
+    // Paused on accept: a connection re-opened for direct receive must not have read anything.
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock: Socket) => {
+      const tls = tcp && this.tls !== undefined;
+      let conn: NbdConnection | undefined;
+      const direct = tls || !this.directReceive || this.closing ? undefined : reopenForDirectReceive(sock, () => conn);
+      const stream = direct?.socket ?? sock;
+      if (tcp) stream.setNoDelay(true);
+      if (direct) {
+        // Room for whole READ replies sent by reference (zero-copy-send.ts); privileged servers get it all.
+        try {
+          setSendBuffer(direct.fd, SEND_BUFFER_BYTES);
+        } catch {
+          // The kernel's default stays.
+        }
+      }
+      conn = this.serve(stream, { tls, ...(direct ? { socketFd: direct.fd } : {}) });
+      if (!direct) sock.resume();
     });
     return server;
   }

@@ -15,7 +15,11 @@ import {
   parseRequestHeader,
 } from './protocol.js';
 import type { Reservation } from './payload-budget.js';
-import { blockStatusReply, compactSegments, readReply } from './replies.js';
+import { blockStatusReply, compactSegments, readReply, readReplyHeader } from './replies.js';
+import { WritePayload } from './write-payload.js';
+
+/** READs from this size on are sent zero-copy where the export and the socket allow (smaller ones gain less than the page-cache check costs). */
+const ZERO_COPY_MIN = 64 * 1024;
 
 /** Requests a connection runs at once before it stops reading. */
 export const MAX_IN_FLIGHT = 256;
@@ -53,8 +57,8 @@ export class Transmission {
   private readonly allocationContext: boolean;
   private detachFn: (() => void) | undefined;
   private writeHeader: RequestHeader | undefined;
-  private payload: Buffer | undefined;
-  private payloadGot = 0;
+  /** The payload of `writeHeader`, once its budget is granted. */
+  private readonly payload: WritePayload;
   private drainLeft = 0;
   /** Requests started and not settled. */
   inFlight = 0;
@@ -74,6 +78,7 @@ export class Transmission {
     this.structured = setup.structured;
     this.allocationContext = setup.allocationContext;
     this.detachFn = setup.detach;
+    this.payload = new WritePayload(host.ctx.buffers);
   }
 
   /** Canonical name of the export in use. */
@@ -90,7 +95,7 @@ export class Transmission {
 
   /** Forgets a partly received payload and any request waiting for budget (the connection is closing). */
   dropPayload(): void {
-    this.payload = undefined;
+    this.payload.drop();
     this.waitingFor?.();
     this.waitingFor = undefined;
     const budget = this.host.ctx.budget;
@@ -169,28 +174,16 @@ export class Transmission {
           this.state = S_REQ_DRAIN;
           return true;
         }
-        if (this.payload === undefined) {
-          if (rx.length >= h.length) {
-            this.payload = rx.take(h.length);
-            this.payloadGot = h.length;
-          } else if (rx.length === 0) {
-            return false;
-          } else {
-            this.payload = Buffer.allocUnsafe(h.length);
-            this.payloadGot = 0;
-          }
+        if (!this.payload.receiving) this.payload.begin(rx, h.length);
+        const had = rx.length;
+        if (!this.payload.fill(rx)) {
+          if (rx.length < had && this.payloadRes) this.payloadRes.lastProgress = Date.now();
+          return false;
         }
-        if (this.payloadGot < h.length) {
-          if (rx.length === 0) return false;
-          this.payloadGot += rx.copyOut(this.payload, this.payloadGot, h.length - this.payloadGot);
-          if (this.payloadRes) this.payloadRes.lastProgress = Date.now();
-          if (this.payloadGot < h.length) return false;
-        }
-        const payload = this.payload;
+        const { data: payload, pooled } = this.payload.take();
         const res = this.payloadRes!;
         res.lastProgress = undefined;
         res.onStall = undefined;
-        this.payload = undefined;
         this.payloadRes = undefined;
         this.writeHeader = undefined;
         this.state = S_REQ_HEADER;
@@ -199,7 +192,7 @@ export class Transmission {
           host.ctx.budget.release(res);
           this.replyError(h, NbdErr.ESHUTDOWN, 'server is shutting down');
         } else {
-          this.dispatch(h, 0, payload, res);
+          this.dispatch(h, 0, payload, res, pooled);
         }
         return true;
       }
@@ -271,8 +264,6 @@ export class Transmission {
     if (h.length === 0) return this.replyOk(h);
     this.inFlightBytes += h.length;
     this.writeHeader = h;
-    this.payload = undefined;
-    this.payloadGot = 0;
     this.state = S_REQ_PAYLOAD;
     this.reserve(h.length, (res) => this.holdPayload(res));
   }
@@ -320,14 +311,18 @@ export class Transmission {
    * Runs a request. `res` is its share of the server's budget: a WRITE's is given back when it
    * settles, a READ's once its reply has left for the socket (or when it fails).
    */
-  private dispatch(h: RequestHeader, cost: number, payload: Buffer | undefined, res: Reservation | undefined): void {
+  private dispatch(h: RequestHeader, cost: number, payload: Buffer | undefined, res: Reservation | undefined, pooled = false): void {
     this.inFlight++;
     this.inFlightBytes += cost;
     const charged = cost + (payload ? payload.length : 0);
     const settled = h.type === Cmd.READ ? undefined : res;
     this.execute(h, payload, res).then(
-      () => this.settle(charged, settled),
+      () => {
+        if (pooled) this.payload.release(payload!);
+        this.settle(charged, settled);
+      },
       (err: unknown) => {
+        if (pooled) this.payload.release(payload!);
         try {
           this.fail(h, err);
         } catch (bug) {
@@ -336,6 +331,17 @@ export class Transmission {
         this.settle(charged, settled);
       },
     );
+  }
+
+  /** Where the next read of the socket may land directly (the tail of the payload being received), if anywhere. */
+  readTarget(): Uint8Array | undefined {
+    return this.state === S_REQ_PAYLOAD && this.waitingFor === undefined ? this.payload.target() : undefined;
+  }
+
+  /** `n` bytes were read into `view` ({@link readTarget}'s). */
+  landed(view: Uint8Array, n: number): void {
+    this.payload.landed(view, n);
+    if (this.payloadRes) this.payloadRes.lastProgress = Date.now();
   }
 
   private settle(charged: number, res: Reservation | undefined): void {
@@ -397,6 +403,16 @@ export class Transmission {
 
   private async read(exp: NbdExport, h: RequestHeader, res: Reservation | undefined): Promise<void> {
     const budget = this.host.ctx.budget;
+    if (h.length >= ZERO_COPY_MIN && exp.sendNow && this.host.ctx.socketFd !== undefined) {
+      // Zero-copy: the header and the export's file runs straight to the socket (zero-copy-send.ts).
+      const header = readReplyHeader(h, this.structured);
+      let sent = false;
+      exp.sendNow(h.offset, h.length, (fd, positions, lengths) => (sent = this.host.sendFile(header, fd, positions, lengths, h.length)));
+      if (sent) {
+        if (res) budget.release(res);
+        return;
+      }
+    }
     let sent = false;
     try {
       const raw = await exp.read(h.offset, h.length);

@@ -22,7 +22,11 @@ export interface Piece {
   fresh?: number;
 }
 
-/** Writes every piece's bytes into `file` (data blocks of `bs` bytes). */
+/**
+ * Writes every piece's bytes into `file` (data blocks of `bs` bytes). Settles only once every
+ * write it started has ended, so the caller may reuse the source buffers then (the NBD server
+ * pools its payloads).
+ */
 export async function writePieces(file: BlockFile, bs: number, pieces: Piece[]): Promise<void> {
   if (pieces.length === 1 && pieces[0]!.fresh === undefined && pieces[0]!.src) {
     // The common small write: in place into one exclusive block.
@@ -66,7 +70,13 @@ export async function writePieces(file: BlockFile, bs: number, pieces: Piece[]):
       // copy-on-write of one shared block: old bytes around the new ones
       flush();
       const old = Buffer.allocUnsafe(bs);
-      await file.read(old, p.mapping.block * bs);
+      try {
+        await file.read(old, p.mapping.block * bs);
+      } catch (err) {
+        // The writes already started still use the caller's buffers: let them end first.
+        await Promise.allSettled(writes);
+        throw err;
+      }
       if (p.src) old.set(p.src, p.start);
       else old.fill(0, p.start, p.end);
       emit(base, [old], bs);

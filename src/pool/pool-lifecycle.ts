@@ -69,7 +69,7 @@ export interface PoolOpenOptions {
   commitIntervalMs?: number;
   /** Clean metadata blocks cached in memory (default 16384 = 64 MiB); also the dirty blocks kept before a transaction spills early. */
   cacheBlocks?: number;
-  /** Bytes of read buffers kept idle for reuse (default 64 MiB, the read-buffer pool of buffer-pool.ts). */
+  /** Bytes of read buffers kept idle for reuse (default 64 MiB, io/buffer-pool.ts). */
   idleReadBufferBytes?: number;
   /** Where the pool's files are opened (fault injection; default the pool directory). */
   files?: PoolFiles;

@@ -24,7 +24,8 @@ import { BusyError } from '../errors.js';
 import type { BlockFile, FileBlockFile } from '../io/block-file.js';
 import type { CheckReport } from '../thin/check-issues.js';
 import type { ThinMetadata } from '../thin/metadata.js';
-import { BufferPool } from './buffer-pool.js';
+import { BufferPool } from '../io/buffer-pool.js';
+import { sendableFd } from './zero-copy-reads.js';
 import { Catalog } from './catalog.js';
 import { type DeviceChange, checkDeviceSize, planChanges } from './device-changes.js';
 import type { DeviceRecord } from './catalog-slots.js';
@@ -54,6 +55,7 @@ export class Pool implements VolumeHost {
   readonly md: ThinMetadata;
   readonly metadataFile: BlockFile;
   readonly dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
+  readonly sendableDataFd: number | undefined;
   /** The device records and settings (names, sizes, origins). */
   readonly catalog: Catalog;
   private readonly lock: PoolLock;
@@ -73,6 +75,7 @@ export class Pool implements VolumeHost {
     this.md = opened.md;
     this.metadataFile = opened.metadataFile;
     this.dataFile = opened.dataFile;
+    this.sendableDataFd = sendableFd(opened.dataFile);
     this.lock = opened.lock;
     this.openNotices = opened.notices;
     this.catalog = new Catalog(opened.catalogStore, opened.catalog);

@@ -24,6 +24,7 @@ import { isZero } from '../io/zeroes.js';
 import { MiB } from '../units.js';
 import type { LookupResult, ThinDevice } from '../thin/thin-device.js';
 import { AcknowledgedWrites } from './acknowledged-writes.js';
+import { type RunSender, sendNow } from './zero-copy-reads.js';
 import { BlockLocks } from './block-locks.js';
 import { type Piece, writePieces } from './block-writes.js';
 import type { VolumeHost, VolumeState } from './volume-host.js';
@@ -225,6 +226,16 @@ export class ThinVolume {
     } finally {
       this.host.gate.leaveShared();
     }
+  }
+
+  /**
+   * Zero-copy reads: calls `send` at once with the data-file runs holding `[offset, offset +
+   * length)` and returns true, or returns false when that cannot be done now (see
+   * zero-copy-reads.ts for when, and why the pages stay right after the call).
+   */
+  sendNow(offset: number, length: number, send: RunSender): boolean {
+    this.checkRange(offset, length, 'read');
+    return sendNow(this.host, this.device, this.acked, offset, length, send);
   }
 
   /** Gives the buffers of a {@link readSegments} result back for reuse (the caller is done with them). */

@@ -9,7 +9,7 @@
  * deferred flush/commit) in `dm-thin.c`.
  */
 import type { BlockFile, FileBlockFile } from '../io/block-file.js';
-import type { BufferPool } from './buffer-pool.js';
+import type { BufferPool } from '../io/buffer-pool.js';
 import type { Gate } from './gate.js';
 
 /** `rw` writable; `ro` read-only (metadata full or needs_check); `out-of-data-space` writes that need a new block fail; `fail` after a metadata I/O error. */
@@ -22,6 +22,8 @@ export interface VolumeHost {
   readonly dataFile: BlockFile & Pick<FileBlockFile, 'readCached'>;
   /** Read buffers reused across requests. */
   readonly buffers: BufferPool;
+  /** The data file's descriptor when its pages may be sent by reference (zero-copy-reads.ts), else undefined. */
+  readonly sendableDataFd: number | undefined;
   /** Data block size in bytes. */
   readonly blockSize: number;
   readonly mode: PoolMode;

@@ -214,6 +214,8 @@ export class Daemon {
       const exports = new PoolExports(pool, { ...(opts.defaultDevice !== undefined ? { defaultDevice: opts.defaultDevice } : {}), readOnly: opts.readOnly ?? [], earlyWriteReplies: opts.earlyWriteReplies ?? true });
       const nbd = new NbdServer({
         provider: exports, log: (m) => log(`nbd: ${m}`), maxPayload: Math.min(DEFAULT_MAX_PAYLOAD, nbdBuffer), maxBufferedBytes: nbdBuffer, ...(tls ? { tls } : {}),
+        // WRITE payloads and READ replies share one pool of idle buffers (one bound, and a buffer of a size serves both).
+        buffers: pool.buffers,
       });
       const nbdSocket = opts.socket ?? join(opts.dir, 'nbd.sock');
       const service = new DaemonService(pool, exports);

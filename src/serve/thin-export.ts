@@ -33,6 +33,10 @@ export class ThinExport implements NbdExport {
     return this.volume.readSegments(offset, length);
   }
 
+  sendNow(offset: number, length: number, send: (fd: number, positions: number[], lengths: number[]) => void): boolean {
+    return this.volume.sendNow(offset, length, send);
+  }
+
   releaseRead(segments: ReadSegment[]): void {
     this.volume.releaseSegments(segments as VolumeSegment[]);
   }

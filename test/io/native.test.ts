@@ -170,6 +170,69 @@ test('addon errors carry the errno name and say what failed', async () => {
   assert.ok(range instanceof RangeError);
 });
 
+/** A connected unix socket pair: `a` gives its descriptor (nobody else writes it), `b` collects what arrives. */
+async function socketPair(path: string): Promise<[{ fd: number; close(): void }, { read(n: number): Promise<Buffer>; close(): void }]> {
+  const net = await import('node:net');
+  let accepted: import('node:net').Socket | undefined;
+  const server = net.createServer({ pauseOnConnect: true }, (s) => (accepted = s));
+  await new Promise<void>((r) => server.listen(path, r));
+  const client = net.connect(path);
+  const chunks: Buffer[] = [];
+  let have = 0;
+  client.on('data', (d: Buffer) => (chunks.push(d), (have += d.length)));
+  while (!accepted) await new Promise((r) => setTimeout(r, 5));
+  server.close();
+  const sock = accepted;
+  const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd;
+  return [
+    { fd, close: () => sock.destroy() },
+    {
+      read: async (n) => {
+        const deadline = Date.now() + 5000;
+        while (have < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        return Buffer.concat(chunks).subarray(0, n);
+      },
+      close: () => client.destroy(),
+    },
+  ];
+}
+
+test('dupFd, setSendBuffer, canPunchHoles, sendFileRuns: a socket gets file bytes by sendfile, only when they are cached', async () => {
+  if (!native.hasNativeAddon()) {
+    assert.is(native.dupFd(0), null);
+    assert.is(native.canPunchHoles(0), false);
+    return;
+  }
+  const path = join(tempDir(), 'file');
+  const fh = await open(path, 'w+');
+  const [a, b] = await socketPair(join(tempDir(), 's.sock'));
+  try {
+    const data = Buffer.from(Array.from({ length: 256 * KiB }, (_, i) => (i * 13) & 0xff));
+    await fh.write(data, 0, data.length, 0);
+    assert.is(native.canPunchHoles(fh.fd), true, 'ext4/tmpfs punch holes');
+    const dup = native.dupFd(fh.fd)!;
+    assert.ok(dup > 2 && dup !== fh.fd);
+    const { closeSync } = await import('node:fs');
+    closeSync(dup);
+    assert.throws(() => native.dupFd(1 << 30), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+    assert.ok(native.setSendBuffer(a.fd, 1 * MiB)! >= 200 * KiB);
+    const header = Buffer.from('HEAD');
+    const sent = native.sendFileRuns(a.fd, header, fh.fd, [128 * KiB, 4096], [64 * KiB, 100]);
+    if (sent === native.SEND_UNSUPPORTED) return; // kernel before 6.5: no cachestat
+    assert.is(sent, 4 + 64 * KiB + 100);
+    const got = await b.read(sent!);
+    assert.ok(got.subarray(0, 4).equals(header));
+    assert.ok(got.subarray(4, 4 + 64 * KiB).equals(data.subarray(128 * KiB, 192 * KiB)));
+    assert.ok(got.subarray(4 + 64 * KiB).equals(data.subarray(4096, 4196)));
+    // Past the end of the file nothing is cached: nothing is sent.
+    assert.is(native.sendFileRuns(a.fd, header, fh.fd, [1 << 30], [4096]), native.SEND_NOT_CACHED);
+  } finally {
+    a.close();
+    b.close();
+    await fh.close();
+  }
+});
+
 test('fallback (THINPOOL_NO_NATIVE=1): not loaded, punchHole via util-linux fallocate', async () => {
   assert.is(fallback.hasNativeAddon(), false);
   await punchMiddleOfOnes(fallback);

@@ -13,7 +13,7 @@ import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { IoError, NoSpaceError, NotFoundError, ReadOnlyError } from '../../src/errors.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
-import { BufferPool } from '../../src/pool/buffer-pool.js';
+import { BufferPool } from '../../src/io/buffer-pool.js';
 import { Gate } from '../../src/pool/gate.js';
 import { ThinVolume } from '../../src/pool/thin-volume.js';
 import type { PoolMode, VolumeHost } from '../../src/pool/volume-host.js';
@@ -28,6 +28,8 @@ class TestHost implements VolumeHost {
   readonly gate = new Gate();
   readonly buffers = new BufferPool();
   readonly blockSize = BS;
+  /** No zero-copy reads unless a test sets the data file's descriptor here. */
+  sendableDataFd: number | undefined = undefined;
   mode: PoolMode = 'rw';
   needsCheck = false;
   commits = 0;

@@ -60,7 +60,7 @@ interface Rec {
   mounts: Array<{ dir: string }>;
 }
 
-it('an attachment record names what exists while attached; SIGKILL leaves them, the next start releases them all', async () => {
+it('an attachment record names what exists while attached; SIGKILL leaves them (and a half-written record), the next start releases them all', async () => {
   const dir = tempDir('thinpool-attach-');
   const pool = await poolWithExt4(dir);
   const mnt = join(dir, 'mnt');
@@ -78,6 +78,8 @@ it('an attachment record names what exists while attached; SIGKILL leaves them, 
   assert.match(readFileSync('/proc/self/mountinfo', 'utf8'), new RegExp(`${rec.nbdfuse.mountpoint} `));
   assert.equal(rec.mounts.map((m) => m.dir), [mnt]);
   await d.kill();
+  // Killed while rewriting the record: its temporary file is left too.
+  writeFileSync(join(pool, 'run', 'attach', `${rec.deviceId}.json.tmp`), '{"version": 1, "devi');
   const left = await leftovers(dir);
   assert.ok(left.some((l) => l.startsWith('loop')) && left.some((l) => l.startsWith('process')) && left.some((l) => l.includes(mnt)), left.join('\n'));
   d = await startDaemon({ dir: pool });

@@ -1,5 +1,6 @@
 /** Starts an NbdServer on a unix socket in a temp dir over given exports, for tests. */
 import { join } from 'node:path';
+import type { BufferPool } from '../../src/io/buffer-pool.js';
 import type { NbdExport } from '../../src/nbd/export.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { StaticExportProvider } from '../../src/nbd/static-export-provider.js';
@@ -27,6 +28,7 @@ export interface HarnessOptions {
   shutdownTimeoutMs?: number;
   maxBufferedBytes?: number;
   payloadStallMs?: number;
+  buffers?: BufferPool;
 }
 
 export async function startNbd(exports: NbdExport[], opts: HarnessOptions = {}): Promise<NbdHarness> {
@@ -42,6 +44,7 @@ export async function startNbd(exports: NbdExport[], opts: HarnessOptions = {}):
     ...(opts.shutdownTimeoutMs === undefined ? {} : { shutdownTimeoutMs: opts.shutdownTimeoutMs }),
     ...(opts.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: opts.maxBufferedBytes }),
     ...(opts.payloadStallMs === undefined ? {} : { payloadStallMs: opts.payloadStallMs }),
+    ...(opts.buffers === undefined ? {} : { buffers: opts.buffers }),
   });
   await server.listenUnix(sock);
   return {

@@ -62,7 +62,8 @@ export async function cleanupStaleAttachments(poolDir: string, opts: { keep?: (d
       else what.push(`unmounted ${mountpoint}`);
     }
     await rmdir(mountpoint).catch(() => undefined);
-    for (const ext of ['pid', 'log']) await rm(join(dir, `${id}.${ext}`), { force: true });
+    // A record being written when its daemon died is left as N.json.tmp (attach-records.ts).
+    for (const ext of ['pid', 'log', 'json.tmp']) await rm(join(dir, `${id}.${ext}`), { force: true });
     await removeAttachRecord(poolDir, id);
     const device = r?.device ?? `id:${id}`;
     report.released.push({ deviceId: id, device, what });

@@ -5,7 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { BufferPool } from '../../src/pool/buffer-pool.js';
+import { BufferPool } from '../../src/io/buffer-pool.js';
 
 test('buffers of a size come back for reuse; small, foreign-shaped and excess ones are dropped', () => {
   const pool = new BufferPool(16 * 1024, 256 * 1024);

@@ -1,7 +1,10 @@
 /**
- * Reusable read buffers for the data path: large reads (NBD READ replies of 64 KiB - 4 MiB)
- * take a buffer of their exact size from here and give it back once the bytes are sent, so a
- * stream of reads does not churn the garbage collector with fresh external memory.
+ * Reusable buffers for the data path: large reads (NBD READ replies of 64 KiB - 4 MiB) take a
+ * buffer of their exact size from here and give it back once the bytes are sent, and the NBD
+ * server receives WRITE payloads into them and gives them back once the write is done, so a
+ * stream of requests does not churn the garbage collector with fresh external memory (each
+ * fresh megabyte moves V8 closer to a full mark-compact: about 90 of them per GiB copied in
+ * before payloads came from here).
  */
 
 /** Idle bytes a pool keeps unless told otherwise. */
