@@ -5,13 +5,14 @@
  *
  * - `nbdcopy` of BENCH_NBD_MIB (1 GiB) from a page-cached file into a fresh export (fresh
  *   device / fresh sparse qcow2 / fresh sparse raw file each sample), and out of the export to
- *   `null:` (goal >= 1.0x qcow2 both ways, >= 0.7x raw);
+ *   `null:` (goal >= 1.0x qcow2 both ways, >= 0.7x raw); the copy in also with `--flush` (rows
+ *   for information: both servers then make the copy durable before nbdcopy returns, which
+ *   thinpool's 1 s commit partly does during the plain copy too);
  * - fio's nbd engine, random 4 KiB writes and reads over the whole (fully written) export at
  *   queue depth 1 and 16 (goal >= 1.0x qcow2; raw shown too).
  *
  * qemu-nbd runs with `-t --cache=writeback --aio=threads --discard=unmap --shared=0`; thinpool
- * also goes through the host page cache (the same "writeback" mode). No flush is timed unless
- * BENCH_NBD_FLUSH=1 (then nbdcopy gets --flush). After every copy-in sample the target file is
+ * also goes through the host page cache (the same "writeback" mode). After every copy-in sample the target file is
  * synced untimed, so no sample pays for an earlier one's writeback, and deleted unless it is the
  * last round's (kept for copy out and fio). BENCH_NBD_COPY_SAMPLES rounds (default 5) after one
  * warm-up; the peers' order rotates every round and each ratio is the median of per-round ratios.
@@ -185,7 +186,6 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
   const COPY_SAMPLES = envNum('BENCH_NBD_COPY_SAMPLES', 5);
   const FIO_SAMPLES = envNum('BENCH_NBD_FIO_SAMPLES', 4);
   const FIO_RUNTIME = envNum('BENCH_NBD_FIO_RUNTIME', 2);
-  const FLUSH = process.env.BENCH_NBD_FLUSH === '1';
   const WARMUP = 1;
   const bytes = MIBS * MiB;
   const started = now();
@@ -197,40 +197,46 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
   }
 
   const dir = benchDir('thinpool-bench-nbd-');
-  console.log(`nbd: files in ${dir}; nbdcopy of ${MIBS} MiB x ${COPY_SAMPLES} samples (+${WARMUP} warm-up), fio ${FIO_RUNTIME} s x ${FIO_SAMPLES} samples${FLUSH ? ', nbdcopy --flush' : ''}`);
+  console.log(`nbd: files in ${dir}; nbdcopy of ${MIBS} MiB x ${COPY_SAMPLES} samples (+${WARMUP} warm-up), fio ${FIO_RUNTIME} s x ${FIO_SAMPLES} samples`);
   const peers: Peer[] = [];
   try {
     const src = join(dir, 'source.img');
     makeSource(src, bytes);
     const rounds = WARMUP + COPY_SAMPLES;
     const only = process.env.BENCH_NBD_THINPOOL_ONLY === '1';
-    peers.push(await thinPeer(dir, bytes, rounds));
+    peers.push(await thinPeer(dir, bytes, 2 * rounds));
     if (!only) {
       peers.push(qemuPeer(dir, 'qcow2', bytes));
       peers.push(qemuPeer(dir, 'raw', bytes));
     }
     if (process.env.BENCH_NBD_DIAG === '1') peers.push(nodeFilePeer(dir, bytes));
     const variants = parseVariants(process.env.BENCH_NBD_VARIANTS ?? '');
-    for (const v of variants) peers.push(await thinPeer(dir, bytes, rounds, v));
+    for (const v of variants) peers.push(await thinPeer(dir, bytes, 2 * rounds, v));
     const names = peers.map((p) => p.name);
     const copyIn: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
+    const copyInFlush: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
     const copyOut: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
 
-    // Copy in: a fresh target per sample; the order of the peers rotates every round.
-    for (let r = 0; r < rounds; r++) {
-      for (let k = 0; k < peers.length; k++) {
-        const p = peers[(k + r) % peers.length]!;
-        const uri = await p.fresh(r);
-        const secs = await timed('nbdcopy', [...(FLUSH ? ['--flush'] : []), src, uri]);
-        await p.sync();
-        await p.release();
-        // Only the last round's targets are kept (for copy out and fio): the page cache stays the
-        // size of one copy per peer instead of growing by one every sample (on this VM, memory the
-        // guest touches for the first time costs host page faults: a plain 1 GiB dd went from
-        // 2.2 GB/s to 280 MB/s as the cache grew), so no sample pays for the ones before it.
-        if (r < rounds - 1) await p.drop(r);
-        if (r >= WARMUP) copyIn[p.name]!.push(MIBS / secs);
-        console.log(`nbd: copy in, ${p.name}, round ${r}${r < WARMUP ? ' (warm-up)' : ''}: ${fmt(MIBS / secs)} MiB/s`);
+    // Copy in: a fresh target per sample; the order of the peers rotates every round. Twice: as
+    // nbdcopy copies by default (nothing flushed: qemu-nbd keeps it all in the page cache, the
+    // daemon commits every second as dm-thin does, syncing the data file first), then with
+    // --flush (both make the copy durable before nbdcopy returns).
+    for (const [flush, into, base] of [[false, copyIn, 0], [true, copyInFlush, rounds]] as const) {
+      for (let r = 0; r < rounds; r++) {
+        for (let k = 0; k < peers.length; k++) {
+          const p = peers[(k + r) % peers.length]!;
+          const uri = await p.fresh(base + r);
+          const secs = await timed('nbdcopy', [...(flush ? ['--flush'] : []), src, uri]);
+          await p.sync();
+          await p.release();
+          // Only the first phase's last targets are kept (for copy out and fio): the page cache
+          // stays the size of one copy per peer instead of growing by one every sample (on this
+          // VM, memory the guest touches for the first time costs host page faults: a plain 1 GiB
+          // dd went from 2.2 GB/s to 280 MB/s as the cache grew), so no sample pays for the ones before.
+          if (flush || r < rounds - 1) await p.drop(base + r);
+          if (r >= WARMUP) into[p.name]!.push(MIBS / secs);
+          console.log(`nbd: copy in${flush ? ' --flush' : ''}, ${p.name}, round ${r}${r < WARMUP ? ' (warm-up)' : ''}: ${fmt(MIBS / secs)} MiB/s`);
+        }
       }
     }
     // Copy out of the last round's targets (all page-cached: just written).
@@ -260,12 +266,13 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
 
     if (only) {
       console.log('nbd: BENCH_NBD_THINPOOL_ONLY=1: no peers, no ratios, nothing written to images/');
-      return { copyIn, copyOut, fio };
+      return { copyIn, copyInFlush, copyOut, fio };
     }
 
     // ---- summary ----
     const st = (xs: number[]) => stats(xs);
     const inStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyIn[n]!)]));
+    const inFlushStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyInFlush[n]!)]));
     const outStats: Record<string, Stats> = Object.fromEntries(names.map((n) => [n, st(copyOut[n]!)]));
     const fioStats: Record<string, Stats> = Object.fromEntries(Object.entries(fio).map(([k, v]) => [k, st(v)]));
     const rows: TargetRow[] = [];
@@ -279,8 +286,8 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
         target: goal === undefined ? '-' : `>= ${goal.toFixed(2)}`, met: goal === undefined || ratio >= goal, ...(goal === undefined ? { info: true } : {}),
       };
     };
-    for (const [what, data] of [['nbdcopy in', copyIn], ['nbdcopy out', copyOut]] as const) {
-      for (const [peer, goal] of [[qcow2, 1.0], [raw, 0.7], [diag, undefined]] as const) {
+    for (const [what, data, goals] of [['nbdcopy in', copyIn, [1.0, 0.7]], ['nbdcopy --flush in', copyInFlush, [undefined, undefined]], ['nbdcopy out', copyOut, [1.0, 0.7]]] as const) {
+      for (const [peer, goal] of [[qcow2, goals[0]], [raw, goals[1]], [diag, undefined]] as const) {
         if (peer) rows.push(row(`${what} ${MIBS} MiB vs ${peer}`, data[thin]!, data[peer]!, 'MiB/s', goal));
       }
       for (const v of others) rows.push(row(`${what} ${MIBS} MiB, ${v} vs ${qcow2}`, data[v]!, data[qcow2]!, 'MiB/s', undefined));
@@ -302,13 +309,14 @@ export async function nbdBench(): Promise<Record<string, unknown>> {
       ratios: 'median of per-round ratios (thinpool / peer, both measured in the same round)',
       loadAverage: { before: loadBefore, after: loadAfter },
       config: {
-        mib: MIBS, copySamples: COPY_SAMPLES, warmup: WARMUP, fioSamples: FIO_SAMPLES, fioRuntimeSec: FIO_RUNTIME, nbdcopyFlush: FLUSH,
+        mib: MIBS, copySamples: COPY_SAMPLES, warmup: WARMUP, fioSamples: FIO_SAMPLES, fioRuntimeSec: FIO_RUNTIME,
         qemuNbd: `qemu-nbd -k SOCK -f FMT ${QEMU_ARGS.join(' ')} FILE`, fio: fioArgs('URI', 'RW', 0, FIO_RUNTIME).join(' '),
         thinpool: 'Daemon.start({dir, commitIntervalMs: 1000}) in a child node process, 64 KiB blocks',
-        copyIn: 'nbdcopy [--flush] source.img URI (fresh target each sample)', copyOut: 'nbdcopy URI null:',
+        copyIn: 'nbdcopy source.img URI (fresh target each sample, deleted after it but the last)', copyInFlush: 'nbdcopy --flush source.img URI (the same, after the copy-in rounds)', copyOut: 'nbdcopy URI null:',
         variants: Object.fromEntries(variants.map((v) => [v.name, v.env])),
       },
       copyInMiBps: inStats,
+      copyInFlushMiBps: inFlushStats,
       copyOutMiBps: outStats,
       fioIops: fioStats,
       targets: rows,
@@ -340,13 +348,14 @@ function parseVariants(spec: string): Array<{ name: string; env: Record<string, 
 type Med = Record<string, { median: number }>;
 
 /** The nbd suite's charts, from its JSON result (the servers are the keys of copyInMiBps, in order). */
-export function nbdCharts(r: { config: { mib: number }; copyInMiBps: Med; copyOutMiBps: Med; fioIops: Med }): ChartSpec[] {
+export function nbdCharts(r: { config: { mib: number }; copyInMiBps: Med; copyInFlushMiBps?: Med; copyOutMiBps: Med; fioIops: Med }): ChartSpec[] {
   const names = Object.keys(r.copyInMiBps);
   const bars = (s: Med) => names.map((n) => ({ label: n, value: s[n]!.median }));
   const fioCases = [['randwrite', 1], ['randread', 1], ['randwrite', 16], ['randread', 16]] as const;
   const fioBars = fioCases.flatMap(([rw, qd]) => names.map((n) => ({ label: `${rw} QD${qd}, ${n}`, value: r.fioIops[`${n} ${rw} qd${qd}`]!.median / 1000 })));
   return [
     barChart(`nbdcopy ${r.config.mib} MiB into a fresh export (MiB/s, median)`, 'MiB/s', bars(r.copyInMiBps)),
+    ...(r.copyInFlushMiBps ? [barChart(`nbdcopy --flush ${r.config.mib} MiB into a fresh export, durable when it returns (MiB/s, median)`, 'MiB/s', bars(r.copyInFlushMiBps))] : []),
     barChart(`nbdcopy ${r.config.mib} MiB out of an export to null: (MiB/s, median)`, 'MiB/s', bars(r.copyOutMiBps)),
     barChart('fio nbd engine, random 4 KiB (thousand IOPS, median)', 'kIOPS', fioBars),
   ];
