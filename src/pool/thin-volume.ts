@@ -228,11 +228,7 @@ export class ThinVolume {
     }
   }
 
-  /**
-   * Zero-copy reads: calls `send` at once with the data-file runs holding `[offset, offset +
-   * length)` and returns true, or returns false when that cannot be done now (see
-   * zero-copy-reads.ts for when, and why the pages stay right after the call).
-   */
+  /** Zero-copy reads: `send` gets the data-file runs of the range now (true), or false (see zero-copy-reads.ts). */
   sendNow(offset: number, length: number, send: RunSender): boolean {
     this.checkRange(offset, length, 'read');
     return sendNow(this.host, this.device, this.acked, offset, length, send);
