@@ -405,3 +405,22 @@ export function nonzeroBlocksOf(buf: Buffer, blockSize: number): number[] {
   }
   return out;
 }
+
+/** `n` bytes of a pattern that differs per `tag` (what the daemon tests write and read back). */
+export function pattern(n: number, tag: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (tag * 131 + i * 7) & 0xff;
+  return b;
+}
+
+/** The daemon's exports as `pool status` reports them (sorted by name); checks the status names the daemon. */
+export async function exportsOf(d: DaemonHandle): Promise<Array<{ name: string; connections: number; readOnly: boolean }>> {
+  const svc = await d.service();
+  try {
+    const st = await svc.status();
+    if (st.servedBy !== d.pid) throw new Error(`status names daemon ${st.servedBy}, not ${d.pid}`);
+    return (st.exports ?? []).slice().sort((a, b) => a.name.localeCompare(b.name));
+  } finally {
+    await svc.close();
+  }
+}
