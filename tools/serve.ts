@@ -25,6 +25,21 @@ export interface ServeCliOptions {
   nbdBuffer?: string;
 }
 
+/** Adds `--metadata-cache SIZE` and `--nbd-buffer SIZE` to a command that runs the daemon (serve, snapshotter). */
+export function withMemoryOptions(cmd: Command): Command {
+  return cmd
+    .option('--metadata-cache <size>', `memory for cached metadata blocks (dm-bufio's cache in the kernel; default ${DEFAULT_METADATA_CACHE_BYTES / 1048576}M)`)
+    .option('--nbd-buffer <size>', `memory for NBD write payloads and read replies in flight, all clients together; past it clients wait (default ${DEFAULT_NBD_BUFFER_BYTES / 1048576}M)`);
+}
+
+/** The daemon's memory bounds from {@link withMemoryOptions}' flags (absent ones keep the defaults). */
+export function memoryBytes(opts: { metadataCache?: string; nbdBuffer?: string }): { metadataCacheBytes?: number; nbdBufferBytes?: number } {
+  return {
+    ...(opts.metadataCache !== undefined ? { metadataCacheBytes: parseSize(opts.metadataCache, '--metadata-cache') } : {}),
+    ...(opts.nbdBuffer !== undefined ? { nbdBufferBytes: parseSize(opts.nbdBuffer, '--nbd-buffer') } : {}),
+  };
+}
+
 function parseListen(spec: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(spec);
   if (!m) throw new UsageError(`Cannot listen on '${spec}': expected ADDR:PORT (e.g. 127.0.0.1:10809)`);
@@ -35,7 +50,7 @@ function parseListen(spec: string): { host: string; port: number } {
 
 /** Adds `serve` to the program; `poolDir` resolves the global --pool option. */
 export function registerServe(program: Command, poolDir: () => string, run: (fn: () => Promise<void>) => Promise<void>): void {
-  program
+  const serve = program
     .command('serve')
     .description('own the pool and export its devices over NBD (unix socket POOL/nbd.sock; TCP with --listen)')
     .option('--socket <path>', 'NBD unix socket (default POOL/nbd.sock)')
@@ -47,9 +62,8 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
     .option('--tls-psk <file>', 'pre-shared keys for --listen (psktool format username:hexkey); TCP clients must use TLS-PSK')
     .option('--default <dev>', 'device served for the default export name ""')
     .option('--read-only <dev...>', 'devices exported read-only')
-    .option('--no-early-write-replies', 'reply to an NBD write only when its data write completed (default: once it is queued, for writes into blocks the device already owns; reads wait for it, FLUSH covers it)')
-    .option('--metadata-cache <size>', `memory for cached metadata blocks (dm-bufio's cache in the kernel; default ${DEFAULT_METADATA_CACHE_BYTES / 1048576}M)`)
-    .option('--nbd-buffer <size>', `memory for NBD write payloads and read replies in flight, all clients together; past it clients wait (default ${DEFAULT_NBD_BUFFER_BYTES / 1048576}M)`)
+    .option('--no-early-write-replies', 'reply to an NBD write only when its data write completed (default: once it is queued, for writes into blocks the device already owns; reads wait for it, FLUSH covers it)');
+  withMemoryOptions(serve)
     .action((opts: ServeCliOptions) =>
       run(async () => {
         const dir = poolDir();
@@ -59,8 +73,7 @@ export function registerServe(program: Command, poolDir: () => string, run: (fn:
         process.stderr.on('error', () => undefined);
         const daemon = await Daemon.start({
           dir,
-          ...(opts.metadataCache !== undefined ? { metadataCacheBytes: parseSize(opts.metadataCache, '--metadata-cache') } : {}),
-          ...(opts.nbdBuffer !== undefined ? { nbdBufferBytes: parseSize(opts.nbdBuffer, '--nbd-buffer') } : {}),
+          ...memoryBytes(opts),
           ...(opts.socket ? { socket: opts.socket } : {}),
           listen: (opts.listen ?? []).map(parseListen),
           listenAny: !!opts.listenAny,

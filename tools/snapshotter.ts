@@ -8,6 +8,7 @@ import { UsageError } from '../src/errors.js';
 import { DEFAULT_SNAPSHOTTER_SOCKET } from '../src/serve/snapshotter/defaults.js';
 import type { BaseFs } from '../src/snapshots/types.js';
 import { formatSize, parseSize } from '../src/units.js';
+import { memoryBytes, withMemoryOptions } from './serve.js';
 
 interface SnapshotterCliOptions {
   address: string;
@@ -15,18 +16,21 @@ interface SnapshotterCliOptions {
   fs: string;
   dataSize?: string;
   attach?: string;
+  metadataCache?: string;
+  nbdBuffer?: string;
 }
 
 /** Adds `snapshotter` to the program; `poolDir` resolves the global --pool option. */
 export function registerSnapshotter(program: Command, poolDir: () => string, run: (fn: () => Promise<void>) => Promise<void>): void {
-  program
+  const cmd = program
     .command('snapshotter')
     .description("own the pool and serve containerd's snapshots API (a proxy snapshotter) on a unix socket")
     .option('--address <sock>', 'gRPC unix socket', DEFAULT_SNAPSHOTTER_SOCKET)
     .option('--base-size <size>', 'size of the base file system every snapshot starts from, when it is made (default 10G)')
     .option('--fs <type>', 'file system of the base device when it is made: ext4 or xfs', 'ext4')
     .option('--data-size <size>', 'capacity of the pool when the directory has none yet (sparse; default 100G)')
-    .option('--attach <method>', 'how devices become block devices: auto, nbd (kernel), loop (nbdfuse + loop), file (nbdfuse only)', 'auto')
+    .option('--attach <method>', 'how devices become block devices: auto, nbd (kernel), loop (nbdfuse + loop), file (nbdfuse only)', 'auto');
+  withMemoryOptions(cmd)
     .action((opts: SnapshotterCliOptions) =>
       run(async () => {
         if (opts.fs !== 'ext4' && opts.fs !== 'xfs') throw new UsageError(`Cannot use --fs ${opts.fs}: use ext4 or xfs`);
@@ -51,6 +55,7 @@ export function registerSnapshotter(program: Command, poolDir: () => string, run
           fs: opts.fs as BaseFs,
           ...(opts.dataSize ? { dataSize: parseSize(opts.dataSize, '--data-size') } : {}),
           attachMethod: (opts.attach ?? 'auto') as 'auto',
+          ...memoryBytes(opts),
           log,
         });
         if (d.createdPool) log(`created pool ${dir} (${formatSize(d.pool.md.nrDataBlocks * d.pool.blockSize)}, sparse)`);

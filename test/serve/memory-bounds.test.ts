@@ -4,6 +4,7 @@
  * and `nbdBufferBytes` (`thinpool serve --metadata-cache / --nbd-buffer`) change them, a buffer
  * under 32 MiB also lowers the advertised maximum payload, and values too small are refused
  * before the pool is opened. `pool status` reports the bounds and the daemon's peak RSS.
+ * `thinpool snapshotter` takes the same two flags.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -12,7 +13,10 @@ import { Pool } from '../../src/pool/pool.js';
 import { DEFAULT_METADATA_CACHE_BYTES, DEFAULT_NBD_BUFFER_BYTES, Daemon, memoryBounds } from '../../src/serve/daemon.js';
 import { cli } from '../support/cli.js';
 import { cliHasServe, makePool, startDaemon } from '../support/daemon.js';
-import { haveTools, run, testIf } from '../support/oracles.js';
+import { haveTools, isRoot, run, testIf, which } from '../support/oracles.js';
+import { startSnapshotter } from '../support/snapshotter.js';
+import { tempDir } from '../support/tmp.js';
+import { join } from 'node:path';
 
 const K = 1024;
 const M = 1024 * K;
@@ -107,6 +111,27 @@ cliTest('serve with no memory options: pool status shows the defaults; --nbd-buf
   const bad2 = await cli(['-p', dir, 'serve', '--metadata-cache', 'lots']);
   assert.is(bad2.code, 2, bad2.stderr);
   assert.match(bad2.stderr, /--metadata-cache/);
+});
+
+const whySnap = !isRoot ? 'not root' : !which('nbdfuse') ? 'nbdfuse missing (libnbd-bin)' : !which('mkfs.ext4') ? 'mkfs.ext4 missing' : null;
+
+testIf(test, whySnap === null, whySnap ?? '')('snapshotter --metadata-cache 8M --nbd-buffer 4M: pool status reports them; a bad size is a usage error', async () => {
+  const dir = tempDir('thinpool-snapmem-');
+  const pool = join(dir, 'pool');
+  const snap = await startSnapshotter({ dir: pool, address: join(dir, 'snap.sock'), baseSize: '64M', dataSize: '1G', extraArgs: ['--metadata-cache', '8M', '--nbd-buffer', '4M'] });
+  try {
+    const js = await cli(['-p', pool, 'pool', 'status', '--json']);
+    assert.is(js.code, 0, js.stderr);
+    const m = (JSON.parse(js.stdout) as { memory: Record<string, number> }).memory;
+    assert.is(m['metadataCacheBytes'], 8 * M);
+    assert.is(m['nbdBufferBytes'], 4 * M);
+  } finally {
+    const exit = await snap.stop();
+    assert.is(exit.code, 0, snap.log());
+  }
+  const bad = await cli(['-p', pool, 'snapshotter', '--address', join(dir, 'x.sock'), '--nbd-buffer', 'lots']);
+  assert.is(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /--nbd-buffer/);
 });
 
 test.run();

@@ -21,6 +21,8 @@ export interface SnapshotterOptions {
   fs?: 'ext4' | 'xfs';
   attach?: 'auto' | 'loop' | 'file' | 'nbd';
   readyTimeoutMs?: number;
+  /** More arguments for `thinpool snapshotter`. */
+  extraArgs?: string[];
 }
 
 export interface Exit {
@@ -62,6 +64,7 @@ export async function startSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
   if (opts.dataSize) args.push('--data-size', opts.dataSize);
   if (opts.fs) args.push('--fs', opts.fs);
   if (opts.attach) args.push('--attach', opts.attach);
+  args.push(...(opts.extraArgs ?? []));
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   live.set(child, opts.dir);
   let out = '';

@@ -41,6 +41,9 @@ export interface SnapshotterDaemonOptions {
   /** Capacity of the pool when the directory has none (default 100 GiB, sparse). */
   dataSize?: number;
   attachMethod?: 'auto' | AttachMethod;
+  /** The daemon's memory bounds (see `ServeOptions`; defaults 16 MiB and 32 MiB). */
+  metadataCacheBytes?: number;
+  nbdBufferBytes?: number;
   log?: (msg: string) => void;
   /** How often removals waiting for a release are retried (default 2 s). */
   reapIntervalMs?: number;
@@ -72,7 +75,11 @@ export class SnapshotterDaemon {
       await pool.close();
       created = true;
     }
-    const daemon = await Daemon.start({ dir: opts.dir, log, ...(opts.attachMethod ? { attachMethod: opts.attachMethod } : {}) });
+    const daemon = await Daemon.start({
+      dir: opts.dir, log, ...(opts.attachMethod ? { attachMethod: opts.attachMethod } : {}),
+      ...(opts.metadataCacheBytes !== undefined ? { metadataCacheBytes: opts.metadataCacheBytes } : {}),
+      ...(opts.nbdBufferBytes !== undefined ? { nbdBufferBytes: opts.nbdBufferBytes } : {}),
+    });
     let server: grpc.Server | undefined;
     try {
       const store = new SnapshotStore(daemon.pool, { baseSize: opts.baseSize ?? DEFAULT_BASE_SIZE, fs: opts.fs ?? 'ext4' });
