@@ -4,60 +4,17 @@
  * without a size is a usage error; multi-byte characters split across chunks decode; a block
  * mapped twice counts once. Split from restore.test.ts.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { NoSpaceError, UsageError } from '../../src/errors.js';
 import { FileBlockFile } from '../../src/io/block-file.js';
-import { dumpFile } from '../../src/thin/dump.js';
 import { ThinMetadata } from '../../src/thin/metadata.js';
-import { restoreXml, type RestoreOptions, type XmlInput } from '../../src/thin/restore.js';
-import { haveTools, run, tool09, tool1x } from '../support/oracles.js';
-import { tempDir } from '../support/tmp.js';
+import { haveTools, run, tool09 } from '../support/oracles.js';
+import { assertChecks, blockZeroIsZero, chunks, newPath, ourDump, restoreTo, strip } from '../support/restore-harness.js';
 import { readFixture } from '../support/vectors.js';
 
-const dir = tempDir('thinpool-restore-');
-let nth = 0;
-const newPath = (name: string) => join(dir, `${nth++}-${name}`);
-const strip = (xml: string) => xml.replace(/\nexit=\d+\s*$/, '').trim();
 const have09 = haveTools('thin_restore', 'thin_dump', 'thin_check');
-
-/** Chunks of `size` bytes, so element boundaries fall anywhere. */
-async function* chunks(data: Uint8Array | string, size = 997): AsyncGenerator<Uint8Array> {
-  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-  for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size);
-}
-
-async function restoreTo(input: XmlInput, opts: RestoreOptions = { nrMetadataBlocks: 4096 }, path = newPath('meta')) {
-  const f = await FileBlockFile.open(path, { create: true });
-  try {
-    const summary = await restoreXml(input, f, opts);
-    return { path, summary };
-  } finally {
-    await f.close();
-  }
-}
-
-function ourDump(path: string, metadataSnap = false): Promise<string> {
-  return dumpFile(path, { metadataSnap });
-}
-
-async function assertChecks(path: string): Promise<void> {
-  for (const exe of [tool09('thin_check'), tool1x('thin_check')]) {
-    if (!exe) continue;
-    const r = await run(exe, [path]);
-    assert.is(r.code, 0, `${exe} ${path} exited ${r.code}:\n${r.stdout}${r.stderr}`);
-    assert.not.match(r.stdout + r.stderr, /leak|error|differ|bad|mismatch/i, `${exe} complained:\n${r.stdout}${r.stderr}`);
-  }
-}
-
-async function blockZeroIsZero(path: string): Promise<boolean> {
-  const b = readFileSync(path).subarray(0, 4096);
-  return b.every((x) => x === 0);
-}
-
-/** A real thin_restore (0.9 or 1.x) of `xml` into a fresh 16 MiB file. */
 
 // ---- failures ----------------------------------------------------------------------------------
 
